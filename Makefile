@@ -1,0 +1,50 @@
+# RigPose: the two commands are `make demo` and `make test`; each runs `setup` itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.rigpose-setup-stamp
+TORCH_VERSION := 2.13.0
+
+.PHONY: setup demo test unit integration bench lint clean help
+
+help:
+	@echo "make demo   - set up, then run the end-to-end demo on embedded defaults"
+	@echo "make test   - set up, then run unit and integration tests"
+	@echo "make bench  - set up, then run the benchmarks in bench/"
+	@echo "make lint   - ruff check"
+	@echo "make setup  - create .venv, install torch==$(TORCH_VERSION) first, then rigpose[test,mocap] editable"
+
+# Re-run the install only when the project's dependencies change (idempotent and quick otherwise).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first: with no torch installed, a range admitting a newer release pulls a multi-GB CUDA build.
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+	$(PIP) install --quiet -e ".[test,mocap]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/rigpose demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+integration: setup
+	$(PY) -m pytest -q tests/integration
+
+bench: setup
+	$(PY) bench/geometry_bench.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info platform/*.egg-info
