@@ -1,0 +1,85 @@
+"""`datasets validate` / `describe`: corrupt shards and bad calibrations are found and named."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rigpose.cli import app
+from rigpose.data.schema import frames_for_rig
+from rigpose.data.store import DatasetWriter
+from rigpose.data.validate import describe_dataset, validate_dataset
+from rigpose.geometry import project
+from rigpose.rig import load_rig
+from rigpose.skeleton import H36M17
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def rig():
+    return load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+
+
+def _write(root: Path, rig, *, observed_by=None, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(0, 0.3, (50, 17, 3)) + [0.0, 0.0, 1.0]
+    cams = (observed_by or rig).cameras
+    pix = np.stack([project(X, c) for c in cams], 1) + rng.normal(0, 1.0, (50, 4, 17, 2))
+    with DatasetWriter(str(root), skeleton=H36M17, command="test") as w:
+        w.add(frames_for_rig(rig, sequence="s", keypoints=pix, joints_3d=X), rig, split="train")
+        w.commit()
+
+
+def test_a_good_dataset_validates(tmp_path: Path, rig) -> None:
+    _write(tmp_path / "ds", rig)
+    report = validate_dataset(str(tmp_path / "ds"))
+    assert report.ok, report.problems
+    assert report.rows_checked == 50 and report.shards_checked == 1
+
+
+def test_validate_names_a_modified_shard_and_a_missing_one(tmp_path: Path, rig) -> None:
+    _write(tmp_path / "ds", rig)
+    shard = next((tmp_path / "ds").rglob("*.parquet"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    report = validate_dataset(str(tmp_path / "ds"))
+    assert any(shard.name in p and "sha256" in p for p in report.problems)
+    shard.unlink()
+    report = validate_dataset(str(tmp_path / "ds"))
+    assert any(shard.name in p and "missing" in p for p in report.problems)
+
+
+def test_validate_reports_files_no_manifest_lists(tmp_path: Path, rig) -> None:
+    _write(tmp_path / "ds", rig)
+    stray = tmp_path / "ds" / "rig_id=h36m-s1" / "split=train" / "part-99999-crashed.parquet"
+    stray.write_bytes(b"partial")
+    report = validate_dataset(str(tmp_path / "ds"))
+    assert report.ok and any("part-99999-crashed.parquet" in n for n in report.notes)
+
+
+def test_describe_singles_out_a_miscalibrated_camera(tmp_path: Path, rig) -> None:
+    cams = list(rig.cameras)
+    # the 2D was seen by camera 2 sitting 20 cm away from where its calibration says
+    cams[2] = dataclasses.replace(cams[2], t=cams[2].t + np.array([0.2, 0.0, 0.0]))
+    _write(tmp_path / "ds", rig, observed_by=dataclasses.replace(rig, cameras=tuple(cams)))
+    per_cam = describe_dataset(str(tmp_path / "ds"))["rigs"]["h36m-s1"]["reprojection_px_median_per_camera"]
+    assert per_cam[2] > 5 * max(per_cam[i] for i in (0, 1, 3))
+
+
+def test_cli_validate_exits_1_and_describe_prints_json(tmp_path: Path, rig) -> None:
+    _write(tmp_path / "ds", rig)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["datasets", "validate", str(tmp_path / "ds")])
+    assert ok.exit_code == 0, ok.output
+    described = runner.invoke(app, ["datasets", "describe", str(tmp_path / "ds"), "--json"])
+    assert described.exit_code == 0 and json.loads(described.stdout)["rows"] == 50
+    next((tmp_path / "ds").rglob("*.parquet")).write_bytes(b"garbage")
+    bad = runner.invoke(app, ["datasets", "validate", str(tmp_path / "ds")])
+    assert bad.exit_code == 1
