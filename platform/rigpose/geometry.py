@@ -403,3 +403,31 @@ def procrustes_align(pred: Array, target: Array) -> tuple[Array, Array, Array, A
     Rt = R.transpose(-1, -2) if torch_mode else np.swapaxes(R, -1, -2)
     aligned = scale[..., None, None] * (pred @ Rt) + t[..., None, :]
     return aligned, scale, R, t
+
+
+def closest_point_to_rays(origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Least-squares point nearest to V rays: origins [V, 3], directions [V, 3] (any length) -> [3].
+
+    With camera centres and viewing directions this is the point the rig looks at: its capture centre.
+    """
+    origins = np.asarray(origins, dtype=np.float64)
+    d = np.asarray(directions, dtype=np.float64)
+    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # projectors orthogonal to each ray
+    A = P.sum(0)
+    if np.linalg.cond(A) > 1e12:
+        raise ValueError("closest_point_to_rays: rays are (nearly) parallel; no unique closest point")
+    return np.linalg.solve(A, (P @ origins[:, :, None]).sum(0)[:, 0])
+
+
+def look_at(center: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World->camera (R [3, 3], t [3]) of a level camera at `center` aimed at `target` (m; world z up, image y down)."""
+    center = np.asarray(center, dtype=np.float64)
+    forward = (np.asarray(target, dtype=np.float64) - center)
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    if np.linalg.norm(right) < 1e-9:
+        raise ValueError("look_at: the viewing direction is vertical; 'level' is undefined")
+    right /= np.linalg.norm(right)
+    R = np.stack([right, np.cross(forward, right), forward])
+    return R, -R @ center

@@ -35,23 +35,12 @@ class Cam:
     height: int = 1000
 
 
-def look_at(center: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World->camera R, t for a camera at `center` looking at `target` (z up in the world, y down in the image)."""
-    z = target - center
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
-    return R, -R @ center
-
-
 def ring_cameras(num: int, dists: list[list[float]] | None = None, *, radius: float = 4.5) -> list[Cam]:
     cams = []
     for i in range(num):
         a = 2 * np.pi * i / num + 0.3
         center = np.array([radius * np.cos(a), radius * np.sin(a), 1.2 + 0.8 * (i % 2)])
-        R, t = look_at(center, np.array([0.0, 0.0, 1.0]))
+        R, t = g.look_at(center, np.array([0.0, 0.0, 1.0]))
         K = np.array([[1145.0 + 5 * i, 0.0, 512.5 - i], [0, 1143.8 - 3 * i, 515.4 + 2 * i], [0, 0, 1]])
         dist = np.array((dists or H36M_DISTORTIONS)[i % len(dists or H36M_DISTORTIONS)])
         cams.append(Cam(K=K, dist=dist, R=R, t=t))
@@ -259,3 +248,11 @@ def test_pixels_to_normalized_inverts_a_skewed_k() -> None:
     uv = g.normalized_to_pixels(xy, K)
     np.testing.assert_allclose(uv, (np.c_[xy, np.ones(3)] @ K.T)[:, :2], atol=1e-12)
     np.testing.assert_allclose(g.pixels_to_normalized(uv, K), xy, atol=1e-12)
+
+
+def test_closest_point_to_rays_finds_where_a_ring_of_cameras_looks(cams: list[Cam]) -> None:
+    centers = np.stack([-c.R.T @ c.t for c in cams])
+    directions = np.stack([c.R[2] for c in cams])
+    np.testing.assert_allclose(g.closest_point_to_rays(centers, directions), [0.0, 0.0, 1.0], atol=1e-9)
+    with pytest.raises(ValueError, match="parallel"):
+        g.closest_point_to_rays(centers[:2], np.stack([directions[0], directions[0]]))

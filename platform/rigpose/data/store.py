@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import posixpath
 import secrets
 from collections.abc import Iterable, Iterator
@@ -30,11 +29,11 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from rigpose.data.schema import ARROW_SCHEMA, SCHEMA_VERSION, Frames, frames_from_table, frames_to_table
 from rigpose.rig import Rig, rig_from_dict, rig_to_dict
 from rigpose.skeleton import Skeleton, get_skeleton
+from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
 
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_BYTES = 128 * 2**20  # DESIGN: ~64-256 MB shards
@@ -46,34 +45,6 @@ class DatasetError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- storage
-
-
-def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path) for a local path, file:// or s3:// URL (s3 endpoint/credentials from the environment)."""
-    fs, path = fsspec.core.url_to_fs(str(url))
-    return fs, path.rstrip("/") or "/"
-
-
-def _protocol_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A URL for `path` on `fs` that Ray Data / pyarrow accept (s3://bucket/key, or a plain local path)."""
-    if isinstance(fs, LocalFileSystem):
-        return path
-    proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    return f"{proto}://{path}"
-
-
-def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Make `path` hold `data` all at once: temp file + rename locally, a single PUT on object stores."""
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
 
 
 def _now() -> str:
@@ -172,7 +143,7 @@ def read_manifest(root: str) -> Manifest | None:
     if not fs.exists(mpath):
         return None
     with fs.open(mpath, "rb") as f:
-        return Manifest.from_json(f.read().decode(), source=_protocol_url(fs, mpath))
+        return Manifest.from_json(f.read().decode(), source=protocol_url(fs, mpath))
 
 
 # ---------------------------------------------------------------------------------------------- row checks
@@ -393,7 +364,7 @@ class DatasetWriter:
         return self._num_bad
 
     def quarantine_path(self) -> str:
-        return _protocol_url(self.fs, posixpath.join(self.path, "_quarantine", f"{self.token}.parquet"))
+        return protocol_url(self.fs, posixpath.join(self.path, "_quarantine", f"{self.token}.parquet"))
 
     def _write_quarantine(self) -> None:
         if self._bad:
@@ -494,7 +465,7 @@ def _same_rig(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _read_shard(fs: fsspec.AbstractFileSystem, root: str, shard: ShardInfo, columns: list[str] | None = None,
                 *, verify: bool = False) -> pa.Table:
     path = posixpath.join(root, shard.path)
-    url = _protocol_url(fs, path)
+    url = protocol_url(fs, path)
     try:
         with fs.open(path, "rb") as f:
             data = f.read()
@@ -537,14 +508,14 @@ class Dataset:
 
     def shard_urls(self, **filters: Any) -> list[str]:
         """Full URLs of the selected shards (what Ray Data's read_parquet takes)."""
-        return [_protocol_url(self.fs, posixpath.join(self.path, s.path)) for s in self.shards(**filters)]
+        return [protocol_url(self.fs, posixpath.join(self.path, s.path)) for s in self.shards(**filters)]
 
     def rig(self, rig_id: str) -> Rig:
         info = self.manifest.rigs.get(rig_id)
         if info is None:
             raise DatasetError(f"{self.root}: no rig {rig_id!r}; has {sorted(self.manifest.rigs)}")
         with self.fs.open(posixpath.join(self.path, info["path"]), "rb") as f:
-            return rig_from_dict(json.loads(f.read()), source=_protocol_url(self.fs, info["path"]))
+            return rig_from_dict(json.loads(f.read()), source=protocol_url(self.fs, info["path"]))
 
     def iter_tables(self, *, columns: list[str] | None = None, verify: bool = False,
                     **filters: Any) -> Iterator[tuple[ShardInfo, pa.Table]]:
