@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from rigpose import __version__
@@ -42,6 +44,50 @@ def demo(
     from rigpose.demo import run_demo
 
     raise typer.Exit(run_demo(seed=seed, noise_px=noise_px))
+
+
+@app.command()
+def train(
+    job_file: Path | None = typer.Argument(None, help="Job YAML (jobs/train.yaml); omitted = built-in defaults."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set optim.epochs=2 (repeatable)."),
+) -> None:
+    """Train the lifter with Ray Train over a Parquet dataset; writes <run.output_dir>/<run.name>/model.pt."""
+    from rigpose.config import load_job
+
+    try:
+        job = load_job(job_file, set_)
+    except ValueError as e:
+        _fail(str(e))
+    from rigpose.train.trainer import train as run_training
+
+    try:
+        out = run_training(job)
+    except ValueError as e:
+        _fail(str(e))
+    _print_history(out["history"])
+    typer.echo(f"model: {out['model']}")
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1)
+
+
+def _print_history(history: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="training")
+    cols = ["epoch", "train/loss", "train/cross_view", "train/supervised_3d", "val/reprojection_px", "lr",
+            "frames_per_s"]
+    cols = [c for c in cols if any(c in h for h in history)]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for h in history:
+        table.add_row(*(f"{int(h[c]) + 1}" if c == "epoch" else f"{h[c]:.4g}" if c in h else "-" for c in cols))
+    Console().print(table)
 
 
 _register()

@@ -1,0 +1,68 @@
+"""Model inputs from multi-view observations: undistort + K^-1, weights, and label-free triangulated anchors.
+
+Pure NumPy (vectorised over rows), run once per batch in the data pipeline, not in the training step.
+Shape letters: N rows (frames), V views, J joints.
+
+Everything here is computed from the 2D observations and the calibration only: the triangulated root
+(`root_world`) and pseudo-3D (`pseudo_world`) are allowed inputs of the 2D-supervised loss (../DESIGN.md).
+`joints_3d` is copied only when asked for (evaluation and the 3D-supervised baseline).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rigpose import geometry as g
+
+BATCH_KEYS_2D = ("kp", "w", "xy", "K", "dist", "R", "t", "view_mask", "root_world", "root_ok", "pseudo_world",
+                 "pseudo_ok")
+
+
+def prepare_arrays(
+    keypoints: np.ndarray,
+    scores: np.ndarray,
+    cameras: g.CameraArrays,
+    view_mask: np.ndarray,
+    *,
+    root_joints: tuple[int, ...],
+    joints_3d: np.ndarray | None = None,
+    inlier_px: float = 20.0,
+) -> dict[str, np.ndarray]:
+    """Arrays the training step and the evaluators consume (float32 unless noted).
+
+    keypoints [N, V, J, 2] px (NaN missing), scores [N, V, J], cameras fields [N, V, ...], view_mask [N, V] bool.
+    Returns kp [N, V, J, 2] px (0 where missing), w [N, V, J] weight (score where valid, else 0), xy [N, V, J, 2]
+    undistorted normalised coordinates (0 where missing), K, dist, R, t, view_mask; pseudo_world [N, J, 3] robust
+    triangulation of every joint (0 where impossible) with pseudo_ok [N, J]; root_world [N, 3] (mean of the root
+    joints' triangulation) with root_ok [N]; and joints_3d [N, J, 3] if given.
+    """
+    kp64 = np.asarray(keypoints, dtype=np.float64)
+    vm = np.asarray(view_mask, dtype=bool)
+    finite = np.isfinite(kp64).all(-1)
+    sc = np.asarray(scores, dtype=np.float64)
+    valid = finite & (sc > 0) & vm[..., None]
+    w = np.where(valid, sc, 0.0)
+    kp_clean = np.where(valid[..., None], kp64, np.nan)
+    xy = g.undistort(kp_clean, cameras)  # camera fields [N, V, ...] broadcast over the joints
+    pseudo = g.triangulate_robust(kp_clean, cameras, w, inlier_px=inlier_px)  # [N, J, 3]
+    pseudo_ok = np.isfinite(pseudo).all(-1)
+    root = pseudo[:, list(root_joints)].mean(1)
+    root_ok = np.isfinite(root).all(-1)
+    out = {
+        "kp": np.nan_to_num(np.where(valid[..., None], kp64, 0.0)).astype(np.float32),
+        "w": w.astype(np.float32),
+        "xy": np.where(valid[..., None], np.nan_to_num(xy), 0.0).astype(np.float32),
+        "K": np.asarray(cameras.K, np.float32),
+        "dist": np.asarray(cameras.dist, np.float32),
+        "R": np.asarray(cameras.R, np.float32),
+        "t": np.asarray(cameras.t, np.float32),
+        "view_mask": vm.astype(np.float32),
+        "root_world": np.nan_to_num(root).astype(np.float32),
+        "root_ok": root_ok.astype(np.float32),
+        "pseudo_world": np.nan_to_num(pseudo).astype(np.float32),
+        "pseudo_ok": pseudo_ok.astype(np.float32),
+    }
+    if joints_3d is not None:
+        out["joints_3d"] = np.asarray(joints_3d, np.float32)
+    return out
+

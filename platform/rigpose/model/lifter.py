@@ -1,0 +1,152 @@
+"""The lifter: one view's undistorted, K^-1-normalised 2D keypoints + scores -> 3D joints in that camera's frame.
+
+Pure PyTorch (no Ray, MLflow or storage). Shape letters: B batch (one view each), J joints.
+
+Input normalisation makes one model serve any camera: keypoints arrive as normalised image coordinates
+(undistorted, K^-1 applied), are centred on the mean of the visible joints and divided by their RMS spread `s`, so
+the network sees the pose's shape; `s` (about body size / depth) and the centre are passed in as well.
+
+Output parameterisations (`LifterConfig.output`):
+- "ray" (default): per joint a depth offset along its own camera ray: X_j = (x_j, y_j, 1) * (Z + dz_j), with
+  (x_j, y_j) the input 2D when the joint is visible (self-view reprojection exact by construction) or the network's
+  own 2D estimate when it is missing; Z = size / s from a learned size (metric scale).
+- "free": per joint a free 3D offset from the root (the original report's formulation), root placed on the ray
+  through the centre at depth Z.
+The returned pose is in metres; `rel` is root-relative (root = mean of the skeleton's root joints).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+BODY_SIZE_M = 0.35  # typical RMS distance of joints from their centroid, metres: sets the initial depth scale
+
+
+@dataclass
+class LifterConfig:
+    """Architecture of the lifter (a residual MLP in the spirit of Martinez et al. 2017)."""
+
+    num_joints: int
+    root_joints: tuple[int, ...] = (0,)
+    width: int = 512
+    num_blocks: int = 2
+    dropout: float = 0.25
+    output: Literal["ray", "free"] = "ray"
+    extra: dict = field(default_factory=dict)  # reserved for forward-compatible checkpoints
+
+    def __post_init__(self) -> None:
+        if self.num_joints < 2:
+            raise ValueError(f"num_joints must be >= 2, got {self.num_joints}")
+        if self.width < 8 or self.num_blocks < 0:
+            raise ValueError(f"width must be >= 8 and num_blocks >= 0, got {self.width}, {self.num_blocks}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.output not in ("ray", "free"):
+            raise ValueError(f"output must be 'ray' or 'free', got {self.output!r}")
+        if not self.root_joints or any(not 0 <= j < self.num_joints for j in self.root_joints):
+            raise ValueError(f"root_joints {self.root_joints} out of range for {self.num_joints} joints")
+        self.root_joints = tuple(int(j) for j in self.root_joints)
+
+
+class LiftOutput(NamedTuple):
+    """X [B, J, 3] camera-frame metres; rel [B, J, 3] = X - root; root [B, 3]; xy [B, J, 2] the 2D used per joint
+    (normalised coords: input where visible, predicted where missing); xy_pred [B, J, 2] the network's own 2D."""
+
+    X: torch.Tensor
+    rel: torch.Tensor
+    root: torch.Tensor
+    xy: torch.Tensor
+    xy_pred: torch.Tensor
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU(), nn.Dropout(dropout),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.net(h)
+
+
+def normalise_2d(xy_BJ2: torch.Tensor, valid_BJ: torch.Tensor, eps: float = 1e-6
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre [B, 2] (mean of visible joints), spread s [B] (their RMS distance to it), u [B, J, 2] = (xy - c)/s.
+
+    Missing joints (valid 0) get u = 0. Rows with no visible joint get c = 0, s = 1.
+    """
+    w = valid_BJ.to(xy_BJ2.dtype)
+    n = w.sum(-1).clamp_min(1.0)
+    xy0 = torch.where(w[..., None] > 0, xy_BJ2, torch.zeros_like(xy_BJ2))
+    c = xy0.sum(-2) / n[..., None]
+    d2 = (((xy0 - c[:, None]) ** 2).sum(-1) * w).sum(-1) / n
+    s = torch.where(w.sum(-1) > 1, d2.sqrt(), torch.ones_like(d2)).clamp_min(eps)
+    u = (xy0 - c[:, None]) / s[:, None, None] * w[..., None]
+    return c, s, u
+
+
+class Lifter(nn.Module):
+    """Residual MLP lifter; see the module docstring for the input normalisation and output parameterisation."""
+
+    def __init__(self, config: LifterConfig) -> None:
+        super().__init__()
+        self.config = config
+        J = config.num_joints
+        in_dim = 2 * J + J + 2 + 1  # u, scores, centre, log spread
+        out_dim = (J + 2 * J + 1) if config.output == "ray" else (3 * J + 2 * J + 1)
+        self.inp = nn.Sequential(nn.Linear(in_dim, config.width), nn.LayerNorm(config.width), nn.ReLU(),
+                                 nn.Dropout(config.dropout))
+        self.blocks = nn.Sequential(*[_Block(config.width, config.dropout) for _ in range(config.num_blocks)])
+        self.out = nn.Linear(config.width, out_dim)
+        nn.init.normal_(self.out.weight, std=1e-3)
+        nn.init.zeros_(self.out.bias)
+
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout probability of every dropout layer (e.g. 0.5 for the first half of training, then 0)."""
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+
+    def forward(self, xy_BJ2: torch.Tensor, scores_BJ: torch.Tensor) -> LiftOutput:
+        """xy [B, J, 2] undistorted normalised image coordinates, scores [B, J] in [0, 1] (0 = missing)."""
+        if xy_BJ2.ndim != 3 or xy_BJ2.shape[1:] != (self.config.num_joints, 2):
+            raise ValueError(f"xy: expected [B, {self.config.num_joints}, 2], got {tuple(xy_BJ2.shape)}")
+        if scores_BJ.shape != xy_BJ2.shape[:2]:
+            raise ValueError(f"scores: expected {tuple(xy_BJ2.shape[:2])}, got {tuple(scores_BJ.shape)}")
+        J = self.config.num_joints
+        valid = (scores_BJ > 0) & torch.isfinite(xy_BJ2).all(-1)
+        scores = torch.where(valid, scores_BJ, torch.zeros_like(scores_BJ))
+        c, s, u = normalise_2d(xy_BJ2, valid)
+        feats = torch.cat([u.flatten(1), scores, c, torch.log(s)[:, None]], -1)
+        h = self.blocks(self.inp(feats))
+        o = self.out(h)
+        n_pose = J if self.config.output == "ray" else 3 * J
+        u_pred = o[:, n_pose:n_pose + 2 * J].reshape(-1, J, 2) + u  # residual on the (zeroed where missing) input
+        Z = BODY_SIZE_M * torch.exp(o[:, -1]) / s  # [B] depth of the centre, metres
+        xy_pred = c[:, None] + s[:, None, None] * u_pred
+        xy = torch.where(valid[..., None], torch.nan_to_num(xy_BJ2), xy_pred)
+        if self.config.output == "ray":
+            depth = (Z[:, None] + o[:, :J]).clamp_min(0.05)  # keep every joint in front of the camera
+            X = torch.cat([xy, torch.ones_like(xy[..., :1])], -1) * depth[..., None]
+        else:
+            centre = torch.cat([c, torch.ones_like(c[:, :1])], -1) * Z[:, None]
+            X = centre[:, None] + o[:, :n_pose].reshape(-1, J, 3)
+        root = X[:, list(self.config.root_joints)].mean(1)
+        return LiftOutput(X=X, rel=X - root[:, None], root=root, xy=xy, xy_pred=xy_pred)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Trainable parameter count."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def dropout_schedule(step: int, num_steps: int, *, start: float, switch_at: float = 0.5) -> float:
+    """The report's trick: dropout `start` for the first `switch_at` fraction of training, then 0."""
+    return start if step < math.floor(switch_at * num_steps) else 0.0

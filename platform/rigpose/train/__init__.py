@@ -1,0 +1,1 @@
+"""Training: the per-worker loop (no Ray inside the math), the Ray Train TorchTrainer wiring, checkpoints."""

@@ -1,0 +1,67 @@
+"""Save and load a trained lifter as one self-describing file (weights + architecture + skeleton + metadata).
+
+The file is a `torch.save` dict loaded with `weights_only=True` (no pickled code): {"format": "rigpose-lifter",
+"version": 1, "config": LifterConfig fields, "skeleton": name, "state_dict": ..., "meta": {...}}. `meta` holds
+JSON-able facts (supervision mode, dataset manifest hash, training steps, ...). Local paths or fsspec URLs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Any
+
+import torch
+
+from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.skeleton import Skeleton, get_skeleton
+from rigpose.storage import url_to_fs, write_bytes_atomic
+
+FORMAT = "rigpose-lifter"
+VERSION = 1
+MODEL_FILE = "model.pt"
+
+
+def save_lifter(path: str | os.PathLike[str], model: Lifter, skeleton: Skeleton, *,
+                meta: dict[str, Any] | None = None) -> None:
+    """Write `model` (unwrapped from DDP) to `path` atomically."""
+    model = getattr(model, "module", model)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": dataclasses.asdict(model.config),
+        "skeleton": skeleton.name,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    fs, p = url_to_fs(path)
+    write_bytes_atomic(fs, p, buf.getvalue())
+
+
+def load_lifter(path: str | os.PathLike[str], *, map_location: str = "cpu"
+                ) -> tuple[Lifter, Skeleton, dict[str, Any]]:
+    """(model in eval mode, skeleton, meta) from a file written by `save_lifter`, or a run folder holding one."""
+    fs, p = url_to_fs(path)
+    if fs.isdir(p):
+        p = f"{p}/{MODEL_FILE}"
+    if not fs.exists(p):
+        raise ValueError(f"{path}: no such model file (expected a {MODEL_FILE} or a run folder holding one)")
+    with fs.open(p, "rb") as f:
+        data = f.read()
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for a non-checkpoint file
+        raise ValueError(f"{path}: not a readable rigpose model ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a rigpose lifter file (format {payload.get('format')!r})")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{path}: model file version {payload.get('version')}, this rigpose reads {VERSION}")
+    cfg = dict(payload["config"])
+    cfg["root_joints"] = tuple(cfg["root_joints"])
+    model = Lifter(LifterConfig(**cfg))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, get_skeleton(payload["skeleton"]), dict(payload["meta"])
