@@ -14,15 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rigpose import geometry as g
-from rigpose.rig import Rig, RigError, load_rig
+from rigpose.rig import RigError, load_rig
 
 RIGS_DIR = Path(__file__).resolve().parents[2] / "datasets" / "rigs"
-
-
-def capture_center(rig: Rig) -> np.ndarray:
-    """World point [3] (m) that the rig's cameras look at (least squares over their optical axes)."""
-    return g.closest_point_to_rays(np.stack([c.center for c in rig.cameras]),
-                                   np.stack([c.viewing_direction for c in rig.cameras]))
 
 
 def demo_motion(num_frames: int = 120) -> tuple[str, np.ndarray]:
@@ -60,7 +54,7 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, outlier_rate: float = 0.02
             console.print(f"[red]{e}[/red]")
             failures += 1
             continue
-        X = motion + capture_center(rig)  # [T, J, 3] world metres
+        X = motion + rig.capture_center()  # [T, J, 3] world metres
         cams = rig.arrays()
         clean = g.project(X[:, None], cams)  # [T, V, J, 2]
         noisy = clean + rng.normal(0, noise_px, clean.shape)

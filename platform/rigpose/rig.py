@@ -137,6 +137,13 @@ class Rig:
 
         return stack_cameras(self.cameras)
 
+    def capture_center(self) -> np.ndarray:
+        """World point [3] (m) the cameras look at: least squares over their optical axes."""
+        from rigpose.geometry import closest_point_to_rays
+
+        return closest_point_to_rays(np.stack([c.center for c in self.cameras]),
+                                     np.stack([c.viewing_direction for c in self.cameras]))
+
 
 # ---------------------------------------------------------------------------------------------- validation
 

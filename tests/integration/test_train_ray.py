@@ -47,7 +47,7 @@ def test_train_writes_a_loadable_model_and_history(tiny_dataset: str, local_ray:
     out = train(job)
     assert len(out["history"]) == 2
     assert out["history"][-1]["val/reprojection_px"] > 0
-    model, skeleton, meta = load_lifter(out["run_dir"])
+    _, skeleton, meta = load_lifter(out["run_dir"])
     assert skeleton.name == "deepmimic16" and meta["supervision"] == "2d" and meta["epochs"] == 2
     assert (tmp_path / "unit" / "history.json").exists()
 

@@ -409,3 +409,10 @@ def test_import_calibration_toml_needs_two_camera_sections(tmp_path: Path, rng: 
     (tmp_path / "one.toml").write_text(text)
     with pytest.raises(RigError, match="field 'cameras': 1 camera"):
         import_calibration_toml(tmp_path / "one.toml", units="m")
+
+
+def test_capture_center_is_where_the_h36m_cameras_look() -> None:
+    from rigpose.rig import load_rig
+
+    centre = load_rig(Path(__file__).resolve().parents[2] / "datasets" / "rigs" / "h36m-s1.json").capture_center()
+    assert np.linalg.norm(centre[:2]) < 1.0 and 0.0 < centre[2] < 2.0  # near the origin, below the cameras

@@ -15,7 +15,6 @@ from rigpose.data.noise import DetectorNoise, detect, limb_pairs
 from rigpose.data.schema import Frames
 from rigpose.data.store import Dataset
 from rigpose.data.synth import Recipe, Synthesis, build_dataset, load_recipe, parse_recipe
-from rigpose.demo import capture_center
 from rigpose.geometry import project
 from rigpose.rig import load_rig
 from rigpose.skeleton import DEEPMIMIC16, bone_lengths
@@ -185,7 +184,7 @@ def test_bone_scaling_changes_bone_lengths_by_the_configured_factor() -> None:
 def test_placements_stay_within_the_radius_and_keep_heights() -> None:
     r = recipe(frames=None, placement={"radius": 0.5, "per_clip": 10})
     frames = generate(r)
-    centre = capture_center(load_rig(RIG))[:2]
+    centre = load_rig(RIG).capture_center()[:2]
     from rigpose.data.motion import clip_joints
 
     for seq in np.unique(frames.sequence):

@@ -262,13 +262,11 @@ class Synthesis:
             yield from self._rig_batches(r)
 
     def _rig_batches(self, r: int) -> Iterator[tuple[Rig, Frames]]:
-        from rigpose.demo import capture_center
-
         plan, rig, bank = self.plan, self.rigs[r], self.bank
         q_Q = np.flatnonzero(plan.rig == r)
         length_Q = plan.stop[q_Q] - plan.start[q_Q]
         first_row_Q = np.cumsum(length_Q) - length_Q
-        joints_3JM, centre_2, clip_centres_2C = bank.joints_3JM, capture_center(rig)[:2], bank.centers_C2.T
+        joints_3JM, centre_2, clip_centres_2C = bank.joints_3JM, rig.capture_center()[:2], bank.centers_C2.T
         image_size_V2 = np.array([[c.width, c.height] for c in rig.cameras])
         subject_names = np.array([f"s{i + 1}" for i in range(self.recipe.subjects.count)], dtype=object)
         factors_JS = plan.bone_factors.T
