@@ -22,11 +22,12 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-apps are imported here, not at module top, so that `rigpose --help` stays quick.
-    from rigpose import rig_cli
+    from rigpose import eval_cli, rig_cli
     from rigpose.data import cli as data_cli
 
     app.add_typer(rig_cli.app, name="rig", help="Camera rigs: validate, show, import calibrations.")
     app.add_typer(data_cli.app, name="datasets", help="Datasets: build, ingest, validate, describe.")
+    eval_cli.register(app)
 
 
 @app.command()
@@ -37,13 +38,17 @@ def version() -> None:
 
 @app.command()
 def demo(
-    seed: int = typer.Option(0, help="Seed for the pose placement and the detector noise."),
-    noise_px: float = typer.Option(5.0, help="Gaussian 2D detector noise, pixels (std)."),
+    seed: int = typer.Option(0, help="Seed for the rig check's pose placement and detector noise."),
+    noise_px: float = typer.Option(5.0, help="Rig check: Gaussian 2D detector noise, pixels (std)."),
+    epochs: int | None = typer.Option(None, help="Override the job file's optim.epochs (quick runs)."),
+    rigs_only: bool = typer.Option(False, "--rigs-only", help="Only the rig check (no dataset, training)."),
+    output_dir: Path = typer.Option(Path("outputs"), help="Where the demo dataset and run are written."),
 ) -> None:
-    """Run what exists end to end: validate the shipped rigs, project real motion through them, triangulate."""
+    """Run the main job end to end: rig check, build the demo dataset, train from 2D only, evaluate."""
     from rigpose.demo import run_demo
 
-    raise typer.Exit(run_demo(seed=seed, noise_px=noise_px))
+    raise typer.Exit(run_demo(seed=seed, noise_px=noise_px, epochs=epochs, train=not rigs_only,
+                              output_dir=output_dir))
 
 
 @app.command()

@@ -1,0 +1,144 @@
+"""`rigpose evaluate` and `rigpose lift`: score a saved lifter on a dataset split, or write its predictions.
+
+The commands are plain functions; `register(app)` adds them to a Typer app (the `rigpose` CLI does that).
+Bad input (model path, dataset URL, split, option values) prints one red line on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_BATCH_SIZE = 512  # rows per batch; memory grows linearly with it
+
+
+class Mode(StrEnum):
+    """Which evaluations to run."""
+
+    single = "single"
+    multi = "multi"
+    both = "both"
+
+
+class LiftMode(StrEnum):
+    """What `rigpose lift` writes: per-view camera-frame poses, or fused world poses."""
+
+    single = "single"
+    multi = "multi"
+
+
+class MultiMode(StrEnum):
+    """The lifter's multi-view answer: fused lifts, fused + refined against all 2D, or test-time adapted + fused."""
+
+    fusion = "fusion"
+    refinement = "refinement"
+    adaptation = "adaptation"
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False, markup=True)
+    raise typer.Exit(1)
+
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Model file (model.pt) or a run folder holding one.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Dataset root: local path, file:// or s3:// URL.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split to use.")]
+MultiOpt = Annotated[MultiMode, typer.Option("--multi", help="Multi-view method of the lifter.")]
+AdaptOpt = Annotated[int, typer.Option("--adapt-steps", min=0, help="Test-time adaptation steps per batch (0 = off).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Frames per batch (bounds memory).")]
+MaxRowsOpt = Annotated[int | None, typer.Option("--max-rows", min=1, help="Use only the first N frames.")]
+
+
+def evaluate_command(
+    model: ModelOpt,
+    data: DataOpt,
+    split: SplitOpt = "test",
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the results as JSON (path or URL).")]
+    = None,
+    mode: Annotated[Mode, typer.Option("--mode", help="single-view, multi-view, or both.")] = Mode.both,
+    multi: MultiOpt = MultiMode.fusion,
+    adapt_steps: AdaptOpt = 0,
+    max_rows: MaxRowsOpt = None,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Score a lifter: MPJPE / PA / N-MPJPE / PCK@150mm (where the data has 3D), held-out-view reprojection px,
+    and weighted-DLT and robust-triangulation baselines in the same table."""
+    from rigpose.evaluate_run import evaluate
+
+    modes = ("single", "multi") if mode is Mode.both else (mode.value,)
+    try:
+        result = evaluate(model, data, split=split, modes=modes, multi_mode=multi.value, adapt_steps=adapt_steps,
+                          batch_size=batch_size, max_rows=max_rows, json_path=json_out)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    print_results(result)
+    if json_out:
+        typer.echo(f"wrote {json_out}")
+
+
+def lift_command(
+    model: ModelOpt,
+    data: DataOpt,
+    out: Annotated[str, typer.Option("--out", help="Parquet file to write (path or URL).")],
+    split: SplitOpt = "test",
+    mode: Annotated[LiftMode, typer.Option("--mode", help="Per-view (single) or fused (multi) poses.")]
+    = LiftMode.single,
+    multi: MultiOpt = MultiMode.fusion,
+    adapt_steps: AdaptOpt = 0,
+    max_rows: MaxRowsOpt = None,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+) -> None:
+    """Lift a dataset split and write the 3D poses as Parquet (columns: see rigpose.predict)."""
+    from rigpose.predict import lift_dataset
+
+    try:
+        info = lift_dataset(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
+                            adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {info['rows']} rows ({info['frames']} frames) to {info['out']}")
+
+
+_COLUMNS = (("MPJPE mm", "mpjpe_mm"), ("PA-MPJPE mm", "pa_mpjpe_mm"), ("N-MPJPE mm", "n_mpjpe_mm"),
+            ("PCK@150", "pck150"), ("abs MPJPE mm", "mpjpe_abs_mm"), ("held-out px", "heldout_px"),
+            ("coverage", "coverage"), ("poses", "num_poses"))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}" if value <= 1.0 else f"{value:.1f}"
+
+
+def print_results(result: dict[str, Any], *, console: Console | None = None) -> None:
+    """The evaluation as one rich table: a row per method (overall), then its cameras."""
+    title = f"{result['split']} of {result['data']}: {result['num_frames']} frames"
+    if not result.get("has_3d"):
+        title += " (no 3D labels: label-free metric only)"
+    table = Table(title=title)
+    table.add_column("method (frame)")
+    for header, _ in _COLUMNS:
+        table.add_column(header, justify="right")
+    sections = []
+    if "single" in result:
+        sections.append(("single-view (camera)", result["single"]))
+    for method, res in result.get("multi", {}).items():
+        kind = "multi" if method == result.get("multi_mode") else "baseline"
+        sections.append((f"{kind}: {method} (world)", res))
+    for name, res in sections:
+        table.add_row(name, *(_cell(res["overall"].get(k)) for _, k in _COLUMNS), style="bold")
+        for cam, metrics in res["per_camera"].items():
+            table.add_row(f"  {cam}", *(_cell(metrics.get(k)) for _, k in _COLUMNS))
+    (console or Console()).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `evaluate` and `lift` to `app`."""
+    app.command("evaluate")(evaluate_command)
+    app.command("lift")(lift_command)

@@ -1,0 +1,232 @@
+"""Evaluate a saved lifter on a dataset split in bounded-memory batches: single-view, multi-view and DLT baselines.
+
+What is measured (metric functions in `rigpose.evaluate`; 3D metrics only where the rows carry `joints_3d`, which
+is read for metrics and nothing else: the model, the fusion and the baselines see a batch built without it):
+
+- "single": every view lifted alone; root-relative, in that camera's frame: mpjpe_mm, pa_mpjpe_mm, n_mpjpe_mm,
+  pck150; mpjpe_abs_mm uses the lifter's own metric root. heldout_px: the lift from view s placed at the root
+  triangulated from the other views, projected into the other views, vs their 2D (per source camera).
+- "multi": world frame, root-relative (mpjpe_mm, pa_mpjpe_mm, n_mpjpe_mm, pck150) and absolute (mpjpe_abs_mm),
+  for the lifter's multi-view answer (`multi_mode`) and, as baselines, weighted DLT ("dlt") and robust
+  triangulation ("robust"). heldout_px: leave view t out entirely (the batch is rebuilt without it, so even the
+  triangulated anchors never see it), answer from the rest, project into t, compare with t's 2D (per camera t).
+  coverage: the fraction of labelled joints the method gave a finite answer for (DLT needs two views per joint).
+
+With adapt_steps > 0 the lifter is fine-tuned per batch on that batch's own multi-view 2D (test-time adaptation)
+before lifting; for the multi-view held-out metric it is adapted again without the held-out view.
+
+JSON layout: {"model", "data", "split", "skeleton", "num_frames", "has_3d", "modes", "multi_mode",
+"adapt_steps", "single": {"overall": {metric: value}, "per_camera": {"<rig_id>/<camera>": {metric: value}}},
+"multi": {"<multi_mode>" | "dlt" | "robust": {"overall": {...}, "per_camera": {...}}}}; a metric with nothing to
+average is null; `num_poses` and `num_heldout` count what was averaged. Shape letters: B frames, V views, J joints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from rigpose import evaluate as ev
+from rigpose import geometry as g
+from rigpose.data.schema import Frames
+from rigpose.model.lifter import Lifter
+from rigpose.predict import (
+    DEFAULT_BATCH_SIZE,
+    adapt_steps_for,
+    adapted,
+    iter_frames,
+    lift_multi,
+    lift_single,
+    model_batch,
+    open_inputs,
+    sequence_groups,
+)
+from rigpose.skeleton import Skeleton
+from rigpose.storage import url_to_fs, write_bytes_atomic
+
+MODES = ("single", "multi")
+OVERALL = "overall"
+
+
+class _Means:
+    """Streaming means: section -> group ("overall" or a camera key) -> metric -> [sum, count]."""
+
+    def __init__(self) -> None:
+        self.acc: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(lambda: [0.0, 0.0])))
+
+    def add(self, section: str, metric: str, values: np.ndarray, groups: np.ndarray | None = None) -> None:
+        """Add the finite `values` to the overall mean and, when `groups` (same shape, str keys), per group."""
+        values = np.asarray(values, np.float64)
+        ok = np.isfinite(values)
+        self._add(section, OVERALL, metric, values[ok])
+        if groups is not None:
+            groups = np.broadcast_to(groups, values.shape)
+            for key in np.unique(groups[ok]):
+                self._add(section, str(key), metric, values[ok & (groups == key)])
+
+    def _add(self, section: str, group: str, metric: str, v: np.ndarray) -> None:
+        cell = self.acc[section][group][metric]
+        cell[0] += float(v.sum())
+        cell[1] += float(v.size)
+
+    def result(self) -> dict[str, Any]:
+        """{section: {"overall": {metric: mean}, "per_camera": {key: {metric: mean}}}} with num_* counts."""
+        out: dict[str, Any] = {}
+        for section, groups in self.acc.items():
+            res: dict[str, Any] = {OVERALL: {}, "per_camera": {}}
+            for group, metrics in sorted(groups.items()):
+                d: dict[str, Any] = {m: (s / n if n else None) for m, (s, n) in sorted(metrics.items())}
+                for count_name, source in (("num_poses", "mpjpe_mm"), ("num_heldout", "heldout_px")):
+                    if source in metrics:
+                        d[count_name] = int(metrics[source][1])
+                if group == OVERALL:
+                    res[OVERALL] = d
+                else:
+                    res["per_camera"][group] = d
+            out[section] = res
+        return out
+
+
+def _np(batch: dict[str, torch.Tensor], key: str) -> np.ndarray:
+    return batch[key].detach().cpu().double().numpy()
+
+
+def _cams(batch: dict[str, torch.Tensor]) -> g.CameraArrays:
+    return g.CameraArrays(*(_np(batch, k) for k in ("K", "dist", "R", "t")))
+
+
+def _camera_keys(frames: Frames) -> np.ndarray:
+    """[B, V] "<rig_id>/<camera name>" (what per-camera results are keyed by)."""
+    return np.char.add(np.char.add(frames.rig_id.astype(str)[:, None], "/"), frames.camera_names.astype(str))
+
+
+def _single_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: torch.nn.Module,
+                  skeleton: Skeleton) -> None:
+    roots = tuple(skeleton.root_joints)
+    rel, root = lift_single(model, batch)  # [B, V, J, 3], [B, V, 3]
+    keys = _camera_keys(frames)
+    kp, w, cams = _np(batch, "kp"), _np(batch, "w"), _cams(batch)
+    loo_root = ev.leave_one_out_roots(kp, w, cams, roots)  # [B, S, 3]
+    err = ev.heldout_view_errors(rel, loo_root, kp, w, cams)  # [B, S, T, J]
+    acc.add("single", "heldout_px", err, keys[:, :, None, None])
+    if frames.joints_3d is None:
+        return
+    gt_cam = g.world_to_camera(frames.joints_3d.astype(np.float64)[:, None], cams.R, cams.t)  # [B, V, J, 3]
+    for name, values in ev.pose_metrics(rel, ev.root_relative(gt_cam, roots)).items():
+        acc.add("single", name, values, keys)
+    acc.add("single", "mpjpe_abs_mm", ev.mpjpe(rel + root[:, :, None], gt_cam), keys)
+
+
+def _answers(method: str, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
+             groups: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(world poses [B, J, 3] metres, NaN = no answer; root known [B] bool) of one multi-view method, computed
+    from a 2D-only batch (`model` already adapted to it where adaptation is on)."""
+    roots = list(skeleton.root_joints)
+    if method in ("dlt", "robust"):
+        if method == "dlt":
+            with np.errstate(invalid="ignore", divide="ignore"):  # too few views -> NaN, by design
+                X = g.triangulate(_np(batch, "kp"), _cams(batch), _np(batch, "w"))
+        else:
+            X = np.where(_np(batch, "pseudo_ok")[..., None] > 0, _np(batch, "pseudo_world"), np.nan)
+        return X, np.isfinite(X[:, roots]).all((-1, -2))
+    X = lift_multi(model, batch, skeleton, multi_mode=method, groups=groups)
+    seen = (_np(batch, "w").sum(-1) > 0).any(-1)  # a frame with no 2D at all has no answer
+    return np.where(seen[:, None, None], X, np.nan), _np(batch, "root_ok") > 0
+
+
+def _multi_3d(acc: _Means, section: str, X: np.ndarray, root_ok: np.ndarray, gt: np.ndarray,
+              roots: tuple[int, ...]) -> None:
+    for name, values in ev.pose_metrics(ev.root_relative(X, roots), ev.root_relative(gt, roots)).items():
+        acc.add(section, name, values)
+    acc.add(section, "mpjpe_abs_mm", ev.mpjpe(np.where(root_ok[:, None, None], X, np.nan), gt))
+    labelled = np.isfinite(gt).all(-1)
+    acc.add(section, "coverage", np.isfinite(X).all(-1)[labelled].astype(np.float64))
+
+
+def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
+                 *, model_adapted: Lifter, methods: tuple[str, ...], adapt_steps: int, device: str) -> None:
+    roots = tuple(skeleton.root_joints)
+    groups = sequence_groups(frames)
+    if frames.joints_3d is not None:
+        for method in methods:
+            X, root_ok = _answers(method, batch, model_adapted, skeleton, groups)
+            _multi_3d(acc, method, X, root_ok, frames.joints_3d.astype(np.float64), roots)
+    keys = _camera_keys(frames)
+    kp, w, cams = _np(batch, "kp"), _np(batch, "w"), _cams(batch)
+    for v in range(frames.num_views):
+        real = frames.view_mask[:, v]
+        if not real.any():
+            continue
+        # rebuild the batch without view v, so that nothing (not even the triangulated anchors) sees its 2D
+        without = dataclasses.replace(frames, view_mask=frames.view_mask & (np.arange(frames.num_views) != v))
+        batch_v = model_batch(without, skeleton, device=device)
+        cam_v = g.CameraArrays(*(a[:, v] for a in cams))
+        model_v = adapted(model, batch_v, skeleton, adapt_steps)
+        for method in methods:
+            X, _ = _answers(method, batch_v, model_v, skeleton, groups)
+            err = ev.reprojection_errors(X, kp[:, v], w[:, v], cam_v)  # [B, J]
+            err[~real] = np.nan
+            acc.add(method, "heldout_px", err, np.broadcast_to(keys[:, v, None], err.shape))
+
+
+def _clean(x: Any) -> Any:
+    """NaN/inf -> None, recursively (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ...] = MODES,
+             multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+             max_rows: int | None = None, json_path: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate the lifter at `model_path` on `split` of the dataset at `data_url`; see the module docstring.
+
+    modes: any of "single", "multi"; multi_mode: fusion | refinement | adaptation (the lifter's multi-view
+    answer; DLT and robust triangulation are always reported beside it); adapt_steps: test-time adaptation steps
+    per batch (0 = none, or the adaptation mode's default with multi_mode "adaptation"; the adapted lifter serves
+    every lift); max_rows: evaluate only the first rows; json_path: also write the result there.
+    """
+    modes = tuple(modes)
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"modes must be a non-empty subset of {MODES}, got {modes!r}")
+    adapt_steps = adapt_steps_for(multi_mode, adapt_steps)
+    model, skeleton, ds = open_inputs(model_path, data_url, split=split)
+    model.to(device)
+    acc = _Means()
+    num_frames, has_3d = 0, False
+    methods = (multi_mode, "dlt", "robust")
+    for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows, with_3d=True):
+        if frames.joints_3d is not None and not np.isfinite(frames.joints_3d).all(-1).any():
+            frames = dataclasses.replace(frames, joints_3d=None)  # rows without labels: label-free metrics only
+        has_3d |= frames.joints_3d is not None
+        batch = model_batch(frames, skeleton, device=device)  # 2D only: joints_3d stays in `frames`
+        model_adapted = adapted(model, batch, skeleton, adapt_steps)
+        if "single" in modes:
+            _single_batch(acc, frames, batch, model_adapted, skeleton)
+        if "multi" in modes:
+            _multi_batch(acc, frames, batch, model, skeleton, model_adapted=model_adapted, methods=methods,
+                         adapt_steps=adapt_steps, device=device)
+        num_frames += len(frames)
+    sections = acc.result()
+    result: dict[str, Any] = {
+        "model": str(model_path), "data": str(data_url), "split": split, "skeleton": skeleton.name,
+        "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes), "multi_mode": multi_mode,
+        "adapt_steps": adapt_steps,
+    }
+    if "single" in modes:
+        result["single"] = sections.get("single", {OVERALL: {}, "per_camera": {}})
+    if "multi" in modes:
+        result["multi"] = {m: sections.get(m, {OVERALL: {}, "per_camera": {}}) for m in methods}
+    result = _clean(result)
+    if json_path is not None:
+        fs, path = url_to_fs(json_path)
+        write_bytes_atomic(fs, path, (json.dumps(result, indent=1) + "\n").encode())
+    return result

@@ -1,0 +1,272 @@
+"""Run a saved lifter over a dataset split in bounded-memory batches and write its 3D predictions as Parquet.
+
+`lift_dataset(...)` writes one Parquet file (local path, file:// or s3://) published all at once: locally a temp
+file in the same folder renamed into place, on object storage a single upload that becomes visible only when it
+completes; a failure leaves no file at `out_url`. Columns (J = the skeleton's joints, lists flattened row-major
+(joint, coordinate), float32 metres):
+
+mode "single" (one row per real camera view of each frame; padding views of smaller rigs are not written):
+
+| column      | type                   | meaning                                                                 |
+|-------------|------------------------|-------------------------------------------------------------------------|
+| rig_id      | string                 | the frame's rig                                                         |
+| sequence    | string                 | sequence name                                                           |
+| frame       | int64                  | frame index                                                             |
+| view        | int8                   | view index within the rig (rig camera order)                            |
+| camera_name | string                 | the camera's name                                                       |
+| joints_cam  | list<float32> [J*3]    | root-relative pose in this camera's frame; null when the view has no 2D |
+| root_cam    | list<float32> [3]      | the lifter's metric root in this camera's frame; null likewise          |
+
+mode "multi" (one row per frame):
+
+| column           | type                | meaning                                                                   |
+|------------------|---------------------|---------------------------------------------------------------------------|
+| rig_id, sequence, frame |              | as above                                                                  |
+| num_views        | int8                | views that had at least one 2D keypoint                                   |
+| joints_world_rel | list<float32> [J*3] | fused world-frame pose minus its root; null when no view has 2D           |
+| joints_world     | list<float32> [J*3] | fused absolute world pose; null where the root cannot be triangulated     |
+
+The file's schema metadata holds `rigpose.skeleton`, `rigpose.joint_names` (JSON), `rigpose.mode`,
+`rigpose.model` and `rigpose.split`. The batch helpers here are shared with `rigpose.evaluate_run`.
+Shape letters: B frames, V views, J joints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from rigpose.data.schema import ARROW_SCHEMA, Frames, frames_from_table
+from rigpose.data.store import Dataset
+from rigpose.model.batch import prepare_arrays
+from rigpose.model.lifter import Lifter
+from rigpose.skeleton import Skeleton
+from rigpose.storage import url_to_fs
+from rigpose.train.checkpoint import load_lifter
+from rigpose.train.step import lift_views
+
+MULTI_MODES = ("fusion", "refinement", "adaptation")
+DEFAULT_BATCH_SIZE = 512
+
+
+def open_inputs(model_path: str, data_url: str, *, split: str) -> tuple[Lifter, Skeleton, Dataset]:
+    """(model in eval mode, its skeleton, the dataset), checked to fit together and to hold `split`."""
+    model, skeleton, _meta = load_lifter(model_path)
+    ds = Dataset(data_url)
+    if ds.skeleton.name != skeleton.name:
+        raise ValueError(f"{model_path}: model skeleton {skeleton.name!r} does not match dataset {data_url} "
+                         f"skeleton {ds.skeleton.name!r}")
+    if split not in ds.manifest.splits():
+        raise ValueError(f"{data_url}: no split {split!r}; has {sorted(ds.manifest.splits())}")
+    return model, skeleton, ds
+
+
+def iter_frames(ds: Dataset, *, split: str, batch_size: int, max_rows: int | None = None,
+                with_3d: bool = False) -> Iterator[Frames]:
+    """Blocks of at most `batch_size` rows of `split`, one shard in memory at a time, at most `max_rows` in all.
+
+    `with_3d=False` never reads the `joints_3d` column (prediction); evaluation asks for it for metrics only.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    columns = None if with_3d else [f.name for f in ARROW_SCHEMA if f.name != "joints_3d"]
+    left = max_rows if max_rows is not None else float("inf")
+    for _, table in ds.iter_tables(columns=columns, splits=split):
+        frames = frames_from_table(table, num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
+                                   with_3d=with_3d)
+        for i in range(0, len(frames), batch_size):
+            n = int(min(batch_size, left, len(frames) - i))
+            if n <= 0:
+                return
+            yield frames.take(slice(i, i + n))
+            left -= n
+        if left <= 0:
+            return
+
+
+def model_batch(frames: Frames, skeleton: Skeleton, *, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The 2D-only model inputs of `frames` (never joints_3d) as float32 tensors on `device`."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # joints seen by < 2 views triangulate to NaN, by design
+        arrays = prepare_arrays(frames.keypoints, frames.scores, frames.cameras, frames.view_mask,
+                                root_joints=tuple(skeleton.root_joints))
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+
+
+@torch.no_grad()
+def lift_single(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Every view lifted alone: (rel [B, V, J, 3] root-relative camera-frame metres, root [B, V, 3]); NaN for
+    views with no 2D keypoint (or padding)."""
+    model.eval()
+    out = lift_views(model, batch["xy"], batch["w"])
+    ok = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).cpu().numpy()
+    rel = np.where(ok[..., None, None], out.rel.cpu().double().numpy(), np.nan)
+    root = np.where(ok[..., None], out.root.cpu().double().numpy(), np.nan)
+    return rel, root
+
+
+def adapt_steps_for(multi_mode: str | None, adapt_steps: int) -> int:
+    """Test-time adaptation steps a run uses: `adapt_steps`, or the adaptation mode's default when that mode is
+    asked for with adapt_steps == 0; the adapted lifter then serves every lift of the run (single and multi)."""
+    if adapt_steps < 0:
+        raise ValueError(f"adapt_steps must be >= 0, got {adapt_steps}")
+    if multi_mode is not None and multi_mode not in MULTI_MODES:
+        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
+    if adapt_steps == 0 and multi_mode == "adaptation":
+        from rigpose.model.fuse import MultiViewConfig
+
+        return MultiViewConfig().adapt_steps
+    return adapt_steps
+
+
+def adapted(model: Lifter, batch: dict[str, torch.Tensor], skeleton: Skeleton, adapt_steps: int) -> Lifter:
+    """`model` itself when adapt_steps == 0, else a copy fine-tuned on this batch's own multi-view 2D."""
+    if adapt_steps == 0:
+        return model
+    from rigpose.model.fuse import MultiViewConfig, adapt  # lazy: single-view users need no multi-view code
+
+    cfg = MultiViewConfig()
+    with torch.enable_grad():
+        return adapt(model, batch, skeleton, steps=adapt_steps, lr=cfg.adapt_lr, batch_size=cfg.adapt_batch_size)
+
+
+def sequence_groups(frames: Frames) -> torch.Tensor:
+    """[B] int64 id per (rig, sequence): frames of one sequence share a skeleton in the refinement."""
+    keys = np.char.add(np.char.add(frames.rig_id.astype(str), "\x00"), frames.sequence.astype(str))
+    return torch.from_numpy(np.unique(keys, return_inverse=True)[1].reshape(-1).astype(np.int64))
+
+
+def lift_multi(model: Lifter, batch: dict[str, torch.Tensor], skeleton: Skeleton, *, multi_mode: str,
+               groups: torch.Tensor | None = None) -> np.ndarray:
+    """World poses [B, J, 3] metres (NaN for frames with no usable view) by `rigpose.model.fuse.lift_multiview`.
+
+    "fusion" fuses the per-view lifts; "refinement" and "adaptation" also refine them against every view's 2D.
+    Adaptation itself is the caller's (`adapted`), so one adapted lifter serves the single- and multi-view lifts.
+    """
+    if multi_mode not in MULTI_MODES:
+        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
+    from rigpose.model.fuse import MultiViewConfig, MultiViewMode, lift_multiview
+
+    mode = MultiViewMode.FUSION if multi_mode == "fusion" else MultiViewMode.REFINEMENT
+    if groups is not None:
+        groups = groups.to(batch["w"].device)
+    X = lift_multiview(model, batch, skeleton, MultiViewConfig(mode=mode), groups=groups)
+    return X.detach().cpu().double().numpy()
+
+
+_LIST_F32 = pa.list_(pa.float32())
+_KEYS = [pa.field("rig_id", pa.string()), pa.field("sequence", pa.string()), pa.field("frame", pa.int64())]
+SINGLE_SCHEMA = pa.schema([*_KEYS, pa.field("view", pa.int8()), pa.field("camera_name", pa.string()),
+                           pa.field("joints_cam", _LIST_F32), pa.field("root_cam", _LIST_F32)])
+MULTI_SCHEMA = pa.schema([*_KEYS, pa.field("num_views", pa.int8()), pa.field("joints_world_rel", _LIST_F32),
+                          pa.field("joints_world", _LIST_F32)])
+
+
+def _flat(X: np.ndarray) -> pa.Array:
+    """[N, k, 3] (rows with any NaN = null) -> list<float32> [k*3] per row."""
+    N = X.shape[0]
+    flat = X.reshape(N, -1).astype(np.float32)
+    valid = np.isfinite(flat).all(-1)
+    values = pa.array(np.nan_to_num(flat).reshape(-1), pa.float32())
+    offsets = pa.array(np.arange(N + 1, dtype=np.int32) * flat.shape[1])
+    return pa.ListArray.from_arrays(offsets, values, mask=pa.array(~valid)).cast(_LIST_F32)
+
+
+def _strings(x: np.ndarray) -> pa.Array:
+    return pa.array([str(s) for s in x], pa.string())
+
+
+def single_table(frames: Frames, rel: np.ndarray, root: np.ndarray) -> pa.Table:
+    """Rows of mode "single" (see the module docstring) for one batch: rel [B, V, J, 3], root [B, V, 3]."""
+    b, v = np.nonzero(frames.view_mask)
+    return pa.Table.from_arrays([
+        _strings(frames.rig_id[b]), _strings(frames.sequence[b]), pa.array(frames.frame[b], pa.int64()),
+        pa.array(v.astype(np.int8), pa.int8()), _strings(frames.camera_names[b, v]),
+        _flat(rel[b, v]), _flat(root[b, v][:, None]),
+    ], schema=SINGLE_SCHEMA)
+
+
+def multi_table(frames: Frames, X_world: np.ndarray, root_ok: np.ndarray, num_views: np.ndarray,
+                root_joints: tuple[int, ...]) -> pa.Table:
+    """Rows of mode "multi" (see the module docstring) for one batch; X_world [B, J, 3], root_ok [B] bool."""
+    rel = X_world - X_world[:, list(root_joints)].mean(1, keepdims=True)
+    absolute = np.where(root_ok[:, None, None], X_world, np.nan)
+    return pa.Table.from_arrays([
+        _strings(frames.rig_id), _strings(frames.sequence), pa.array(frames.frame, pa.int64()),
+        pa.array(num_views.astype(np.int8), pa.int8()), _flat(rel), _flat(absolute),
+    ], schema=MULTI_SCHEMA)
+
+
+@contextlib.contextmanager
+def _published_parquet(out_url: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A ParquetWriter on a temp file that becomes `out_url` only when the block finishes without error."""
+    fs, path = url_to_fs(out_url)
+    if fs.isdir(path):
+        raise ValueError(f"out: {out_url} is a directory; give a file name such as {out_url.rstrip('/')}/lift.parquet")
+    local = isinstance(fs, LocalFileSystem)
+    folder = Path(path).parent if local else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{Path(path).name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            yield writer
+        if local:
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)  # one (multipart) upload: the object appears only when it completes
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
+                 multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_rows: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Lift `split` of the dataset at `data_url` with the model at `model_path`; write Parquet to `out_url`.
+
+    mode "single": every view on its own (adapt_steps > 0 first fine-tunes a copy of the model on each batch's
+    own multi-view 2D); mode "multi": fused world poses (`multi_mode` fusion | refinement | adaptation).
+    Returns {"out": out_url, "rows": rows written, "frames": frames read}.
+    """
+    if mode not in ("single", "multi"):
+        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+    if mode == "multi" and multi_mode not in MULTI_MODES:
+        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
+    model, skeleton, ds = open_inputs(model_path, data_url, split=split)
+    model.to(device)
+    meta = {"skeleton": skeleton.name, "joint_names": json.dumps(list(skeleton.joint_names)), "mode": mode,
+            "model": str(model_path), "split": split}
+    steps = adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)
+    rows = frames_read = 0
+    schema = (SINGLE_SCHEMA if mode == "single" else MULTI_SCHEMA).with_metadata(
+        {f"rigpose.{k}".encode(): v.encode() for k, v in meta.items()})
+    with _published_parquet(out_url, schema) as writer:
+        for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows):
+            batch = model_batch(frames, skeleton, device=device)
+            m = adapted(model, batch, skeleton, steps)
+            if mode == "single":
+                table = single_table(frames, *lift_single(m, batch))
+            else:
+                X = lift_multi(m, batch, skeleton, multi_mode=multi_mode, groups=sequence_groups(frames))
+                num_views = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
+                table = multi_table(frames, X, batch["root_ok"].cpu().numpy() > 0, num_views,
+                                    tuple(skeleton.root_joints))
+            writer.write_table(table.replace_schema_metadata(schema.metadata))
+            rows += table.num_rows
+            frames_read += len(frames)
+    return {"out": out_url, "rows": rows, "frames": frames_read}
+
