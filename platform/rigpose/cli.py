@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from rigpose import __version__
+from rigpose.ui import fail as _fail
 
 app = typer.Typer(
     name="rigpose",
@@ -73,16 +74,10 @@ def train(
     typer.echo(f"model: {out['model']}")
 
 
-def _fail(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
-
-
 def _print_history(history: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from rigpose.ui import console
 
     table = Table(title="training")
     cols = ["epoch", "train/loss", "train/cross_view", "train/supervised_3d", "val/reprojection_px", "lr",
@@ -92,7 +87,7 @@ def _print_history(history: list[dict]) -> None:
         table.add_column(c, justify="right")
     for h in history:
         table.add_row(*(f"{int(h[c]) + 1}" if c == "epoch" else f"{h[c]:.4g}" if c in h else "-" for c in cols))
-    Console().print(table)
+    console().print(table)
 
 
 _register()

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rigpose import geometry as g
+from rigpose import ui
 from rigpose.rig import RigError, load_rig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def demo_motion(num_frames: int = 120) -> tuple[str, np.ndarray]:
 def rig_check(*, seed: int = 0, noise_px: float = 5.0, outlier_rate: float = 0.02,
               rigs_dir: Path = RIGS_DIR, console: Console | None = None) -> int:
     """Step 1: returns the process exit code (0 when every shipped rig validates)."""
-    console = console or Console()
+    console = console or ui.console()
     rng = np.random.default_rng(seed)
     rig_files = sorted(rigs_dir.glob("*.json"))
     if not rig_files:
@@ -84,7 +85,7 @@ def rig_check(*, seed: int = 0, noise_px: float = 5.0, outlier_rate: float = 0.0
 def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("outputs"), epochs: int | None = None,
              train: bool = True, console: Console | None = None) -> int:
     """All steps; returns the process exit code."""
-    console = console or Console()
+    console = console or ui.console()
     console.rule("[bold]1/4 rigs")
     code = rig_check(seed=seed, noise_px=noise_px, console=console)
     if code or not train:

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rigpose import ui
+
 DEFAULT_BATCH_SIZE = 512  # rows per batch; memory grows linearly with it
 
 
@@ -39,9 +41,7 @@ class MultiMode(StrEnum):
     adaptation = "adaptation"
 
 
-def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False, markup=True)
-    raise typer.Exit(1)
+_fail = ui.fail
 
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model file (model.pt) or a run folder holding one.")]
@@ -135,7 +135,7 @@ def print_results(result: dict[str, Any], *, console: Console | None = None) -> 
         table.add_row(name, *(_cell(res["overall"].get(k)) for _, k in _COLUMNS), style="bold")
         for cam, metrics in res["per_camera"].items():
             table.add_row(f"  {cam}", *(_cell(metrics.get(k)) for _, k in _COLUMNS))
-    (console or Console()).print(table)
+    (console or ui.console()).print(table)
 
 
 def register(app: typer.Typer) -> None:

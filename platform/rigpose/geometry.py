@@ -263,7 +263,11 @@ def _dlt(xy_VJ2: Array, P_V34: Array, w_VJ: Array) -> Array:
     else:
         _, vecs = np.linalg.eigh(np.swapaxes(A, -1, -2) @ A)
     Xh = vecs[..., :, 0]
-    X = Xh[..., :3] / Xh[..., 3:4]
+    if torch_mode:
+        X = Xh[..., :3] / Xh[..., 3:4]
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):  # unusable joints: NaN below, not a warning
+            X = Xh[..., :3] / Xh[..., 3:4]
     num_views = (w_VJ > 0).sum(-2)  # [..., J]
     return _where(num_views[..., None] >= 2, X, float("nan"))
 

@@ -8,17 +8,14 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from rigpose import ui
+
 app = typer.Typer(no_args_is_help=True, help="Datasets: build from recipes, ingest real formats, validate, describe.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
+console = ui.console()
+err_console = ui.console(stderr=True)
+_fail = ui.fail
 
 
 @app.command()

@@ -41,6 +41,7 @@ WEIGHTINGS = ("confidence", "uniform")
 FUSE_KEYS = ("xy", "w", "R", "t", "view_mask", "root_world", "root_ok")
 REFINE_KEYS = ("kp", "w", "K", "dist", "R", "t", "view_mask")
 MISSING_JOINT_WEIGHT = 0.05  # confidence of a joint the view did not see (the lifter filled it in)
+PRIOR_SHAPE_ONLY = True
 _RAYLEIGH_MEDIAN_SQ = 2.0 * math.log(2.0)  # median of |e|^2 / sigma^2 for e ~ N(0, sigma^2 I_2)
 
 
@@ -218,7 +219,8 @@ class NoiseEstimate:
         return (self.sigma_2d_px / self.sigma_prior_px) ** 2
 
 
-def estimate_noise(poses_BJ3: torch.Tensor, batch: Batch, *, min_ratio: float = 0.5) -> NoiseEstimate:
+def estimate_noise(poses_BJ3: torch.Tensor, batch: Batch, *, min_ratio: float = 0.5,
+                   min_sigma_px: float = 0.5) -> NoiseEstimate:
     """Noise of the 2D and of the fused poses [B, J, 3], from the data alone (no labels).
 
     2D: the reprojection residual of the robustly triangulated `pseudo_world` (joints seen by n >= 2 views), its
@@ -227,6 +229,7 @@ def estimate_noise(poses_BJ3: torch.Tensor, batch: Batch, *, min_ratio: float = 
     Prior: the fused poses' residual over the same kind of median, minus the 2D noise (independent errors add in
     quadrature), floored at `min_ratio` * sigma_2d so the prior never outweighs the 2D by more than 1/min_ratio^2.
     Without triangulable joints (one view) the 2D noise is taken equal to the fused residual (prior weight 1).
+    sigma_2d is floored at `min_sigma_px` (keypoints are never better than sub-pixel; exact synthetic 2D).
     """
     err_f, obs = reprojection_residuals(poses_BJ3.detach(), batch)
     obs = obs & torch.isfinite(poses_BJ3).all(-1)[:, None]
@@ -239,7 +242,7 @@ def estimate_noise(poses_BJ3: torch.Tensor, batch: Batch, *, min_ratio: float = 
         if sel.any():
             share = (1.0 - 1.5 / n_BJ.clamp_min(2).to(err_t.dtype))[:, None].expand_as(err_t)
             sigma_2d_sq = (err_t[sel].square() / share[sel]).median() / _RAYLEIGH_MEDIAN_SQ
-    sigma_2d = float(sigma_2d_sq.clamp_min(1e-6).sqrt())
+    sigma_2d = max(float(sigma_2d_sq.sqrt()), min_sigma_px)
     prior_sq = max(float(total_sq) - sigma_2d**2, (min_ratio * sigma_2d) ** 2)
     return NoiseEstimate(sigma_2d_px=sigma_2d, sigma_prior_px=math.sqrt(prior_sq), num_obs=int(obs.sum()))
 
@@ -323,7 +326,10 @@ def refine(
         opt.zero_grad()
         err, obs = reprojection_residuals(X, batch)
         data = (batch["w"] * obs * huber(err / noise.sigma_2d_px, huber_sigmas) * huber_sigmas).sum()
-        prior = 0.5 * (lam * (k_B[:, None] * (X - X0).norm(dim=-1)) ** 2).sum()
+        d = X - X0
+        if PRIOR_SHAPE_ONLY:
+            d = d - d.mean(1, keepdim=True)
+        prior = 0.5 * (lam * (k_B[:, None] * d.norm(dim=-1)) ** 2).sum()
         L_BN = L_GN[g_B]
         bone = 0.5 * bone_weight * ((k_B[:, None] * (_bone_lengths(X, skeleton) - L_BN)) ** 2).sum()
         sym = 0.5 * symmetry_weight * ((k_B[:, None] * (L_BN[:, list(left)] - L_BN[:, list(right)])) ** 2 * fb[:, None]
