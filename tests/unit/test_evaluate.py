@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import typer
-from conftest import REPO, rest_pose_deepmimic16
+from rigpose_testing import REPO, rest_pose_deepmimic16
 from typer.testing import CliRunner
 
 from rigpose import evaluate as ev

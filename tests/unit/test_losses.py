@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import synthetic_batch, to_torch
+from rigpose_testing import synthetic_batch, to_torch
 
 from rigpose.model import losses
 from rigpose.skeleton import DEEPMIMIC16
@@ -78,7 +78,7 @@ def test_root_depth_is_zero_for_the_true_root_depth() -> None:
 
 
 def test_bone_symmetry_is_zero_for_a_symmetric_pose_only() -> None:
-    from conftest import rest_pose_deepmimic16
+    from rigpose_testing import rest_pose_deepmimic16
 
     pose = torch.tensor(rest_pose_deepmimic16(), dtype=torch.float32)[None]
     s, c = losses.bone_symmetry(pose, DEEPMIMIC16.bones, DEEPMIMIC16.symmetric_bones)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, synthetic_batch, to_torch
+from rigpose_testing import REPO, synthetic_batch, to_torch
 
 from rigpose.config import flatten, load_job
 from rigpose.data.schema import TRAINING_COLUMNS
