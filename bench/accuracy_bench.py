@@ -145,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/bench/accuracy", help="working folder (datasets, runs)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--adapt-steps", type=int, default=30, help="test-time adaptation steps per batch")
+    p.add_argument("--max-rows", type=int, default=1000, help="frames evaluated per split (the first ones)")
     args = p.parse_args(argv)
     out = Path(args.out)
     frames = 3000 if args.quick else None
     epochs = 2 if args.quick else args.epochs
     if epochs is None:
         epochs = yaml.safe_load((REPO / "jobs" / "train.yaml").read_text())["optim"]["epochs"]
-    max_rows = 300 if args.quick else None
+    max_rows = 300 if args.quick else args.max_rows
     t_start = time.perf_counter()
     console.print(f"[bold]accuracy benchmark[/bold] on {machine()}; epochs {epochs}; command: "
                   f"{' '.join([sys.executable, *sys.argv])}")
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("test", "test_clips"):
             r3 = evaluate(runs[f"{noise}-3d"]["model"], data[noise], split, modes=("single",), max_rows=max_rows)
             multi = {m: evaluate(runs[f"{noise}-2d"]["model"], data[noise], split, multi_mode=m, max_rows=max_rows,
-                                 adapt_steps=args.adapt_steps if m == "adaptation" else 0)
+                                 adapt_steps=args.adapt_steps if m == "adaptation" else 0,
+                                 multi_heldout=m == "fusion")
                      for m in ("fusion", "refinement", "adaptation")}
             r2 = multi["fusion"]
             row = {
@@ -202,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
 
     drop = {m: evaluate(runs["noisy-2d"]["model"], dropped, "test", multi_mode=m, max_rows=max_rows,
-                        adapt_steps=args.adapt_steps if m == "adaptation" else 0)
+                        adapt_steps=args.adapt_steps if m == "adaptation" else 0, multi_heldout=False)
             for m in ("fusion", "refinement", "adaptation")}
     results["one_view_dropped"] = {**{f"{m}_mm": _mm(drop[m]["multi"][m]) for m in drop},
                                    "dlt_mm": _mm(drop["fusion"]["multi"]["dlt"]),
                                    "robust_mm": _mm(drop["fusion"]["multi"]["robust"])}
     console.print("one of four views dropped per frame (noisy test):", results["one_view_dropped"])
 
-    tr = evaluate(runs["noisy-2d"]["model"], transfer, "test", max_rows=max_rows)
+    tr = evaluate(runs["noisy-2d"]["model"], transfer, "test", max_rows=max_rows, multi_heldout=False)
     tr3 = evaluate(runs["noisy-3d"]["model"], transfer, "test", modes=("single",), max_rows=max_rows)
     results["transfer"] = {"rig": transfer_rig, "single_2d_mm": _mm(tr["single"]), "single_3d_mm": _mm(tr3["single"]),
                            "fusion_mm": _mm(tr["multi"]["fusion"]), "dlt_mm": _mm(tr["multi"]["dlt"])}

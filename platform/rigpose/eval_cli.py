@@ -64,6 +64,8 @@ def evaluate_command(
     adapt_steps: AdaptOpt = 0,
     max_rows: MaxRowsOpt = None,
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    multi_heldout: Annotated[bool, typer.Option(
+        help="Multi-view held-out-view px (re-runs the multi-view method once per left-out view).")] = True,
 ) -> None:
     """Score a lifter: MPJPE / PA / N-MPJPE / PCK@150mm (where the data has 3D), held-out-view reprojection px,
     and weighted-DLT and robust-triangulation baselines in the same table."""
@@ -72,7 +74,8 @@ def evaluate_command(
     modes = ("single", "multi") if mode is Mode.both else (mode.value,)
     try:
         result = evaluate(model, data, split=split, modes=modes, multi_mode=multi.value, adapt_steps=adapt_steps,
-                          batch_size=batch_size, max_rows=max_rows, json_path=json_out)
+                          batch_size=batch_size, max_rows=max_rows, json_path=json_out,
+                          multi_heldout=multi_heldout)
     except (ValueError, OSError) as e:
         _fail(str(e))
     print_results(result)

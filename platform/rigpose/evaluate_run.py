@@ -150,13 +150,16 @@ def _multi_3d(acc: _Means, section: str, X: np.ndarray, root_ok: np.ndarray, gt:
 
 
 def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
-                 *, model_adapted: Lifter, methods: tuple[str, ...], adapt_steps: int, device: str) -> None:
+                 *, model_adapted: Lifter, methods: tuple[str, ...], adapt_steps: int, device: str,
+                 heldout: bool = True) -> None:
     roots = tuple(skeleton.root_joints)
     groups = sequence_groups(frames)
     if frames.joints_3d is not None:
         for method in methods:
             X, root_ok = _answers(method, batch, model_adapted, skeleton, groups)
             _multi_3d(acc, method, X, root_ok, frames.joints_3d.astype(np.float64), roots)
+    if not heldout:
+        return
     keys = _camera_keys(frames)
     kp, w, cams = _np(batch, "kp"), _np(batch, "w"), _cams(batch)
     for v in range(frames.num_views):
@@ -186,13 +189,15 @@ def _clean(x: Any) -> Any:
 
 def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ...] = MODES,
              multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-             max_rows: int | None = None, json_path: str | None = None, device: str = "cpu") -> dict[str, Any]:
+             max_rows: int | None = None, json_path: str | None = None, device: str = "cpu",
+             multi_heldout: bool = True) -> dict[str, Any]:
     """Evaluate the lifter at `model_path` on `split` of the dataset at `data_url`; see the module docstring.
 
     modes: any of "single", "multi"; multi_mode: fusion | refinement | adaptation (the lifter's multi-view
     answer; DLT and robust triangulation are always reported beside it); adapt_steps: test-time adaptation steps
     per batch (0 = none, or the adaptation mode's default with multi_mode "adaptation"; the adapted lifter serves
-    every lift); max_rows: evaluate only the first rows; json_path: also write the result there.
+    every lift); max_rows: evaluate only the first rows; json_path: also write the result there;
+    multi_heldout=False skips the multi-view held-out-view metric (it re-runs every method once per view).
     """
     modes = tuple(modes)
     if not modes or any(m not in MODES for m in modes):
@@ -213,7 +218,7 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
             _single_batch(acc, frames, batch, model_adapted, skeleton)
         if "multi" in modes:
             _multi_batch(acc, frames, batch, model, skeleton, model_adapted=model_adapted, methods=methods,
-                         adapt_steps=adapt_steps, device=device)
+                         adapt_steps=adapt_steps, device=device, heldout=multi_heldout)
         num_frames += len(frames)
     sections = acc.result()
     result: dict[str, Any] = {
