@@ -52,3 +52,33 @@ def test_an_aborted_write_to_s3_leaves_no_dataset(s3_bucket: str) -> None:
     assert read_manifest(root) is None
     with pytest.raises(DatasetError, match=r"no manifest\.json"):
         Dataset(root)
+
+
+def test_cli_build_ingest_validate_describe_on_s3(s3_bucket: str, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from rigpose.cli import app
+    from rigpose.data.ingest import write_interchange_npz
+
+    runner = CliRunner()
+    built = f"{s3_bucket}/built"
+    r = runner.invoke(app, ["datasets", "build", str(REPO / "datasets" / "recipes" / "tiny.yaml"), "--out", built,
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rig = load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+    f = _frames(rig, "take1", T=40)
+    write_interchange_npz(str(tmp_path / "take1.npz"), keypoints=f.keypoints, joint_names=H36M17.joint_names,
+                          camera_names=rig.camera_names, joints_3d=f.joints_3d)
+    ingested = f"{s3_bucket}/ingested"
+    r = runner.invoke(app, ["datasets", "ingest", "npz", str(tmp_path / "take1.npz"), "--rig",
+                            str(REPO / "datasets" / "rigs" / "h36m-s1.json"), "--out", ingested, "--split", "train",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for url, rows in ((built, 400), (ingested, 40)):
+        r = runner.invoke(app, ["datasets", "validate", url])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["datasets", "describe", url, "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["rows"] == rows
