@@ -113,7 +113,7 @@ def checkpoint_ranking(run: dict[str, Any], data: str, *, max_rows: int) -> dict
     base, skeleton, meta = load_lifter(run["model"])
     ckpt_root = Path(run["checkpoint"]).parent
     rows = []
-    for ckpt in sorted(ckpt_root.glob("checkpoint_*")):
+    for ckpt in sorted(p for p in ckpt_root.glob("checkpoint_*") if p.is_dir()):
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
         model = Lifter(base.config)
         model.load_state_dict(state["model"])
