@@ -8,14 +8,15 @@ Shape letters: B frames, V views, J joints, N bones, G groups (sequences: frames
 Units: metres for 3D, pixels for `kp` and reprojection residuals, undistorted normalised coordinates for `xy`.
 
 Stages (`MultiViewMode`):
-- fusion: each view's root-relative lift is rotated to the world (R^T), placed at the triangulated root and the
-  views are averaged joint by joint with confidence weights (`fusion_weights`).
+- fusion: each view's root-relative lift is scaled to the triangulated root's depth, rotated to the world (R^T),
+  placed at the triangulated root, and the views are averaged joint by joint with confidence weights
+  (`fusion_weights`).
 - refinement: the fused poses are optimised against every view's 2D (robust, score-weighted reprojection) while
-  staying near the fused pose (the learned prior) and keeping bone lengths constant within a sequence and
-  left/right symmetric. The prior's weight comes from the data (`estimate_noise`): the 2D noise from the
-  triangulation residual, the prior's noise from the fused pose's excess residual over it.
+  keeping the fused pose's shape (the learned prior), bone lengths constant within a sequence and left/right
+  symmetric. The prior's weight is the MAP balance (sigma_2d / sigma_prior)^2, both estimated from the batch
+  (`estimate_noise`): it rises with the 2D noise, as the prior should.
 - adaptation: a copy of the lifter fine-tuned a few steps on the test sequence's own multi-view 2D with the
-  2D-supervised training losses, then fusion (+ refinement) with it.
+  2D-supervised training losses, then fusion and refinement with it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from enum import StrEnum
 import torch
 from torch import nn
 
-from rigpose.geometry import project_camera
+from rigpose.geometry import CameraArrays, project_camera, triangulate
 from rigpose.model.losses import huber, to_camera
 from rigpose.skeleton import Skeleton
 from rigpose.train.step import LossWeights, lift_views, loss_terms, total_loss
@@ -41,7 +42,6 @@ WEIGHTINGS = ("confidence", "uniform")
 FUSE_KEYS = ("xy", "w", "R", "t", "view_mask", "root_world", "root_ok")
 REFINE_KEYS = ("kp", "w", "K", "dist", "R", "t", "view_mask")
 MISSING_JOINT_WEIGHT = 0.05  # confidence of a joint the view did not see (the lifter filled it in)
-PRIOR_SHAPE_ONLY = True
 _RAYLEIGH_MEDIAN_SQ = 2.0 * math.log(2.0)  # median of |e|^2 / sigma^2 for e ~ N(0, sigma^2 I_2)
 
 
@@ -59,11 +59,11 @@ class MultiViewConfig:
 
     mode: MultiViewMode = MultiViewMode.REFINEMENT
     weighting: str = "confidence"  # fusion weights: "confidence" (scores) or "uniform" (one per available view)
-    refine_steps: int = 30  # L-BFGS iterations of the refinement (refinement and adaptation modes); 0 = none
+    refine_steps: int = 100  # L-BFGS iterations of the refinement (refinement and adaptation modes); 0 = none
     prior_weight: float | None = None  # weight of the fused-pose prior vs the 2D; None = from the 2D noise
-    bone_weight: float = 1.0  # bone lengths constant within a sequence
-    symmetry_weight: float = 1.0  # left/right bone lengths equal
-    adapt_steps: int = 50  # adaptation mode: fine-tuning steps on the test 2D
+    bone_weight: float = 3.0  # bone lengths constant within a sequence
+    symmetry_weight: float = 0.1  # left/right bone lengths equal
+    adapt_steps: int = 100  # adaptation mode: fine-tuning steps on the test 2D
     adapt_lr: float = 1e-4  # adaptation mode: Adam learning rate
     adapt_batch_size: int | None = 1024  # frames per adaptation step (None = the whole batch)
 
@@ -134,20 +134,28 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- fusion
 
 
-def lift_to_world(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def lift_to_world(model: nn.Module, batch: Batch, *, rescale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Each view's lift in the world frame: (world [B, V, J, 3] metres, view_ok [B, V] bool).
 
-    The root-relative lift is rotated by R^T and placed at the triangulated root where `root_ok`; elsewhere at the
-    view's own predicted camera-frame root taken to the world (single-view scale). Views that are not ok hold
-    finite garbage and must be masked by the caller.
+    Where `root_ok`, the root-relative lift is scaled by (triangulated root depth / predicted root depth) in that
+    camera when `rescale` (every joint stays on its own ray, so the view's self-reprojection is kept, and the
+    metric scale comes from the calibrated rig instead of the single-view depth guess; the factor is clamped to
+    [0.5, 2]), rotated by R^T and placed at the triangulated root. Elsewhere (e.g. one view) it is placed at the
+    view's own predicted root taken to the world. Views that are not ok hold finite garbage: mask them.
     """
     ok_BV = view_ok(batch)
     w_BVJ = batch["w"] * ok_BV[..., None].to(batch["w"].dtype)
     out = lift_views(model, batch["xy"], w_BVJ)
     R, t = batch["R"], batch["t"]
+    root_ok = batch["root_ok"][:, None] > 0  # [B, 1]
+    rel = out.rel
+    if rescale:
+        z_tri = to_camera(batch["root_world"][:, None], R, t)[:, :, 0, 2]  # [B, V]
+        scale = (z_tri / out.root[..., 2].clamp_min(1e-3)).clamp(0.5, 2.0)
+        rel = rel * torch.where(root_ok, scale, torch.ones_like(scale))[..., None, None]
     own_root_BV3 = torch.einsum("bvi,bvik->bvk", out.root - t, R)  # R^T (root_cam - t)
-    root_BV3 = torch.where(batch["root_ok"][:, None, None] > 0, batch["root_world"][:, None], own_root_BV3)
-    rel_world = torch.einsum("bvji,bvik->bvjk", out.rel, R)  # R^T rel
+    root_BV3 = torch.where(root_ok[..., None], batch["root_world"][:, None], own_root_BV3)
+    rel_world = torch.einsum("bvji,bvik->bvjk", rel, R)  # R^T rel
     return rel_world + root_BV3[:, :, None], ok_BV
 
 
@@ -168,7 +176,8 @@ def fusion_weights(w_BVJ: torch.Tensor, ok_BV: torch.Tensor, weighting: str = "c
     return joint * w_BVJ.mean(-1, keepdim=True) * ok
 
 
-def fuse(model: nn.Module, batch: Batch, skeleton: Skeleton, *, weighting: str = "confidence") -> torch.Tensor:
+def fuse(model: nn.Module, batch: Batch, skeleton: Skeleton, *, weighting: str = "confidence",
+         rescale: bool = True) -> torch.Tensor:
     """Fused world poses [B, J, 3] (metres) from every available view's lift (see `lift_to_world`).
 
     Joint j of frame b is the `fusion_weights`-weighted mean over views of the views' world-frame estimates.
@@ -179,7 +188,7 @@ def fuse(model: nn.Module, batch: Batch, skeleton: Skeleton, *, weighting: str =
     if num_joints != skeleton.num_joints:
         raise ValueError(f"fuse: batch has {num_joints} joints, skeleton {skeleton.name!r} has {skeleton.num_joints}")
     with torch.no_grad(), _eval_mode(model):
-        world_BVJ3, ok_BV = lift_to_world(model, batch)
+        world_BVJ3, ok_BV = lift_to_world(model, batch, rescale=rescale)
     wts_BVJ = fusion_weights(batch["w"], ok_BV, weighting)
     den_BJ = wts_BVJ.sum(1)
     world_BVJ3 = torch.where(ok_BV[..., None, None], world_BVJ3, torch.zeros_like(world_BVJ3))
@@ -206,7 +215,7 @@ def reprojection_residuals(poses_BJ3: torch.Tensor, batch: Batch) -> tuple[torch
 class NoiseEstimate:
     """Label-free noise levels of one batch, pixels per image axis.
 
-    sigma_2d_px: the 2D keypoints' noise; sigma_prior_px: the fused pose's own error as seen in the images.
+    sigma_2d_px: the 2D keypoints' noise; sigma_prior_px: the fused poses' shape error as seen in the images.
     `prior_weight` = (sigma_2d / sigma_prior)^2 is the MAP balance of the fused-pose prior against the 2D.
     """
 
@@ -219,41 +228,59 @@ class NoiseEstimate:
         return (self.sigma_2d_px / self.sigma_prior_px) ** 2
 
 
-def estimate_noise(poses_BJ3: torch.Tensor, batch: Batch, *, min_ratio: float = 0.5,
-                   min_sigma_px: float = 0.5) -> NoiseEstimate:
-    """Noise of the 2D and of the fused poses [B, J, 3], from the data alone (no labels).
-
-    2D: the reprojection residual of the robustly triangulated `pseudo_world` (joints seen by n >= 2 views), its
-    squared median divided by the Rayleigh median 2 ln 2 and by the least-squares residual share 1 - 3/(2n) (3 of
-    the 2n coordinates are absorbed by the fit). Medians make outliers and swaps harmless.
-    Prior: the fused poses' residual over the same kind of median, minus the 2D noise (independent errors add in
-    quadrature), floored at `min_ratio` * sigma_2d so the prior never outweighs the 2D by more than 1/min_ratio^2.
-    Without triangulable joints (one view) the 2D noise is taken equal to the fused residual (prior weight 1).
-    sigma_2d is floored at `min_sigma_px` (keypoints are never better than sub-pixel; exact synthetic 2D).
-    """
-    err_f, obs = reprojection_residuals(poses_BJ3.detach(), batch)
-    obs = obs & torch.isfinite(poses_BJ3).all(-1)[:, None]
-    total_sq = err_f[obs].square().median() / _RAYLEIGH_MEDIAN_SQ if obs.any() else torch.tensor(1.0)
-    sigma_2d_sq = total_sq
-    if "pseudo_world" in batch and "pseudo_ok" in batch:
-        err_t, obs_t = reprojection_residuals(batch["pseudo_world"], batch)
-        n_BJ = obs_t.sum(1)
-        sel = obs_t & (batch["pseudo_ok"][:, None] > 0) & (n_BJ[:, None] >= 2)
-        if sel.any():
-            share = (1.0 - 1.5 / n_BJ.clamp_min(2).to(err_t.dtype))[:, None].expand_as(err_t)
-            sigma_2d_sq = (err_t[sel].square() / share[sel]).median() / _RAYLEIGH_MEDIAN_SQ
-    sigma_2d = max(float(sigma_2d_sq.sqrt()), min_sigma_px)
-    prior_sq = max(float(total_sq) - sigma_2d**2, (min_ratio * sigma_2d) ** 2)
-    return NoiseEstimate(sigma_2d_px=sigma_2d, sigma_prior_px=math.sqrt(prior_sq), num_obs=int(obs.sum()))
-
-
 def _pixels_per_metre(poses_BJ3: torch.Tensor, batch: Batch, ok_BV: torch.Tensor) -> torch.Tensor:
-    """[B] mean focal length / root depth over the frame's usable views: converts metres near the body to px."""
-    X_cam = to_camera(poses_BJ3.mean(1, keepdim=True), batch["R"], batch["t"])[:, :, 0]  # [B, V, 3]
+    """[B] mean focal length / body depth over the frame's usable views: converts metres near the body to px."""
+    X_cam = to_camera(torch.nan_to_num(poses_BJ3).mean(1, keepdim=True), batch["R"], batch["t"])[:, :, 0]
     k_BV = batch["K"][..., 0, 0] / X_cam[..., 2].clamp_min(0.1)
     okf = ok_BV.to(k_BV.dtype)
     mean_all = (k_BV * batch["view_mask"]).sum(1) / batch["view_mask"].sum(1).clamp_min(1)
     return torch.where(okf.sum(1) > 0, (k_BV * okf).sum(1) / okf.sum(1).clamp_min(1), mean_all)
+
+
+def _weighted_dlt(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score-weighted DLT of every joint [B, J, 3] world metres, NaN where < 2 views; views used [B, J])."""
+    w = batch["w"] * (batch["view_mask"][..., None] > 0)
+    kp = torch.where(w[..., None] > 0, batch["kp"], torch.full_like(batch["kp"], float("nan"))).double()
+    cams = CameraArrays(*(batch[k].double() for k in ("K", "dist", "R", "t")))
+    return triangulate(kp, cams, w.double()).to(batch["kp"].dtype), (w > 0).sum(1)
+
+
+def estimate_noise(poses_BJ3: torch.Tensor, batch: Batch, *, min_ratio: float = 0.5, min_sigma_px: float = 0.5,
+                   max_error_m: float = 1.0) -> NoiseEstimate:
+    """Noise of the 2D and of the fused poses' shape [B, J, 3], from the data alone (no labels).
+
+    Reference: the score-weighted DLT of every joint seen by n >= 2 views (plain least squares, so its residual
+    keeps the noise's scale; an inlier-gated robust fit truncates it once the noise nears its gate).
+    2D: the DLT's reprojection residual, its squared median divided by the Rayleigh median 2 ln 2 and by the
+    least-squares residual share 1 - 3/(2n) (3 of the 2n coordinates are absorbed by the fit); the median makes
+    outliers and swaps harmless. Floored at `min_sigma_px` (exact synthetic 2D).
+    Prior: the mean squared distance (px, via the frame's px per metre, per axis) between the fused and the DLT
+    pose, both centred on their mean joint (refinement's prior leaves the translation free), minus the DLT's own
+    share 1.5 sigma_2d^2 / n. A mean, not a median: the lifter's errors are heavy-tailed and MAP wants their
+    variance; distances over `max_error_m` count as `max_error_m` (a failed DLT). Floored at `min_ratio` sigma_2d,
+    so the prior never outweighs the 2D by more than 1/min_ratio^2. No joint seen twice (one view): prior weight 1.
+    """
+    X_BJ3 = poses_BJ3.detach()
+    ref_BJ3, n_BJ = _weighted_dlt(batch)
+    err, obs = reprojection_residuals(torch.nan_to_num(ref_BJ3), batch)
+    ok_BJ = torch.isfinite(ref_BJ3).all(-1) & torch.isfinite(X_BJ3).all(-1) & (n_BJ >= 2)
+    sel = obs & ok_BJ[:, None]
+    if not sel.any():
+        return NoiseEstimate(sigma_2d_px=1.0, sigma_prior_px=1.0, num_obs=0)
+    share = (1.0 - 1.5 / n_BJ.clamp_min(2).to(err.dtype))[:, None].expand_as(err)
+    sigma_2d = max(float(((err[sel].square() / share[sel]).median() / _RAYLEIGH_MEDIAN_SQ).sqrt()), min_sigma_px)
+    okf = ok_BJ.to(X_BJ3.dtype)[..., None]
+    num = okf.sum(1, keepdim=True).clamp_min(1)
+    d = (torch.nan_to_num(X_BJ3) - torch.nan_to_num(ref_BJ3)) * okf
+    d = (d - d.sum(1, keepdim=True) / num).norm(dim=-1).clamp_max(max_error_m)  # shape only, [B, J] metres
+    k_B = _pixels_per_metre(X_BJ3, batch, view_ok(batch))
+    use = ok_BJ & (ok_BJ.sum(1, keepdim=True) >= 4)  # a centre from >= 4 joints
+    if not use.any():
+        return NoiseEstimate(sigma_2d_px=sigma_2d, sigma_prior_px=sigma_2d, num_obs=int(sel.sum()))
+    d2_px = (d * k_B[:, None])[use].square()
+    prior_sq = float(d2_px.mean()) / 3 - 1.5 * sigma_2d**2 / float(n_BJ[use].double().mean())
+    sigma_prior = math.sqrt(max(prior_sq, (min_ratio * sigma_2d) ** 2))
+    return NoiseEstimate(sigma_2d_px=sigma_2d, sigma_prior_px=sigma_prior, num_obs=int(sel.sum()))
 
 
 def _group_index(groups: torch.Tensor | None, B: int, device: torch.device) -> torch.Tensor:
@@ -284,21 +311,25 @@ def refine(
     batch: Batch,
     skeleton: Skeleton,
     *,
-    steps: int = 30,
+    steps: int = 100,
     prior_weight: float | torch.Tensor | None = None,
-    bone_weight: float = 1.0,
-    symmetry_weight: float = 1.0,
+    bone_weight: float = 3.0,
+    symmetry_weight: float = 0.1,
     groups: torch.Tensor | None = None,
     huber_sigmas: float = 2.5,
 ) -> torch.Tensor:
     """Refined world poses [B, J, 3] (metres): the fused `poses_BJ3` optimised (L-BFGS, `steps` iterations).
 
-    Minimises, per frame and in units of the 2D noise sigma (px, `estimate_noise`), with k = px per metre:
+    Minimises, per frame and in units of the 2D noise sigma (px, `estimate_noise`), with k = px per metre and
+    c(.) centring on the mean joint:
       sum_{v,j} w_vj rho(|proj_v(X_j) - kp_vj| / sigma)                robust 2D term (Huber at `huber_sigmas`)
-      + prior_weight * sum_j (k |X_j - X0_j| / sigma)^2 / 2           stay near the fused pose (learned prior)
+      + prior_weight * sum_j (k |c(X - X0)_j| / sigma)^2 / 2          keep the fused pose's shape (learned prior)
       + bone_weight * sum_n (k (len_n(X) - L_gn) / sigma)^2 / 2       bone lengths L_g shared by the group g
       + symmetry_weight * sum_pairs (k (L_g,left - L_g,right) / sigma)^2 / 2.
-    `prior_weight=None` takes the MAP balance (sigma_2d / sigma_prior)^2 from `estimate_noise`. `groups` [B]
+    The prior leaves the translation free: the fused pose's errors are largely a whole-body offset (the
+    triangulated root's error) shared by all joints, which a per-joint prior would weigh J times over, while the
+    2D of every joint and view pins it down. `prior_weight=None` takes the MAP balance (sigma_2d / sigma_prior)^2
+    from `estimate_noise`; a float or a [J] tensor sets it. `groups` [B]
     names each frame's sequence (frames of one sequence share a skeleton; None = one group). NaN frames stay NaN.
     """
     B, _, J = _check_batch(batch, REFINE_KEYS, "refine")
@@ -327,8 +358,7 @@ def refine(
         err, obs = reprojection_residuals(X, batch)
         data = (batch["w"] * obs * huber(err / noise.sigma_2d_px, huber_sigmas) * huber_sigmas).sum()
         d = X - X0
-        if PRIOR_SHAPE_ONLY:
-            d = d - d.mean(1, keepdim=True)
+        d = d - d.mean(1, keepdim=True)  # the prior holds the shape; the 2D alone places the body
         prior = 0.5 * (lam * (k_B[:, None] * d.norm(dim=-1)) ** 2).sum()
         L_BN = L_GN[g_B]
         bone = 0.5 * bone_weight * ((k_B[:, None] * (_bone_lengths(X, skeleton) - L_BN)) ** 2).sum()
@@ -363,7 +393,7 @@ def adapt(
     data: Batch | Iterable[Batch],
     skeleton: Skeleton,
     *,
-    steps: int = 50,
+    steps: int = 100,
     lr: float = 1e-4,
     weights: LossWeights | None = None,
     batch_size: int | None = 1024,
