@@ -1,8 +1,8 @@
 """`rigpose demo`: the main job end to end on embedded defaults (what `make demo` runs).
 
-1. rigs: validate every shipped rig; project real motion capture (pybullet's DeepMimic clips) through each with
+1. data: build `outputs/datasets/demo` from `datasets/recipes/demo.yaml` (skipped when it already exists).
+2. rigs: validate every shipped rig; project real motion capture (pybullet's DeepMimic clips) through each with
    detector-like noise and triangulate it back (weighted and robust DLT): a table of 3D and reprojection errors.
-2. data: build `outputs/datasets/demo` from `datasets/recipes/demo.yaml` (skipped when it already exists).
 3. train: `jobs/train.yaml` (2D supervision only) on a local Ray; the model lands in `outputs/runs/demo/model.pt`.
 4. evaluate: the trained lifter on the test split against triangulation baselines; a table and a JSON file.
 """
@@ -86,21 +86,22 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
              train: bool = True, console: Console | None = None) -> int:
     """All steps; returns the process exit code."""
     console = console or ui.console()
-    console.rule("[bold]1/4 rigs")
+    data_url = str(output_dir / "datasets" / "demo")
+    if train:
+        from rigpose.data.store import read_manifest
+        from rigpose.data.synth import build_dataset
+
+        console.rule("[bold]1/4 dataset")
+        if read_manifest(data_url) is None:
+            manifest = build_dataset(str(DEMO_RECIPE), data_url, progress=True)
+            console.print(f"built {data_url}: {manifest.num_rows:,} frames, splits "
+                          f"{ {k: v['rows'] for k, v in manifest.splits().items()} }")
+        else:
+            console.print(f"{data_url} already exists (delete it to rebuild)")
+    console.rule("[bold]2/4 rigs")
     code = rig_check(seed=seed, noise_px=noise_px, console=console)
     if code or not train:
         return code
-    from rigpose.data.store import read_manifest
-    from rigpose.data.synth import build_dataset
-
-    data_url = str(output_dir / "datasets" / "demo")
-    console.rule("[bold]2/4 dataset")
-    if read_manifest(data_url) is None:
-        manifest = build_dataset(str(DEMO_RECIPE), data_url, progress=True)
-        console.print(f"built {data_url}: {manifest.num_rows:,} frames, splits "
-                      f"{ {k: v['rows'] for k, v in manifest.splits().items()} }")
-    else:
-        console.print(f"{data_url} already exists (delete it to rebuild)")
     console.rule("[bold]3/4 train (2D supervision only)")
     from rigpose.config import load_job
     from rigpose.train.trainer import train as run_training
