@@ -41,7 +41,7 @@ integration: setup
 	$(PY) -m pytest -q tests/integration
 
 bench: setup
-	$(PY) bench/geometry_bench.py
+	for f in bench/*_bench.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -73,6 +73,14 @@ ARROW_SCHEMA = pa.schema(
 )
 
 
+def _finite_xy(kp_2: np.ndarray) -> np.ndarray:
+    """[..., 2] points -> [...] bool, both coordinates finite.
+
+    Same as `np.isfinite(kp_2).all(-1)`, ~10x faster: NumPy reduces a size-2 last axis one row at a time.
+    """
+    return np.isfinite(kp_2[..., 0]) & np.isfinite(kp_2[..., 1])
+
+
 @dataclass
 class Frames:
     """A block of multi-view frames in memory (NumPy). All per-row arrays share the leading N.
@@ -115,7 +123,7 @@ class Frames:
 
     def valid(self) -> np.ndarray:
         """[N, V, J] bool: keypoint present (finite) with a positive score on a real view."""
-        return np.isfinite(self.keypoints).all(-1) & (self.scores > 0) & self.view_mask[..., None]
+        return _finite_xy(self.keypoints) & (self.scores > 0) & self.view_mask[..., None]
 
     def take(self, index: Any) -> Frames:
         """Rows `index` (a slice, mask or index array) as a new `Frames`."""
@@ -140,19 +148,32 @@ class Frames:
         j3 = [p.joints_3d for p in parts]
         has3d = all(x is not None for x in j3)
         return Frames(
-            rig_id=np.concatenate([p.rig_id for p in parts]),
-            sequence=np.concatenate([p.sequence for p in parts]),
-            subject=np.concatenate([p.subject for p in parts]),
-            frame=np.concatenate([p.frame for p in parts]),
-            keypoints=np.concatenate([p.keypoints for p in parts]),
-            scores=np.concatenate([p.scores for p in parts]),
-            cameras=CameraArrays(*(np.concatenate([p.cameras[i] for p in parts]) for i in range(4))),
-            image_size=np.concatenate([p.image_size for p in parts]),
-            camera_names=np.concatenate([p.camera_names for p in parts]),
-            split=np.concatenate([p.split for p in parts]),
-            view_mask=np.concatenate([p.view_mask for p in parts]),
-            joints_3d=np.concatenate(j3) if has3d else None,
+            rig_id=_concat_rows([p.rig_id for p in parts]),
+            sequence=_concat_rows([p.sequence for p in parts]),
+            subject=_concat_rows([p.subject for p in parts]),
+            frame=_concat_rows([p.frame for p in parts]),
+            keypoints=_concat_rows([p.keypoints for p in parts]),
+            scores=_concat_rows([p.scores for p in parts]),
+            cameras=CameraArrays(*(_concat_rows([p.cameras[i] for p in parts]) for i in range(4))),
+            image_size=_concat_rows([p.image_size for p in parts]),
+            camera_names=_concat_rows([p.camera_names for p in parts]),
+            split=_concat_rows([p.split for p in parts]),
+            view_mask=_concat_rows([p.view_mask for p in parts]),
+            joints_3d=_concat_rows(j3) if has3d else None,
         )
+
+
+def _concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """`np.concatenate(arrays)`, always C-contiguous.
+
+    NumPy keeps the inputs' memory order: broadcast rows (a static rig's cameras) or transposed views would give
+    a strided result that every later row-wise read, and the Arrow conversion, has to copy again.
+    """
+    if any(a.shape[1:] != arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays)  # NumPy's own error
+    dtype = np.result_type(*{a.dtype for a in arrays})
+    out = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=dtype)
+    return np.concatenate(arrays, out=out)
 
 
 def frames_for_rig(
@@ -176,9 +197,8 @@ def frames_for_rig(
     T, V, J, _ = keypoints.shape
     if len(rig.cameras) != V:
         raise ValueError(f"keypoints have {V} views but rig {rig.rig_id!r} has {len(rig.cameras)} cameras")
-    missing = ~np.isfinite(keypoints).all(-1)
     if scores is None:
-        scores = np.where(missing, 0.0, 1.0).astype(np.float32)
+        scores = _finite_xy(keypoints).astype(np.float32)  # 1, and 0 where the keypoint is missing
     scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != (T, V, J):
         raise ValueError(f"scores: expected shape {(T, V, J)}, got {scores.shape}")
@@ -218,6 +238,26 @@ def _list_column(values_NX: np.ndarray, arrow_type: pa.DataType) -> pa.ListArray
     return pa.ListArray.from_arrays(offsets, pa.array(flat, type=arrow_type))
 
 
+def _string_column(values: np.ndarray) -> pa.Array:
+    """[N] str -> Arrow strings, each run of equal values converted once (keys repeat for a sequence's rows)."""
+    values = np.asarray(values, dtype=object)
+    starts = np.flatnonzero(values[1:] != values[:-1]) + 1
+    if len(values) < 2 or len(starts) > len(values) // 8:
+        return pa.array(values, type=pa.string())
+    lengths = np.diff(np.concatenate([[0], starts, [len(values)]]))
+    run_of_row = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    return pa.array(values[np.concatenate([[0], starts])], type=pa.string()).take(run_of_row)
+
+
+def _camera_names_column(names_NV: np.ndarray) -> pa.ListArray:
+    """[N, V] camera names -> list column; a static rig's names (the same every row) converted once."""
+    N, V = names_NV.shape
+    if N > 1 and (names_NV == names_NV[0]).all():
+        values = pa.array(names_NV[0], type=pa.string()).take(np.tile(np.arange(V, dtype=np.int32), N))
+        return pa.ListArray.from_arrays(pa.array(np.arange(N + 1, dtype=np.int32) * V), values)
+    return _list_column(names_NV, pa.string())
+
+
 def frames_to_table(frames: Frames) -> pa.Table:
     """`Frames` of one rig (no padding views) -> an Arrow table with `ARROW_SCHEMA`."""
     if not frames.view_mask.all():
@@ -225,14 +265,14 @@ def frames_to_table(frames: Frames) -> pa.Table:
     N, V, J = len(frames), frames.num_views, frames.num_joints
     num_valid = frames.valid().any(-1).sum(-1).astype(np.int8)
     columns: dict[str, pa.Array] = {
-        "rig_id": pa.array(frames.rig_id, type=pa.string()),
-        "split": pa.array(frames.split, type=pa.string()),
-        "sequence": pa.array(frames.sequence, type=pa.string()),
-        "subject": pa.array(frames.subject, type=pa.string()),
+        "rig_id": _string_column(frames.rig_id),
+        "split": _string_column(frames.split),
+        "sequence": _string_column(frames.sequence),
+        "subject": _string_column(frames.subject),
         "frame": pa.array(np.asarray(frames.frame, dtype=np.int64)),
         "num_views": pa.array(np.full(N, V, dtype=np.int8)),
         "num_valid_views": pa.array(num_valid),
-        "camera_names": _list_column(np.asarray(frames.camera_names, dtype=object).reshape(N, V), pa.string()),
+        "camera_names": _camera_names_column(np.asarray(frames.camera_names, dtype=object).reshape(N, V)),
         "image_size": _list_column(np.asarray(frames.image_size, np.int32).reshape(N, V * 2), pa.int32()),
         "K": _list_column(np.asarray(frames.cameras.K, np.float64).reshape(N, V * 9), pa.float64()),
         "dist": _list_column(np.asarray(frames.cameras.dist, np.float64).reshape(N, V * 5), pa.float64()),
@@ -248,6 +288,17 @@ def frames_to_table(frames: Frames) -> pa.Table:
     return pa.Table.from_arrays([columns[f.name] for f in ARROW_SCHEMA], schema=ARROW_SCHEMA)
 
 
+def _to_numpy(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """`array.to_numpy(zero_copy_only=False)`; strings without nulls go through a dictionary, so each distinct
+    string becomes one Python object (the rows share it) instead of one object per row (~3x faster)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    if not pa.types.is_string(array.type) or array.null_count:
+        return array.to_numpy(zero_copy_only=False)
+    encoded = array.dictionary_encode()
+    return encoded.dictionary.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
+
+
 def _padded(column: pa.ChunkedArray | pa.Array, per_view: int, V: int, fill: Any, dtype: Any) -> np.ndarray:
     """List column of k*per_view values per row (k <= V; null = 0) -> [N, V, per_view] padded with `fill`."""
     if isinstance(column, pa.ChunkedArray):
@@ -255,7 +306,7 @@ def _padded(column: pa.ChunkedArray | pa.Array, per_view: int, V: int, fill: Any
     N = len(column)
     if N == 0:
         return np.full((0, V, per_view), fill, dtype=dtype)
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    flat = _to_numpy(column.flatten()).astype(dtype, copy=False)
     offsets = np.asarray(column.offsets, dtype=np.int64)
     lengths = np.diff(offsets)
     if column.null_count:
@@ -303,11 +354,11 @@ def frames_from_table(table: pa.Table, *, num_joints: int, num_views: int | None
         # rows without 3D come back NaN
         joints_3d = _padded(table.column("joints_3d"), J * 3, 1, np.nan, np.float32).reshape(N, J, 3)
     return Frames(
-        rig_id=np.asarray(table.column("rig_id").to_numpy(zero_copy_only=False), dtype=object),
-        sequence=np.asarray(table.column("sequence").to_numpy(zero_copy_only=False), dtype=object),
-        subject=np.asarray(table.column("subject").to_numpy(zero_copy_only=False), dtype=object),
+        rig_id=np.asarray(_to_numpy(table.column("rig_id")), dtype=object),
+        sequence=np.asarray(_to_numpy(table.column("sequence")), dtype=object),
+        subject=np.asarray(_to_numpy(table.column("subject")), dtype=object),
         frame=table.column("frame").to_numpy().astype(np.int64),
-        split=np.asarray(table.column("split").to_numpy(zero_copy_only=False), dtype=object),
+        split=np.asarray(_to_numpy(table.column("split")), dtype=object),
         keypoints=_padded(table.column("keypoints"), J * 2, V, np.nan, np.float32).reshape(N, V, J, 2),
         scores=_padded(table.column("scores"), J, V, 0.0, np.float32),
         cameras=CameraArrays(K=K.reshape(N, V, 3, 3), dist=dist, R=R.reshape(N, V, 3, 3), t=t),

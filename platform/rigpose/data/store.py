@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import io
 import json
 import posixpath
 import secrets
@@ -29,8 +28,10 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from rigpose.data.schema import ARROW_SCHEMA, SCHEMA_VERSION, Frames, frames_from_table, frames_to_table
+from rigpose.geometry import CameraArrays
 from rigpose.rig import Rig, rig_from_dict, rig_to_dict
 from rigpose.skeleton import Skeleton, get_skeleton
 from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
@@ -149,40 +150,85 @@ def read_manifest(root: str) -> Manifest | None:
 # ---------------------------------------------------------------------------------------------- row checks
 
 
+_QUARANTINE_REASONS = np.array(["", "infinite keypoint", "non-finite score", "non-finite camera",
+                               "NaN keypoint with non-zero score", "no valid view", "infinite joints_3d"],
+                              dtype=object)
+
+
+def _per_row(a: np.ndarray) -> np.ndarray:
+    """[N, ...] -> [N, X]: one row of values per frame (a view when `a` is contiguous)."""
+    return a.reshape(len(a), -1) if len(a) else a.reshape(0, 0)
+
+
+def _rows_all_finite(a: np.ndarray) -> np.ndarray:
+    """[N, ...] -> [N] bool, every value of the row finite. A row broadcast over N is checked once."""
+    if len(a) and a.strides[0] == 0:
+        return np.broadcast_to(np.isfinite(a[0]).all(), (len(a),))
+    return np.isfinite(_per_row(a)).all(1)
+
+
+def _any_per_row(bad: np.ndarray) -> np.ndarray | bool:
+    """[N, ...] bool -> [N] any per row; plain False when nothing is set (one quick pass over the whole array)."""
+    return _per_row(bad).any(1) if bad.any() else False
+
+
+def _quarantine_codes(frames: Frames) -> np.ndarray:
+    """[N] int8 index into `_QUARANTINE_REASONS` (0 = good row): the first failing check of `quarantine_reasons`."""
+    kp, sc = frames.keypoints, frames.scores
+    # Per coordinate, not `.any(-1)`: NumPy reduces a size-2 last axis one row at a time (~10x slower).
+    kp_nan = np.isnan(kp[..., 0]) | np.isnan(kp[..., 1])
+    checks = [
+        _any_per_row(np.isinf(kp)),
+        _any_per_row(~np.isfinite(sc)),
+        ~np.all([_rows_all_finite(a) for a in frames.cameras], axis=0),
+        _any_per_row(kp_nan & (sc != 0)),
+        ~_per_row(frames.valid()).any(1),
+    ]
+    if frames.joints_3d is not None:
+        checks.append(_any_per_row(np.isinf(frames.joints_3d)))
+    codes = np.zeros(len(frames), dtype=np.int8)
+    for code, bad in reversed(list(enumerate(checks, start=1))):  # the first check that fails wins
+        codes[bad] = code
+    return codes
+
+
 def quarantine_reasons(frames: Frames) -> np.ndarray:
     """[N] reason strings ("" = good row) for rows that must not enter a dataset.
 
     Infinite values anywhere, a NaN keypoint whose score is not 0, or no valid view at all. (NaN with score 0
     is the normal way to say "missing" and is kept.)
     """
-    N = len(frames)
-    reasons = np.full(N, "", dtype=object)
-    kp, sc = frames.keypoints, frames.scores
-    nan_scored = (np.isnan(kp).any(-1) & (sc != 0)).any((1, 2))
-    no_view = ~frames.valid().any(-1).any(-1)
-    checks = [
-        (np.isinf(kp).any((1, 2, 3)), "infinite keypoint"),
-        (np.isinf(sc).any((1, 2)) | np.isnan(sc).any((1, 2)), "non-finite score"),
-        (~np.all([np.isfinite(a.reshape(N, -1)).all(1) for a in frames.cameras], axis=0), "non-finite camera"),
-        (nan_scored, "NaN keypoint with non-zero score"),
-        (no_view, "no valid view"),
-    ]
-    if frames.joints_3d is not None:
-        checks.append((np.isinf(frames.joints_3d).any((1, 2)), "infinite joints_3d"))
-    for bad, why in checks:
-        reasons[bad & (reasons == "")] = why
-    return reasons
+    return _QUARANTINE_REASONS[_quarantine_codes(frames)]
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N] values -> (same [N-1] bool: row i+1 equals row i, first value of each run of equal values)."""
+    same = values[1:] == values[:-1]
+    return same, values[np.concatenate([[0], np.flatnonzero(~same) + 1])] if len(values) else values[:0]
+
+
+def _distinct(values: np.ndarray) -> list[Any]:
+    """Sorted distinct values of [N] `values` (as `np.unique`), fast when equal values come in runs."""
+    return sorted(set(_runs(values)[1].tolist()))
 
 
 def check_frames(frames: Frames, *, source: str) -> None:
     """Whole-input errors (not row quarantine): scores outside [0, 1], non-monotonic frames within a sequence."""
     sc = frames.scores
-    bad = np.isfinite(sc) & ((sc < 0) | (sc > 1))
+    bad = (sc < 0) | (sc > 1)
+    if bad.any():
+        bad &= np.isfinite(sc)  # +-inf is quarantined per row, not refused
     if bad.any():
         n, v, j = np.argwhere(bad)[0]
         raise DatasetError(
             f"{source}: field 'scores' outside [0, 1]: {sc[n, v, j]} at row {n}, view {v}, joint {j}"
         )
+    if len(frames) < 2:
+        return
+    # Fast path: each sequence is one run of rows and frames increase within runs. Else look per sequence.
+    same, starts = _runs(frames.sequence)
+    if len(set(starts.tolist())) == len(starts) and (np.diff(frames.frame)[same] > 0).all():
+        return
     for seq in np.unique(frames.sequence):
         f = frames.frame[frames.sequence == seq]
         steps = np.diff(f)
@@ -234,7 +280,8 @@ class DatasetWriter:
             )
         self._existing = self.base.sequences() if self.base else {}
         self._rigs: dict[str, Rig] = {}
-        self._buffers: dict[tuple[str, str], list[Frames]] = {}
+        self._buffers: dict[tuple[str, str], _RowBuffer] = {}  # rows queued per (rig, split), in queue order
+        self._spare: dict[tuple[str, str], _RowBuffer] = {}  # flushed buffers, reused (memory already mapped)
         self._written: list[ShardInfo] = []
         self._seen: set[tuple[str, str]] = set()
         self._replaced: set[tuple[str, str]] = set()
@@ -272,19 +319,23 @@ class DatasetWriter:
             raise ValueError(f"{source}: rows without a split")
         self._register_rig(rig, source=source)
         check_frames(frames, source=source)
-        for seq in np.unique(frames.sequence):
+        for seq in _distinct(frames.sequence):
             self._claim(rig.rig_id, str(seq), source=source)
-        reasons = quarantine_reasons(frames)
-        bad = reasons != ""
-        if bad.any():
-            self._quarantine(frames.take(bad), reasons[bad], source=source)
-            frames = frames.take(~bad)
-        self._num_rows += len(frames)
-        for sp in np.unique(frames.split):
-            part = frames.take(frames.split == sp)
+        codes = _quarantine_codes(frames)
+        good = codes == 0
+        if not good.all():
+            self._quarantine(frames.take(~good), _QUARANTINE_REASONS[codes[~good]], source=source)
+        self._num_rows += int(good.sum())
+        splits = _distinct(frames.split[good])
+        for sp in splits:
+            rows = good & (frames.split == sp) if len(splits) > 1 else good
             key = (rig.rig_id, str(sp))
-            self._buffers.setdefault(key, []).append(part)
-            if sum(len(b) for b in self._buffers[key]) >= self._shard_rows(part):
+            if key not in self._buffers:
+                self._buffers[key] = self._spare.pop(key, None) or _RowBuffer()
+            buffer = self._buffers[key]
+            limit = self._shard_rows(frames)
+            buffer.add(frames, None if rows.all() else np.flatnonzero(rows), min_capacity=limit)
+            if buffer.num_rows >= limit:
                 self._flush(key)
 
     def _claim(self, rig_id: str, seq: str, *, source: str) -> None:
@@ -323,28 +374,39 @@ class DatasetWriter:
         return max(1, self.shard_bytes // approx_row_bytes)
 
     def _flush(self, key: tuple[str, str]) -> None:
-        parts = self._buffers.pop(key, [])
-        if not parts:
+        buffer = self._buffers.pop(key, None)
+        if buffer is None or not buffer.num_rows:
             return
-        frames = Frames.concat(parts)
+        frames = buffer.frames()
         limit = self._shard_rows(frames)
         for start in range(0, len(frames), limit):
             self._write_shard(key, frames.take(slice(start, start + limit)))
+        buffer.clear()  # the shards are written: nothing refers to the arrays any more
+        self._spare[key] = buffer
 
     def _write_shard(self, key: tuple[str, str], frames: Frames) -> None:
         rig_id, split = key
         table = frames_to_table(frames)
-        buf = pa.BufferOutputStream()
-        pq.write_table(table, buf, compression=self.compression)
-        data = buf.getvalue().to_pybytes()
         rel = f"rig_id={rig_id}/split={split}/part-{self._part:05d}-{self.token}.parquet"
         self._part += 1
         full = posixpath.join(self.path, rel)
         self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
-        self.fs.pipe_file(full, data)
+        if isinstance(self.fs, LocalFileSystem):
+            # Straight into the file, then hashed from the page cache: no in-memory copy of the shard at all.
+            with pa.OSFile(full, "wb") as f:
+                pq.write_table(table, f, compression=self.compression)
+            with pa.memory_map(full) as f:
+                data = f.read_buffer()
+                size, sha256 = data.size, hashlib.sha256(data).hexdigest()
+        else:
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression=self.compression)
+            data = sink.getvalue()
+            self.fs.pipe_file(full, data.to_pybytes())
+            size, sha256 = data.size, hashlib.sha256(data).hexdigest()
         self._written.append(ShardInfo(
-            path=rel, rig_id=rig_id, split=split, rows=len(frames), bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(), sequences=sorted({str(s) for s in frames.sequence}),
+            path=rel, rig_id=rig_id, split=split, rows=len(frames), bytes=size, sha256=sha256,
+            sequences=[str(s) for s in _distinct(frames.sequence)],
         ))
 
     def _quarantine(self, frames: Frames, reasons: np.ndarray, *, source: str) -> None:
@@ -389,6 +451,7 @@ class DatasetWriter:
             )
         for key in list(self._buffers):
             self._flush(key)
+        self._spare.clear()
         kept = list(self.base.shards) if self.base else []
         if self._replaced:
             kept = self._drop_replaced(kept)
@@ -446,7 +509,73 @@ class DatasetWriter:
                 self.fs.rm_file(posixpath.join(self.path, s.path))
         self._written.clear()
         self._buffers.clear()
+        self._spare.clear()
         self._done = True
+
+
+# Arrays of `Frames` queued by the writer, with the dtype `frames_to_table` converts them to anyway.
+_ROW_DTYPES: dict[str, Any] = {
+    "rig_id": object, "sequence": object, "subject": object, "frame": np.int64, "keypoints": np.float32,
+    "scores": np.float32, "K": np.float64, "dist": np.float64, "R": np.float64, "t": np.float64,
+    "image_size": np.int32, "camera_names": object, "split": object, "view_mask": bool, "joints_3d": np.float32,
+}
+
+
+class _RowBuffer:
+    """Rows queued for one (rig, split) partition, copied once into contiguous arrays that are reused.
+
+    The one copy is needed anyway (Arrow wants each column contiguous) and protects against a caller reusing
+    its arrays; a rig's broadcast cameras are expanded here, straight from their single row.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.num_rows = 0
+        self.has_3d = True
+
+    def add(self, frames: Frames, rows: np.ndarray | None, *, min_capacity: int) -> None:
+        """Append `frames` rows `rows` (None = all); grow to at least `min_capacity` + these rows if needed."""
+        n = len(frames) if rows is None else len(rows)
+        start, stop = self.num_rows, self.num_rows + n
+        self.has_3d &= frames.joints_3d is not None
+        sources = {"rig_id": frames.rig_id, "sequence": frames.sequence, "subject": frames.subject,
+                   "frame": frames.frame, "keypoints": frames.keypoints, "scores": frames.scores,
+                   **frames.cameras._asdict(), "image_size": frames.image_size, "camera_names": frames.camera_names,
+                   "split": frames.split, "view_mask": frames.view_mask}
+        if self.has_3d:
+            sources["joints_3d"] = frames.joints_3d
+        for name, src in sources.items():
+            out = self.arrays.get(name)
+            if out is not None and out.shape[1:] != src.shape[1:]:  # two rigs added under one rig_id
+                raise ValueError(f"{name}: rows of shape {src.shape[1:]} cannot join rows of shape {out.shape[1:]}")
+            if out is None or len(out) < stop:
+                grown = np.empty((max(stop, min_capacity + n), *src.shape[1:]), dtype=_ROW_DTYPES[name])
+                if out is not None:
+                    grown[:start] = out[:start]
+                self.arrays[name] = out = grown
+            dst = out[start:stop]
+            if len(src) and src.strides[0] == 0:  # one row broadcast over N (a static rig's cameras)
+                dst[...] = src[0]
+            elif rows is None:
+                dst[...] = src
+            elif src.dtype == dst.dtype:
+                np.take(src, rows, axis=0, out=dst, mode="clip")  # rows are in range; "clip" skips a buffered copy
+            else:
+                dst[...] = src[rows]
+        self.num_rows = stop
+
+    def frames(self) -> Frames:
+        """The queued rows (views of the buffer)."""
+        a = {name: arr[: self.num_rows] for name, arr in self.arrays.items()}
+        return Frames(rig_id=a["rig_id"], sequence=a["sequence"], subject=a["subject"], frame=a["frame"],
+                      keypoints=a["keypoints"], scores=a["scores"],
+                      cameras=CameraArrays(a["K"], a["dist"], a["R"], a["t"]), image_size=a["image_size"],
+                      camera_names=a["camera_names"], split=a["split"], view_mask=a["view_mask"],
+                      joints_3d=a["joints_3d"] if self.has_3d else None)
+
+    def clear(self) -> None:
+        self.num_rows = 0
+        self.has_3d = True
 
 
 def _same_rig(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -467,14 +596,17 @@ def _read_shard(fs: fsspec.AbstractFileSystem, root: str, shard: ShardInfo, colu
     path = posixpath.join(root, shard.path)
     url = protocol_url(fs, path)
     try:
-        with fs.open(path, "rb") as f:
-            data = f.read()
+        if isinstance(fs, LocalFileSystem):  # mapped, not copied into Python bytes; read by Arrow's own threads
+            data = pa.memory_map(path).read_buffer()
+        else:
+            with fs.open(path, "rb") as f:
+                data = pa.py_buffer(f.read())
     except FileNotFoundError:
         raise DatasetError(f"shard {url} is listed in the manifest but missing") from None
     if verify and hashlib.sha256(data).hexdigest() != shard.sha256:
         raise DatasetError(f"shard {url}: sha256 does not match the manifest (corrupt or modified)")
     try:
-        table = pq.read_table(io.BytesIO(data), columns=columns)
+        table = pq.read_table(pa.BufferReader(data), columns=columns)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         raise DatasetError(f"shard {url} is truncated or corrupt: {e}") from None
     if table.num_rows != shard.rows:
