@@ -82,3 +82,46 @@ def test_cli_build_ingest_validate_describe_on_s3(s3_bucket: str, tmp_path: Path
         r = runner.invoke(app, ["datasets", "describe", url, "--json"])
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["rows"] == rows
+
+
+def test_cli_h36m_and_coco_ingest_write_to_s3(s3_bucket: str, tmp_path: Path) -> None:
+    """The VideoPose3D and COCO converters publish through the same writer to the S3 endpoint."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rigpose.cli import app
+    from rigpose.skeleton import COCO17
+
+    runner = CliRunner()
+    rigs = REPO / "datasets" / "rigs"
+    pos2d = {}
+    for subject in ("S1", "S9"):
+        rig = load_rig(rigs / f"h36m-{subject.lower()}.json")
+        kp = _frames(rig, "walk", T=20).keypoints  # [T, V, 17, 2]
+        pos2d[subject] = {"Walking": [kp[:, v] for v in range(4)]}
+    np.savez_compressed(tmp_path / "data_2d_h36m_gt.npz", positions_2d=pos2d,
+                        metadata={"layout_name": "h36m", "num_joints": 17})
+    h36m = f"{s3_bucket}/h36m"
+    r = runner.invoke(app, ["datasets", "ingest", "h36m", str(tmp_path / "data_2d_h36m_gt.npz"), "--out", h36m,
+                            "--rigs-dir", str(rigs), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert set(Dataset(h36m).manifest.splits()) == {"train", "test"}  # S1 train, S9 test
+
+    rig = load_rig(rigs / "h36m-s1.json")
+    kp = _frames(rig, "x", T=8).keypoints  # coco17 has 17 joints too: reuse the projected points
+    files = []
+    for v in range(4):
+        images = [{"id": 100 + t, "file_name": f"frame_{t:04d}.jpg"} for t in range(8)]
+        anns = [{"id": t, "image_id": 100 + t, "category_id": 1, "score": 0.9,
+                 "keypoints": np.c_[kp[t, v], np.full(17, 2.0)].reshape(-1).tolist()} for t in range(8)]
+        path = tmp_path / f"cam{v}.json"
+        path.write_text(json.dumps({"images": images, "annotations": anns}))
+        files.append(str(path))
+    coco = f"{s3_bucket}/coco"
+    r = runner.invoke(app, ["datasets", "ingest", "coco", *files, "--rig", str(rigs / "h36m-s1.json"),
+                            "--sequence", "take1", "--split", "train", "--out", coco, "--no-progress"])
+    assert r.exit_code == 0, r.output
+    ds = Dataset(coco)
+    assert ds.manifest.skeleton == COCO17.name and ds.manifest.num_rows == 8
+    assert validate_dataset(coco).ok
