@@ -99,3 +99,17 @@ def test_pseudo_3d_and_supervised_3d_are_zero_for_the_truth() -> None:
     root_cam = losses.to_camera(b["joints_3d"], b["R"], b["t"])[:, :, 0]
     s, c = losses.supervised_3d(rel, root_cam, b["joints_3d"], (0,), ok, cams)
     assert s / c < 1e-5
+
+
+def test_inpainting_counts_only_hidden_joints_in_focal_scaled_pixels() -> None:
+    xy_obs = torch.zeros(2, 16, 2)
+    xy_pred = xy_obs.clone()
+    xy_pred[:, 3] += torch.tensor([0.01, 0.0])  # 0.01 normalised units off
+    xy_pred[:, 4] += 1.0  # far off, but visible to the lifter: not this loss's business
+    hidden = torch.zeros(2, 16)
+    hidden[:, 3] = 1.0
+    K = torch.eye(3).expand(2, 3, 3).clone()
+    K[:, 0, 0] = 1000.0
+    s, c = losses.inpainting_2d(xy_pred, xy_obs, hidden, K)
+    assert c == 2
+    torch.testing.assert_close(s / c, torch.tensor(10.0))  # 0.01 x 1000 px
