@@ -38,7 +38,7 @@ def prepare_arrays(
     """
     kp64 = np.asarray(keypoints, dtype=np.float64)
     vm = np.asarray(view_mask, dtype=bool)
-    finite = np.isfinite(kp64).all(-1)
+    finite = np.isfinite(kp64[..., 0]) & np.isfinite(kp64[..., 1])  # NumPy reduces a size-2 axis slowly
     sc = np.asarray(scores, dtype=np.float64)
     valid = finite & (sc > 0) & vm[..., None]
     w = np.where(valid, sc, 0.0)
