@@ -323,11 +323,16 @@ def rig_to_json(rig: Rig, *, significant_digits: int | None = None) -> str:
 # ---------------------------------------------------------------------------------------------- files
 
 
+def _read_text(source: str) -> str:
+    """UTF-8 text of a local path or fsspec URL."""
+    with fsspec.open(source, "rt", encoding="utf-8") as f:
+        return f.read()
+
+
 def load_rig(path: str | os.PathLike[str], *, min_cameras: int = 2) -> Rig:
     """Read and validate a rig JSON file from a local path or an fsspec URL. Raises `RigError`, or OSError."""
     source = os.fspath(path)
-    with fsspec.open(source, "rt", encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(source)
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
@@ -407,8 +412,7 @@ def import_calibration_toml(path: str | os.PathLike[str], *, units: Literal["mm"
         raise ValueError(f"units: expected 'mm' or 'm', got {units!r}")
     source = os.fspath(path)
     rig_id = rig_id if rig_id is not None else Path(source).stem
-    with fsspec.open(source, "rt", encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(source)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
