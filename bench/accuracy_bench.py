@@ -108,7 +108,7 @@ def checkpoint_ranking(run: dict[str, Any], data: str, *, max_rows: int) -> dict
 
     from rigpose.model.lifter import Lifter
     from rigpose.train.checkpoint import load_lifter, save_lifter
-    from rigpose.train.trainer import STATE_FILE
+    from rigpose.train.worker import STATE_FILE
 
     base, skeleton, meta = load_lifter(run["model"])
     ckpt_root = Path(run["checkpoint"]).parent

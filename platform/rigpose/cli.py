@@ -57,7 +57,11 @@ def train(
     job_file: Path | None = typer.Argument(None, help="Job YAML (jobs/train.yaml); omitted = built-in defaults."),
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set optim.epochs=2 (repeatable)."),
 ) -> None:
-    """Train the lifter with Ray Train over a Parquet dataset; writes <run.output_dir>/<run.name>/model.pt."""
+    """Train the lifter with Ray Train over a Parquet dataset; writes <run.output_dir>/<run.name>/model.pt.
+
+    Connects to run.ray_address, or $RAY_ADDRESS (set inside `ray job submit`), or starts a local Ray. Re-running
+    a job with the same run.name resumes it from its latest checkpoint.
+    """
     from rigpose.config import load_job
 
     try:
@@ -68,7 +72,7 @@ def train(
 
     try:
         out = run_training(job)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         _fail(str(e))
     _print_history(out["history"])
     typer.echo(f"model: {out['model']}")

@@ -29,6 +29,8 @@ class DataConfig(_Strict):
     shuffle_buffer: int = Field(4096, ge=0, description="Ray Data local shuffle buffer, frames (0 = no shuffle).")
     cache: bool = Field(True, description="Materialise the preprocessed data once instead of re-reading every "
                                           "epoch (fast when it fits in the object store; off for huge datasets).")
+    shuffle_files: bool = Field(True, description="Shuffle the order of shards (streaming) or blocks (cached) anew "
+                                                  "every epoch, before the local shuffle buffer.")
     max_rows: int | None = Field(None, ge=1, description="Use at most this many training rows (quick runs).")
 
 
@@ -71,17 +73,27 @@ class OptimConfig(_Strict):
 class ScalingConfigModel(_Strict):
     """Ray Train scaling (ray.train.ScalingConfig)."""
 
-    num_workers: int = Field(1, ge=1, description="Training workers (DDP ranks).")
-    use_gpu: bool = Field(False, description="One GPU per worker, nccl backend; gloo on CPU otherwise.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker.")
+    num_workers: int = Field(1, ge=1, description="Training workers (DDP ranks); the effective batch is "
+                                                  "num_workers x data.batch_size.")
+    use_gpu: bool = Field(False, description="GPUs for the workers and the nccl backend; gloo on CPU otherwise.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker (also its torch "
+                                                          "thread count: Ray sets OMP_NUM_THREADS from it).")
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs reserved per worker when use_gpu is true.")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="Extra Ray resources per worker, e.g. {fast_disk: 1}.")
+    scale_lr: bool = Field(False, description="Multiply optim.lr by num_workers (linear scaling rule for the "
+                                              "num_workers-times larger effective batch).")
 
 
 class RunSection(_Strict):
     """Where and under what name a run writes its outputs."""
 
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name (folder name).")
-    output_dir: str = Field("outputs/runs", description="Runs are written to <output_dir>/<name>/.")
-    ray_address: str | None = Field(None, description="Ray cluster address; null = start a local Ray.")
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="Run name (folder name); re-running a name resumes it from its latest checkpoint.")
+    output_dir: str = Field("outputs/runs", description="Runs are written to <output_dir>/<name>/ (checkpoints, "
+                                                        "model.pt, history.json): a local path or s3://bucket/prefix.")
+    ray_address: str | None = Field(None, description="Ray cluster address; null = $RAY_ADDRESS (set inside a Ray "
+                                                       "job) or else a new local Ray.")
     max_failures: int = Field(0, ge=0, description="Worker failures survived (restart from the last checkpoint).")
     checkpoints_to_keep: int = Field(2, ge=1, description="Best checkpoints kept, by the validation metric.")
 
@@ -106,7 +118,8 @@ class TrainJob(_Strict):
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(self.run.output_dir, self.run.name)
+        """<run.output_dir>/<run.name>: a local path or a URL (s3://...)."""
+        return f"{self.run.output_dir.rstrip('/')}/{self.run.name}"
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:

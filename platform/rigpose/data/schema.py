@@ -326,12 +326,12 @@ def _padded(column: pa.ChunkedArray | pa.Array, per_view: int, V: int, fill: Any
     return out
 
 
-def frames_from_table(table: pa.Table, *, num_joints: int, num_views: int | None = None,
-                      with_3d: bool = True) -> Frames:
-    """Arrow table with (a subset including the needed columns of) `ARROW_SCHEMA` -> padded `Frames`.
+def observations_from_table(table: pa.Table, *, num_joints: int, num_views: int | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, CameraArrays, np.ndarray]:
+    """(keypoints [N, V, J, 2] px, scores [N, V, J], cameras [N, V, ...], view_mask [N, V]) padded to V views.
 
-    `num_views`: pad every row to this many views (default: the largest in the table).
-    `with_3d=False` never touches `joints_3d` (the 2D-supervised path), even if the column is present.
+    Reads only `num_views`, the camera columns K, dist, R, t and `keypoints`, `scores`: what a model needs
+    (the training pipeline selects just these columns). `num_views` default: the largest in the table.
     """
     N = table.num_rows
     nv = table.column("num_views").to_numpy().astype(np.int64) if N else np.zeros(0, np.int64)
@@ -349,19 +349,39 @@ def frames_from_table(table: pa.Table, *, num_joints: int, num_views: int | None
         K[~mask] = eye
         R[~mask] = eye
         t[~mask] = [0.0, 0.0, 1.0]
-    joints_3d = None
-    if with_3d and "joints_3d" in table.column_names and table.column("joints_3d").null_count < N:
-        # rows without 3D come back NaN
-        joints_3d = _padded(table.column("joints_3d"), J * 3, 1, np.nan, np.float32).reshape(N, J, 3)
+    keypoints = _padded(table.column("keypoints"), J * 2, V, np.nan, np.float32).reshape(N, V, J, 2)
+    scores = _padded(table.column("scores"), J, V, 0.0, np.float32)
+    cameras = CameraArrays(K=K.reshape(N, V, 3, 3), dist=dist, R=R.reshape(N, V, 3, 3), t=t)
+    return keypoints, scores, cameras, mask
+
+
+def joints_3d_from_table(table: pa.Table, *, num_joints: int) -> np.ndarray | None:
+    """joints_3d [N, J, 3] world metres (NaN rows where unknown), or None when the column is absent or all null."""
+    N = table.num_rows
+    if "joints_3d" not in table.column_names or table.column("joints_3d").null_count >= N:
+        return None
+    return _padded(table.column("joints_3d"), num_joints * 3, 1, np.nan, np.float32).reshape(N, num_joints, 3)
+
+
+def frames_from_table(table: pa.Table, *, num_joints: int, num_views: int | None = None,
+                      with_3d: bool = True) -> Frames:
+    """Arrow table with (a subset including the needed columns of) `ARROW_SCHEMA` -> padded `Frames`.
+
+    `num_views`: pad every row to this many views (default: the largest in the table).
+    `with_3d=False` never touches `joints_3d` (the 2D-supervised path), even if the column is present.
+    """
+    keypoints, scores, cameras, mask = observations_from_table(table, num_joints=num_joints, num_views=num_views)
+    N, V = mask.shape
+    joints_3d = joints_3d_from_table(table, num_joints=num_joints) if with_3d else None
     return Frames(
         rig_id=np.asarray(_to_numpy(table.column("rig_id")), dtype=object),
         sequence=np.asarray(_to_numpy(table.column("sequence")), dtype=object),
         subject=np.asarray(_to_numpy(table.column("subject")), dtype=object),
         frame=table.column("frame").to_numpy().astype(np.int64),
         split=np.asarray(_to_numpy(table.column("split")), dtype=object),
-        keypoints=_padded(table.column("keypoints"), J * 2, V, np.nan, np.float32).reshape(N, V, J, 2),
-        scores=_padded(table.column("scores"), J, V, 0.0, np.float32),
-        cameras=CameraArrays(K=K.reshape(N, V, 3, 3), dist=dist, R=R.reshape(N, V, 3, 3), t=t),
+        keypoints=keypoints,
+        scores=scores,
+        cameras=cameras,
         image_size=_padded(table.column("image_size"), 2, V, 0, np.int32),
         camera_names=_padded(table.column("camera_names"), 1, V, "", object).reshape(N, V),
         view_mask=mask,

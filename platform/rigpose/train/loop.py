@@ -72,9 +72,16 @@ def train_epoch(
     step0: int,
     grad_clip: float,
     reduce: Reduce = lambda x: x,
+    num_replicas: int = 1,
     generator: torch.Generator | None = None,
 ) -> tuple[int, int, dict[str, float]]:
-    """One pass over `batches`. Returns (steps, frames, mean of each loss term over the epoch)."""
+    """One pass over `batches`. Returns (steps, frames, mean of each loss term over the epoch).
+
+    Under DDP (`num_replicas` > 1, `reduce` an all-reduce) each rank's loss is its share of the global mean (its
+    sums over the all-reduced counts); DDP averages gradients over the ranks, so backpropagating `num_replicas` x
+    that share gives every rank the gradient of the global mean: the same step as one process on the union of
+    the ranks' batches (tests/unit/test_distributed.py checks it with two gloo processes).
+    """
     model.train()
     sums: dict[str, torch.Tensor] = {}
     steps = frames = 0
@@ -83,7 +90,7 @@ def train_epoch(
                            train=True, generator=generator)
         loss, means = total_loss(terms, weights, reduce=reduce)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * num_replicas).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         for k, v in means.items():  # kept as tensors: no .item() (and no sync) inside the step
@@ -91,7 +98,10 @@ def train_epoch(
         sums["loss"] = sums.get("loss", torch.zeros(())) + loss.detach().cpu()
         steps += 1
         frames += int(batch["kp"].shape[0])
-    return steps, frames, {k: float(v) / max(steps, 1) for k, v in sums.items()}
+    # each rank's means are its share of the global mean (local sums / global counts): their sum over ranks is it
+    names = sorted(sums)
+    totals = reduce(torch.stack([sums[n] for n in names])) if names else torch.zeros(0)
+    return steps, frames, {n: float(totals[i]) / max(steps, 1) for i, n in enumerate(names)}
 
 
 def fit(
@@ -112,6 +122,7 @@ def fit(
     grad_clip: float,
     on_epoch: Callable[[EpochResult, int], None],
     reduce: Reduce = lambda x: x,
+    num_replicas: int = 1,
     seed: int = 0,
 ) -> int:
     """Train from `start_epoch` to `epochs`; calls `on_epoch(result, global_step)` after each. Returns the step."""
@@ -124,9 +135,10 @@ def fit(
         t0 = time.perf_counter()
         steps, frames, train_means = train_epoch(
             model, optimizer, train_batches(epoch), skeleton, weights=weights, supervision=supervision,
-            step0=step, grad_clip=grad_clip, reduce=reduce, generator=generator)
+            step0=step, grad_clip=grad_clip, reduce=reduce, num_replicas=num_replicas, generator=generator)
         step += steps
         seconds = time.perf_counter() - t0
+        frames = int(reduce(torch.tensor([float(frames)]))[0])  # all ranks: frames_per_s is the job's throughput
         val = validate(model, val_batches(), reduce=reduce) if val_batches is not None else {}
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:

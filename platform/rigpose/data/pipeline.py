@@ -1,0 +1,106 @@
+"""Ray Data input pipeline of training: Parquet shards (local or s3://) -> preprocessed, shuffled model batches.
+
+What it reads: only the shards the manifest lists for the chosen split and rigs (the manifest, not a directory
+listing, decides), and only `MODEL_COLUMNS` of them (plus `joints_3d` for the 3D-supervised baseline; the
+2D-supervised path never reads it). Rows of rigs with different camera counts train together: every row is padded
+to the dataset's largest rig with a view mask (`rigpose.data.schema.observations_from_table`).
+
+Shuffling, every epoch: the order of the shards (streaming) or of the cached blocks changes with each execution
+(`reseed_after_execution`), then `iter_torch_batches(local_shuffle_buffer_size=...)` mixes rows within a buffer.
+
+Preprocessing (`Preprocess`, vectorised NumPy over a block of rows: undistortion, K^-1, the triangulated root) runs
+in Ray Data tasks, not in the training workers. With `data.cache` it runs once and the result stays in the object
+store; without it, it streams again every epoch (datasets larger than the object store).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from rigpose.data.schema import EVAL_ONLY_COLUMNS, joints_3d_from_table, observations_from_table
+from rigpose.data.store import Dataset
+from rigpose.model.batch import prepare_arrays
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from rigpose.config import DataConfig
+
+# The only columns a lifter's training or inference needs (all numeric; the key columns stay on storage).
+MODEL_COLUMNS = ("num_views", "K", "dist", "R", "t", "keypoints", "scores")
+PREPROCESS_ROWS = 1024  # rows per Ray Data preprocessing call (one vectorised prepare_arrays)
+
+
+class Preprocess:
+    """Ray Data `map_batches` function: Arrow rows -> padded arrays -> model inputs (rigpose.model.batch)."""
+
+    def __init__(self, *, num_joints: int, num_views: int, root_joints: tuple[int, ...], with_3d: bool) -> None:
+        self.num_joints, self.num_views, self.root_joints, self.with_3d = num_joints, num_views, root_joints, with_3d
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        kp, scores, cameras, view_mask = observations_from_table(table, num_joints=self.num_joints,
+                                                                 num_views=self.num_views)
+        joints_3d = None
+        if self.with_3d:
+            joints_3d = joints_3d_from_table(table, num_joints=self.num_joints)
+            if joints_3d is None:
+                raise ValueError("supervision: 3d needs joints_3d, and these rows have none")
+        return prepare_arrays(kp, scores, cameras, view_mask, root_joints=self.root_joints, joints_3d=joints_3d)
+
+
+def check_rig_ids(ds: Dataset, rig_ids: list[str] | None) -> None:
+    """ValueError naming `data.rig_ids` when it asks for rigs the dataset does not have."""
+    if rig_ids is None:
+        return
+    if not rig_ids:
+        raise ValueError("data.rig_ids: an empty list selects nothing; use null for all rigs")
+    unknown = sorted(set(rig_ids) - set(ds.manifest.rigs))
+    if unknown:
+        raise ValueError(f"data.rig_ids: {ds.root} has no rig {unknown}; it has {sorted(ds.manifest.rigs)}")
+
+
+def read_split(ds: Dataset, split: str, *, rig_ids: list[str] | None = None, with_3d: bool = False,
+               shuffle_seed: int | None = None, max_rows: int | None = None) -> ray.data.Dataset:
+    """A Ray dataset of preprocessed model inputs for one split (streaming: nothing is read until iterated).
+
+    `shuffle_seed`: shuffle the shard order anew on every execution (epoch), reproducibly from this seed.
+    """
+    import ray.data
+    from ray.data import FileShuffleConfig
+
+    check_rig_ids(ds, rig_ids)
+    urls = ds.shard_urls(splits=[split], rig_ids=rig_ids)
+    if not urls:
+        raise ValueError(f"{ds.root}: split {split!r} has no shards for rigs {rig_ids or 'any'}")
+    columns = [*MODEL_COLUMNS, *(EVAL_ONLY_COLUMNS if with_3d else ())]
+    shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
+    rd = ray.data.read_parquet(urls, partitioning=None, shuffle=shuffle).select_columns(columns)
+    if max_rows:
+        rd = rd.limit(max_rows)
+    prep = Preprocess(num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
+                      root_joints=ds.skeleton.root_joints, with_3d=with_3d)
+    return rd.map_batches(prep, batch_format="pyarrow", batch_size=PREPROCESS_ROWS)
+
+
+def build_datasets(data: DataConfig, ds: Dataset, *, with_3d: bool, seed: int) -> dict[str, Any]:
+    """{"train": ..., "val": ...} Ray datasets for a TorchTrainer (val only when `data.val_split` is set)."""
+    from ray.data import RandomSeedConfig
+
+    splits = {"train": data.train_split}
+    if data.val_split is not None:
+        splits["val"] = data.val_split
+    out: dict[str, Any] = {}
+    for name, split in splits.items():
+        train = name == "train"
+        shuffle_seed = seed if (train and data.shuffle_files and not data.cache) else None
+        rd = read_split(ds, split, rig_ids=data.rig_ids, with_3d=with_3d, shuffle_seed=shuffle_seed,
+                        max_rows=data.max_rows if train else None)
+        if data.cache:
+            rd = rd.materialize()
+            if train and data.shuffle_files:  # a new block order every epoch (each epoch re-executes this op)
+                rd = rd.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+        out[name] = rd
+    return out

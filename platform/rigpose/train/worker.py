@@ -1,0 +1,143 @@
+"""What every Ray Train worker runs: model + DDP, resume from the latest checkpoint, the epoch loop, reporting.
+
+`train_func` is the `TorchTrainer` train function. The math lives in `rigpose.train.loop` (no Ray there); this
+module only wires it to Ray Train:
+- DDP through `ray.train.torch.prepare_model` (the TorchTrainer's backend: gloo on CPU, nccl on GPU);
+- losses normalised by the all-reduced count of visible keypoints (`reduce`), gradients of the global mean
+  (`num_replicas`, see `rigpose.train.loop.train_epoch`);
+- batches from `ray.train.get_dataset_shard(...).iter_torch_batches(...)` with a local shuffle buffer;
+- on (re)start, `ray.train.get_checkpoint()` restores model, optimizer, scheduler, epoch, step and history;
+- every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8).
+
+Checkpoint = a folder holding `STATE_FILE`: a torch.save dict {model, optimizer, scheduler, epoch (0-based, last
+finished), step, history (per-epoch metrics), job (the job config), skeleton, manifest_sha256, world_size}.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rigpose.config import TrainJob
+from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.skeleton import Skeleton, get_skeleton
+from rigpose.train.loop import Batch, EpochResult, fit
+from rigpose.train.step import LossWeights
+
+STATE_FILE = "state.pt"
+
+
+def lifter_config(job: TrainJob, skeleton: Skeleton) -> LifterConfig:
+    """The lifter architecture a job asks for, sized for the dataset's skeleton."""
+    return LifterConfig(num_joints=skeleton.num_joints, root_joints=skeleton.root_joints, width=job.model.width,
+                        num_blocks=job.model.num_blocks, dropout=job.model.dropout, output=job.model.output)
+
+
+def learning_rate(job: TrainJob, world_size: int) -> float:
+    """optim.lr, times the number of workers when scaling.scale_lr (linear scaling for the larger global batch)."""
+    return job.optim.lr * (world_size if job.scaling.scale_lr else 1)
+
+
+def load_state(checkpoint: Any, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """The state dict saved in a Ray Train checkpoint of this module (local or on object storage)."""
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location=map_location, weights_only=False)
+
+
+class _FirstBatchClock:
+    """Wraps an iterable of batches; remembers the wall-clock time the first batch arrived."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def wrap(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            if self.first is None:
+                self.first = time.time()
+            yield batch
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start"}."""
+    import ray.train
+    import ray.train.torch
+
+    job = TrainJob.model_validate(config["job"])
+    skeleton = get_skeleton(config["skeleton"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(job.optim.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = ray.train.torch.prepare_model(Lifter(lifter_config(job, skeleton)))
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(job, world), weight_decay=job.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=job.optim.lr_decay)
+    start_epoch, step, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = load_state(checkpoint, map_location=device)
+        getattr(model, "module", model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+        if rank == 0:
+            print(f"[rigpose] resuming from the checkpoint of epoch {start_epoch}/{job.optim.epochs} (step {step})",
+                  flush=True)
+    if rank == 0 and start_epoch >= job.optim.epochs:
+        print(f"[rigpose] run {job.run.name!r} has already trained {start_epoch} epochs: nothing to do", flush=True)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
+    clock = _FirstBatchClock()
+    startup_reported = False
+
+    def batches(shard: Any, *, shuffle: bool) -> Iterable[Batch]:
+        return shard.iter_torch_batches(
+            batch_size=job.data.batch_size, dtypes=torch.float32, device=device, drop_last=shuffle,
+            local_shuffle_buffer_size=(job.data.shuffle_buffer or None) if shuffle else None)
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        if world > 1:
+            x = x.to(device)
+            torch.distributed.all_reduce(x)
+        return x.cpu() if x.device.type != "cpu" else x
+
+    def on_epoch(result: EpochResult, global_step: int) -> None:
+        nonlocal startup_reported
+        metrics = result.metrics()
+        if clock.first is not None and not startup_reported:
+            startup_reported = True
+            # seconds from `rigpose train` starting (driver clock) to this attempt's first batch: Ray, dataset and
+            # worker start-up, and on a restart the time to recover
+            metrics["startup_s"] = clock.first - config["t_start"]
+        metrics["world_size"] = world
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                torch.save({"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": result.epoch, "step": global_step,
+                            "history": history, "job": config["job"], "skeleton": skeleton.name,
+                            "manifest_sha256": config["manifest_sha256"], "world_size": world}, Path(d) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+                print_epoch(metrics, job.optim.epochs)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    fit(model, optimizer, scheduler, skeleton,
+        train_batches=lambda epoch: clock.wrap(batches(train_shard, shuffle=True)),
+        val_batches=(lambda: batches(val_shard, shuffle=False)) if val_shard is not None else None,
+        epochs=job.optim.epochs, start_epoch=start_epoch, start_step=step, weights=LossWeights(**job.loss.model_dump()),
+        supervision=job.supervision, dropout=job.model.dropout, dropout_mode=job.model.dropout_schedule,
+        grad_clip=job.optim.grad_clip, on_epoch=on_epoch, reduce=reduce, num_replicas=world,
+        seed=job.optim.seed + rank)
+
+
+def print_epoch(m: dict[str, Any], epochs: int) -> None:
+    """One log line per epoch (rank 0)."""
+    terms = " ".join(f"{k[6:]}={v:.3g}" for k, v in m.items() if k.startswith("train/") and k != "train/loss")
+    val = f" val_reproj={m['val/reprojection_px']:.2f}px" if "val/reprojection_px" in m else ""
+    print(f"[rigpose] epoch {int(m['epoch']) + 1}/{epochs} loss={m['train/loss']:.4g}{val} {terms} "
+          f"lr={m['lr']:.2g} {m['frames_per_s']:.0f} frames/s", flush=True)
