@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for services the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def synthetic_batch(num_frames: int = 32, *, seed: int = 0, noise_px: float = 0.0, with_3d: bool = True,

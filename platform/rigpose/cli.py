@@ -78,6 +78,61 @@ def train(
     typer.echo(f"model: {out['model']}")
 
 
+@app.command()
+def submit(
+    job_file: Path = typer.Argument(..., help="Job YAML inside the project folder (jobs/train.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set optim.epochs=2 (repeatable)."),
+    address: str | None = typer.Option(
+        None, help="Ray Jobs API (dashboard) address; default $RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, or "
+                   "http://127.0.0.1:8265."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Print the submission id and return; do not follow."),
+    submission_id: str | None = typer.Option(None, help="Submission id (default rigpose-<run.name>-<time>)."),
+    forward_credentials: bool = typer.Option(
+        False, "--forward-credentials",
+        help="Also forward AWS/MLflow credentials from this shell in the runtime env (readable by anyone who can "
+             "list the cluster's jobs; prefer giving the cluster its own)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be submitted and stop."),
+) -> None:
+    """Submit a training job to a Ray cluster (Ray Jobs API), print its submission id and follow its logs.
+
+    Uploads the project folder (jobs/runtime_env.yaml: code as py_modules; .venv, data and outputs excluded) and
+    runs `python -m rigpose train JOB_FILE --set ...` there. Exits 0 when the job ends SUCCEEDED. A cluster with
+    Ray token auth needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here.
+    """
+    from rigpose import submit as sub_mod
+    from rigpose.ui import console
+
+    addr = address or sub_mod.default_address()
+    try:
+        sub = sub_mod.build_submission(job_file, set_, address=addr, submission_id=submission_id,
+                                       forward_credentials=forward_credentials)
+    except ValueError as e:
+        _fail(str(e))
+    for note in sub.notes:
+        console(stderr=True).print(f"note: {note}", soft_wrap=True)
+    typer.echo(sub.describe())
+    if dry_run:
+        return
+    try:
+        sid = sub_mod.submit(sub, addr)
+    except RuntimeError as e:
+        _fail(str(e))
+    typer.echo(f"submitted {sid} to {addr}")
+    if no_wait:
+        typer.echo(f"follow it with: ray job logs --address {addr} --follow {sid}")
+        return
+    try:
+        status = sub_mod.follow(addr, sid, echo=lambda s, end="": typer.echo(s, nl=False))
+    except KeyboardInterrupt:
+        typer.echo(f"\nstopped following; the job keeps running (ray job stop --address {addr} {sid})")
+        raise typer.Exit(130) from None
+    except RuntimeError as e:
+        _fail(str(e))
+    typer.echo(f"job {sid}: {status}")
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
 def _print_history(history: list[dict]) -> None:
     from rich.table import Table
 

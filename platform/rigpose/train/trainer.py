@@ -100,6 +100,9 @@ def train(job: TrainJob) -> dict[str, Any]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t_start = time.time()
+    import rigpose
+
+    print(f"[rigpose] code: {Path(rigpose.__file__).parent} (rigpose {rigpose.__version__})", flush=True)
     ds = Dataset(job.data.url)
     check_rig_ids(ds, job.data.rig_ids)
     sha = manifest_sha256(ds)

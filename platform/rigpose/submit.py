@@ -1,0 +1,196 @@
+"""`rigpose submit`: run a job file on a Ray cluster through the Ray Jobs API (`JobSubmissionClient`).
+
+What is sent (`build_submission`): the entrypoint `python -m rigpose train <job file> --set ...`, and a runtime env
+= `jobs/runtime_env.yaml` (py_modules with the project's code, excludes for .venv, data and outputs) + the project
+folder as working_dir + the non-secret settings the job needs from this shell's environment (`FORWARDED_ENV`: the
+S3 endpoint and region, the MLflow tracking URI). Credentials (`CREDENTIAL_ENV`) are not forwarded unless asked for
+with `--forward-credentials`: a runtime env is readable by everyone who can list the cluster's jobs, so a cluster
+should hold its own (the environment of `ray start`, Kubernetes secrets, instance roles).
+
+Ray token auth (Ray 2.59+): with RAY_AUTH_MODE=token the client sends the token from RAY_AUTH_TOKEN,
+RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; the token itself is never printed, logged or put in the runtime env.
+
+Local paths: a job runs in a temporary copy of the project folder on the cluster, without outputs/. When the
+cluster is on this machine (127.0.0.1 / localhost), relative local `data.url` and `run.output_dir` become absolute
+paths here; with a remote cluster a relative local path is refused (use s3:// or a path every node mounts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from rigpose.config import TrainJob, load_job
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+RUNTIME_ENV_FILE = Path("jobs") / "runtime_env.yaml"
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_EXPERIMENT_NAME")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
+                  "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+@dataclass
+class Submission:
+    """What `rigpose submit` sends to the cluster (no secret in it unless credentials were asked for)."""
+
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    submission_id: str
+    job: TrainJob
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """The submission for the terminal: names of forwarded variables, never their values."""
+        names = ", ".join(sorted(self.runtime_env.get("env_vars", {}))) or "none"
+        return (f"submission id: {self.submission_id}\nentrypoint: {self.entrypoint}\n"
+                f"working_dir: {self.runtime_env['working_dir']}\nforwarded environment variables: {names}")
+
+
+def default_address() -> str:
+    """RAY_API_SERVER_ADDRESS, else an http(s) RAY_ADDRESS, else the local dashboard."""
+    env = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS", "")
+    return env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+
+
+def is_local_address(address: str) -> bool:
+    """True when the cluster's address is this machine."""
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    return host in LOCAL_HOSTS
+
+
+def project_root(job_file: Path) -> Path:
+    """The folder uploaded as working_dir: the nearest parent of the job file holding pyproject.toml."""
+    for parent in job_file.resolve().parents:
+        if (parent / "pyproject.toml").exists():
+            return parent
+    raise ValueError(f"{job_file}: not inside a project folder (no pyproject.toml above it); the job file must be "
+                     "inside the folder that is uploaded to the cluster")
+
+
+def _is_local_path(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _path_overrides(job: TrainJob, *, local_cluster: bool) -> tuple[list[str], list[str]]:
+    """(--set overrides that make relative local paths absolute, notes) for the job's data and output paths."""
+    overrides, notes = [], []
+    for key, value in (("data.url", job.data.url), ("run.output_dir", job.run.output_dir)):
+        if not _is_local_path(value):
+            continue
+        path = Path(value.removeprefix("file://")).expanduser()
+        if path.is_absolute():
+            if not local_cluster:
+                notes.append(f"{key}={value} is a local path: every node of the cluster must see it there")
+            continue
+        if not local_cluster:
+            raise ValueError(f"{key}={value!r} is a relative local path, which a remote cluster cannot see (the job "
+                             "runs in a temporary copy of the project without outputs/): use s3://... or a path "
+                             "every node mounts")
+        overrides.append(f"{key}={path.resolve()}")
+        notes.append(f"{key}: {value} -> {path.resolve()} (the cluster is this machine)")
+    return overrides, notes
+
+
+def load_runtime_env(root: Path) -> dict[str, Any]:
+    """jobs/runtime_env.yaml of the project (a plain Ray runtime_env dict); {} when the project has none."""
+    path = root / RUNTIME_ENV_FILE
+    if not path.exists():
+        return {}
+    try:
+        env = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(env, dict):
+        raise ValueError(f"{path}: a runtime env is a mapping, got {type(env).__name__}")
+    for key in ("working_dir", "env_vars"):
+        if key in env:
+            raise ValueError(f"{path}: field {key}: set by `rigpose submit` (the project folder; forwarded variables)")
+    return env
+
+
+def build_submission(job_file: Path, overrides: list[str] | None = None, *, address: str,
+                     submission_id: str | None = None, forward_credentials: bool = False,
+                     environ: dict[str, str] | None = None) -> Submission:
+    """Validate the job here (errors name the field), then assemble the entrypoint and runtime env."""
+    environ = dict(os.environ if environ is None else environ)
+    job_file = Path(job_file)
+    if not job_file.is_file():
+        raise ValueError(f"{job_file}: no such job file")
+    job = load_job(job_file, overrides)
+    root = project_root(job_file)
+    path_sets, notes = _path_overrides(job, local_cluster=is_local_address(address))
+    all_sets = [*(overrides or []), *path_sets]
+    job = load_job(job_file, all_sets)
+    rel = job_file.resolve().relative_to(root)
+    entrypoint = shlex.join(["python", "-m", "rigpose", "train", rel.as_posix(),
+                             *(a for s in all_sets for a in ("--set", s))])
+    runtime_env = load_runtime_env(root)
+    runtime_env["working_dir"] = str(root)
+    names = FORWARDED_ENV + (CREDENTIAL_ENV if forward_credentials else ())
+    env_vars = {k: environ[k] for k in names if environ.get(k)}
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    if forward_credentials:
+        notes.append("credentials forwarded in the runtime env: readable by anyone who can list this cluster's jobs")
+    sid = submission_id or f"rigpose-{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Submission(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=sid, job=job, notes=notes)
+
+
+def client(address: str) -> Any:
+    """A JobSubmissionClient for `address`; connection and auth problems become one-line RuntimeErrors."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # ConnectionError, RuntimeError, ray's AuthenticationError: one message for the user
+        raise RuntimeError(f"cannot reach the Ray Jobs API at {address}: {_one_line(e)}{_auth_hint(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:400] + ("..." if len(text) > 400 else "")
+
+
+def _auth_hint(e: BaseException) -> str:
+    text = str(e).lower()
+    if "auth" in text or "401" in text or "403" in text or "token" in text:
+        return (" (a cluster with token auth needs RAY_AUTH_MODE=token here, and its token in RAY_AUTH_TOKEN, "
+                "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+    return ""
+
+
+def submit(sub: Submission, address: str) -> str:
+    """Submit; returns the submission id."""
+    c = client(address)
+    try:
+        return c.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, submission_id=sub.submission_id,
+                            metadata={"rigpose_run": sub.job.run.name})
+    except Exception as e:  # the SDK raises RuntimeError with the server's reply; keep it on one line
+        raise RuntimeError(f"submission to {address} failed: {_one_line(e)}{_auth_hint(e)}") from None
+
+
+def follow(address: str, submission_id: str, *, echo: Any = print) -> str:
+    """Stream the job's logs until it ends; returns its final status (SUCCEEDED, FAILED or STOPPED)."""
+    c = client(address)
+
+    async def tail() -> None:
+        async for chunk in c.tail_job_logs(submission_id):
+            echo(chunk, end="")
+
+    asyncio.run(tail())
+    status = str(c.get_job_status(submission_id).value)
+    while status not in TERMINAL:  # the log stream can end a moment before the status is final
+        time.sleep(1.0)
+        status = str(c.get_job_status(submission_id).value)
+    return status

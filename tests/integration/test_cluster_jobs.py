@@ -1,0 +1,242 @@
+"""Training as a Ray job on a real `ray start --head` cluster (127.0.0.1, token auth) reading from the S3 endpoint.
+
+The cluster and moto's S3 server are started here and stopped at the end of the module. The dataset lives on S3
+and so do the runs (checkpoints, model.pt, history.json). Covered: the plain `ray job submit ... -- python -m
+rigpose train` form; `rigpose submit` surviving the SIGKILL of a training worker's process mid-run (resume from
+the last checkpoint, the right number of epochs); a stopped job resumed by submitting its run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rigpose_testing import free_port as _free_port
+from typer.testing import CliRunner
+
+from rigpose.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "rigpose-jobs"
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# small and quick, but epochs long enough (~1-2 s) that a kill lands inside a run
+TRAIN_SETS = ["model.width=64", "model.num_blocks=1", "data.batch_size=32", "data.val_split=test",
+              "data.shuffle_buffer=256"]
+
+
+def _s3fs():
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return s3fs.S3FileSystem()
+
+
+@pytest.fixture(scope="module")
+def s3_data(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 1,200-frame dataset built straight onto the S3 endpoint; its s3:// URL."""
+    from rigpose.data.synth import build_dataset
+
+    recipe = (REPO / "datasets" / "recipes" / "tiny.yaml").read_text()
+    recipe = recipe.replace("frames: 400", "frames: 1200").replace(
+        "datasets/rigs/h36m-s1.json", str(REPO / "datasets" / "rigs" / "h36m-s1.json"))
+    path = tmp_path_factory.mktemp("recipe") / "jobs.yaml"
+    path.write_text(recipe)
+    _s3fs().mkdir(BUCKET)
+    url = f"s3://{BUCKET}/datasets/jobs"
+    build_dataset(str(path), url, progress=False)
+    return url
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server: str) -> Iterator[str]:
+    """`ray start --head` on 127.0.0.1 with token auth; yields the Jobs API address. Env: S3 endpoint + keys."""
+    token = secrets.token_hex(32)
+    temp_dir = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dash = _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    ports = {"--port": _free_port(), "--dashboard-port": dash, "--ray-client-server-port": _free_port(),
+             "--dashboard-agent-listen-port": _free_port(), "--dashboard-agent-grpc-port": _free_port(),
+             "--runtime-env-agent-port": _free_port(), "--metrics-export-port": _free_port()}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+           "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+           *(f"{k}={v}" for k, v in ports.items())]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # the client side of the same auth mode
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for_jobs_api(address)
+        yield address
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_jobs_api(address: str, timeout: float = 90.0) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def _wait_status(address: str, sid: str, statuses: set[str], timeout: float = 420.0) -> str:
+    c = _client(address)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = str(c.get_job_status(sid).value)
+        if status in statuses:
+            return status
+        time.sleep(1.0)
+    raise AssertionError(f"job {sid} not in {statuses} after {timeout:.0f} s; logs:\n{c.get_job_logs(sid)[-4000:]}")
+
+
+def _checkpoints(run_url: str) -> list[str]:
+    fs = _s3fs()
+    fs.invalidate_cache()
+    try:
+        return sorted(p for p in fs.ls(run_url) if p.rsplit("/", 1)[-1].startswith("checkpoint_2"))
+    except FileNotFoundError:
+        return []
+
+
+def _wait_for_checkpoint(run_url: str, timeout: float = 300.0) -> None:
+    """Until Ray Train has registered a checkpoint of the run (its checkpoint-manager snapshot lists one)."""
+    fs = _s3fs()
+    deadline = time.time() + timeout
+    while True:
+        fs.invalidate_cache()
+        try:
+            snapshot = json.loads(fs.cat_file(f"{run_url}/checkpoint_manager_snapshot.json"))
+        except FileNotFoundError:
+            snapshot = {}
+        if snapshot.get("latest_checkpoint_result"):
+            return
+        if time.time() > deadline:
+            raise AssertionError(f"no registered checkpoint under {run_url} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _history(run_url: str) -> list[dict]:
+    fs = _s3fs()
+    return json.loads(fs.cat_file(f"{run_url}/history.json"))
+
+
+def _submit(address: str, data: str, name: str, epochs: int, *extra: str) -> str:
+    args = ["submit", "jobs/train.yaml", "--address", address, "--no-wait", "--submission-id",
+            f"{name}-{secrets.token_hex(3)}"]
+    for s in [*TRAIN_SETS, f"data.url={data}", f"run.output_dir=s3://{BUCKET}/runs", f"run.name={name}",
+              f"optim.epochs={epochs}", *extra]:
+        args += ["--set", s]
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert "forwarded environment variables: AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_REGION" in result.output
+    return next(line.split()[1] for line in result.output.splitlines() if line.startswith("submitted "))
+
+
+@pytest.mark.timeout(600)
+def test_plain_ray_job_submit_trains_from_s3_and_checkpoints_to_s3(cluster: str, s3_data: str) -> None:
+    from rigpose.train.checkpoint import load_lifter
+
+    run = f"s3://{BUCKET}/runs/plain"
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster, "--working-dir", ".",
+           "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "-m", "rigpose", "train", "jobs/train.yaml"]
+    for s in [*TRAIN_SETS, f"data.url={s3_data}", f"run.output_dir=s3://{BUCKET}/runs", "run.name=plain",
+              "optim.epochs=2"]:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "succeeded" in out.lower() and "model: s3://" in out, out[-3000:]
+    code = out.split("[rigpose] code: ")[1].split()[0]  # the uploaded copy (py_modules), not this checkout
+    assert not code.startswith(str(REPO)), code
+    assert _checkpoints(run), "no checkpoint on S3"
+    fs = _s3fs()
+    assert fs.exists(f"{run}/{Path(_checkpoints(run)[-1]).name}/state.pt")
+    _, _, meta = load_lifter(f"{run}/model.pt")
+    assert meta["epochs"] == 2 and meta["dataset"] == s3_data
+
+
+@pytest.mark.timeout(600)
+def test_rigpose_submit_survives_a_killed_worker_and_resumes_from_its_checkpoint(cluster: str, s3_data: str) -> None:
+    from ray.util.state import list_actors
+
+    epochs = 30  # ~0.3 s each after the first on this machine: the kill lands well inside the run
+    sid = _submit(cluster, s3_data, "fault", epochs, "scaling.num_workers=2", "run.max_failures=2")
+    run = f"s3://{BUCKET}/runs/fault"
+    _wait_for_checkpoint(run)
+    workers = list_actors(address=cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 2, workers
+    assert str(_client(cluster).get_job_status(sid).value) == "RUNNING"
+    os.kill(int(workers[-1].pid), signal.SIGKILL)  # one training worker's process, mid-run
+    assert _wait_status(cluster, sid, {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED"
+    logs = _client(cluster).get_job_logs(sid)
+    assert "[rigpose] resuming from the checkpoint of epoch" in logs
+    history = _history(run)
+    assert [int(h["epoch"]) for h in history] == list(range(epochs))
+    assert all(h["world_size"] == 2 for h in history)
+
+
+@pytest.mark.timeout(600)
+def test_a_stopped_job_resumes_when_its_run_is_submitted_again(cluster: str, s3_data: str) -> None:
+    epochs = 30
+    first = _submit(cluster, s3_data, "stopped", epochs)
+    run = f"s3://{BUCKET}/runs/stopped"
+    _wait_for_checkpoint(run)
+    _client(cluster).stop_job(first)
+    assert _wait_status(cluster, first, {"STOPPED", "SUCCEEDED", "FAILED"}) == "STOPPED"
+    done_before = len(_checkpoints(run))
+    assert done_before >= 1
+    second = _submit(cluster, s3_data, "stopped", epochs)
+    assert _wait_status(cluster, second, {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED"
+    logs = _client(cluster).get_job_logs(second)
+    assert "[rigpose] resuming from the checkpoint of epoch" in logs
+    assert [int(h["epoch"]) for h in _history(run)] == list(range(epochs))
+
+
+def test_submit_without_the_cluster_token_fails_with_one_line_naming_the_fix(cluster: str, tmp_path: Path) -> None:
+    # a fresh process: Ray caches a token it has loaded for the life of the process
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    rigpose = str(Path(sys.executable).parent / "rigpose")
+    proc = subprocess.run([rigpose, "submit", "jobs/train.yaml", "--address", cluster, "--no-wait"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(error) == 1 and "RAY_AUTH_MODE=token" in error[0], proc.stderr
+    assert "submitted " not in proc.stdout
