@@ -64,6 +64,62 @@ def test_cli_train_runs_the_3d_baseline_and_prints_the_model_path(tiny_dataset: 
     assert meta["supervision"] == "3d"
 
 
+@pytest.fixture(scope="module")
+def two_rig_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Rigs with 4 (h36m-s1) and 8 (studio-8) cameras in one dataset: rows are padded to 8 views."""
+    from rigpose.data.synth import build_dataset
+
+    rigs = REPO / "datasets" / "rigs"
+    recipe = (REPO / "datasets" / "recipes" / "tiny.yaml").read_text()
+    recipe = recipe.replace("frames: 400", "frames: 900").replace(
+        "rigs: [datasets/rigs/h36m-s1.json]", f"rigs: [{rigs / 'h36m-s1.json'}, {rigs / 'studio-8.json'}]")
+    path = tmp_path_factory.mktemp("recipe") / "two_rigs.yaml"
+    path.write_text(recipe)
+    out = str(tmp_path_factory.mktemp("data") / "two_rigs")
+    build_dataset(str(path), out, progress=False)
+    return out
+
+
+def test_one_and_two_workers_train_rigs_of_4_and_8_cameras_to_the_same_result(two_rig_dataset: str,
+                                                                                local_ray: None,
+                                                                                tmp_path: Path) -> None:
+    from rigpose.data.store import Dataset
+    from rigpose.train.trainer import train
+
+    ds = Dataset(two_rig_dataset)
+    assert ds.manifest.max_views == 8 and set(ds.manifest.rigs) == {"h36m-s1", "studio-8"}
+    common = [f"data.url={two_rig_dataset}", "data.val_split=test", "optim.epochs=4", "model.width=64",
+              "model.num_blocks=1", "model.dropout=0", f"run.output_dir={tmp_path}"]
+    # the same effective batch (64 frames) and number of steps: 1 x 64 vs 2 x 32
+    one = train(load_job(REPO / "jobs" / "train.yaml", [*common, "data.batch_size=64", "run.name=one"]))["history"]
+    two = train(load_job(REPO / "jobs" / "train.yaml", [*common, "data.batch_size=32", "scaling.num_workers=2",
+                                                         "run.name=two"]))["history"]
+    assert [h["world_size"] for h in one] == [1] * 4 and [h["world_size"] for h in two] == [2] * 4
+    assert [h["steps"] for h in one] == [h["steps"] for h in two]  # per rank: same global steps
+    for h in (one, two):
+        assert h[-1]["val/reprojection_px"] < 0.9 * h[0]["val/reprojection_px"]
+        assert h[-1]["train/loss"] < h[0]["train/loss"]
+    # different shuffles and dropout-free but rank-seeded masking: equal within tolerance, not bit for bit
+    assert two[-1]["val/reprojection_px"] == pytest.approx(one[-1]["val/reprojection_px"], rel=0.1)
+    assert two[-1]["train/loss"] == pytest.approx(one[-1]["train/loss"], rel=0.15)
+
+
+def test_rerunning_a_finished_run_resumes_it_and_trains_only_the_new_epochs(tiny_dataset: str, local_ray: None,
+                                                                            tmp_path: Path) -> None:
+    from rigpose.train.trainer import train
+
+    first = train(load_job(REPO / "jobs" / "train.yaml", _overrides(tiny_dataset, tmp_path, "again")))
+    assert first["resumed"] is False and len(first["history"]) == 2
+    more = _overrides(tiny_dataset, tmp_path, "again") + ["optim.epochs=3"]
+    second = train(load_job(REPO / "jobs" / "train.yaml", more))
+    assert second["resumed"] is True
+    assert [int(h["epoch"]) for h in second["history"]] == [0, 1, 2]
+    assert second["history"][:2] == first["history"]  # the first two epochs were not trained again
+    other_model = [*more, "model.width=48"]
+    with pytest.raises(ValueError, match="model architecture"):
+        train(load_job(REPO / "jobs" / "train.yaml", other_model))
+
+
 def test_cli_train_rejects_a_bad_override_with_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", str(REPO / "jobs" / "train.yaml"), "--set", "optim.epochs=0"])
     assert result.exit_code == 1

@@ -27,6 +27,7 @@ def prepare_arrays(
     root_joints: tuple[int, ...],
     joints_3d: np.ndarray | None = None,
     inlier_px: float = 20.0,
+    pseudo_3d: bool = True,
 ) -> dict[str, np.ndarray]:
     """Arrays the training step and the evaluators consume (float32 unless noted).
 
@@ -35,6 +36,9 @@ def prepare_arrays(
     undistorted normalised coordinates (0 where missing), K, dist, R, t, view_mask; pseudo_world [N, J, 3] robust
     triangulation of every joint (0 where impossible) with pseudo_ok [N, J]; root_world [N, 3] (mean of the root
     joints' triangulation) with root_ok [N]; and joints_3d [N, J, 3] if given.
+
+    `pseudo_3d=False` triangulates the root joints only and leaves pseudo_world / pseudo_ok out (the same
+    root_world: joints are triangulated independently): ~6x faster, for training without the pseudo-3D term.
     """
     kp64 = np.asarray(keypoints, dtype=np.float64)
     vm = np.asarray(view_mask, dtype=bool)
@@ -44,9 +48,12 @@ def prepare_arrays(
     w = np.where(valid, sc, 0.0)
     kp_clean = np.where(valid[..., None], kp64, np.nan)
     xy = g.undistort(kp_clean, cameras)  # camera fields [N, V, ...] broadcast over the joints
-    pseudo = g.triangulate_robust(kp_clean, cameras, w, inlier_px=inlier_px)  # [N, J, 3]
-    pseudo_ok = np.isfinite(pseudo).all(-1)
-    root = pseudo[:, list(root_joints)].mean(1)
+    roots = list(root_joints)
+    if pseudo_3d:
+        pseudo = g.triangulate_robust(kp_clean, cameras, w, inlier_px=inlier_px)  # [N, J, 3]
+        root = pseudo[:, roots].mean(1)
+    else:  # robust triangulation is most of the cost: do the root joints only
+        root = g.triangulate_robust(kp_clean[:, :, roots], cameras, w[:, :, roots], inlier_px=inlier_px).mean(1)
     root_ok = np.isfinite(root).all(-1)
     out = {
         "kp": np.nan_to_num(np.where(valid[..., None], kp64, 0.0)).astype(np.float32),
@@ -59,9 +66,10 @@ def prepare_arrays(
         "view_mask": vm.astype(np.float32),
         "root_world": np.nan_to_num(root).astype(np.float32),
         "root_ok": root_ok.astype(np.float32),
-        "pseudo_world": np.nan_to_num(pseudo).astype(np.float32),
-        "pseudo_ok": pseudo_ok.astype(np.float32),
     }
+    if pseudo_3d:
+        out["pseudo_world"] = np.nan_to_num(pseudo).astype(np.float32)
+        out["pseudo_ok"] = np.isfinite(pseudo).all(-1).astype(np.float32)
     if joints_3d is not None:
         out["joints_3d"] = np.asarray(joints_3d, np.float32)
     return out

@@ -113,7 +113,8 @@ def train(job: TrainJob) -> dict[str, Any]:
     if not resumed:
         _write_json(run_dir, RUN_FILE, record)
     init_ray(job.run.ray_address)
-    datasets = build_datasets(job.data, ds, with_3d=job.supervision == "3d", seed=job.optim.seed)
+    datasets = build_datasets(job.data, ds, with_3d=job.supervision == "3d", seed=job.optim.seed,
+                              with_pseudo=job.supervision == "2d" and job.loss.pseudo_3d > 0)
     metric = "val/reprojection_px" if "val" in datasets else "train/loss"
     resources = {"CPU": job.scaling.cpus_per_worker, **job.scaling.custom_resources}
     if job.scaling.use_gpu:

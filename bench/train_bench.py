@@ -1,0 +1,224 @@
+"""Training throughput of `rigpose train` on Ray against a bare PyTorch loop, and of the Ray Data path alone.
+
+All in one process, one run, on one dataset (default: the demo dataset, built from datasets/recipes/demo.yaml into
+outputs/datasets/demo when missing), lifter and batch of jobs/train.yaml (512 wide, 2 blocks, batch 256 frames of
+4 views):
+
+- (a) bare loop: the same model, loss (`rigpose.train.step.loss_terms` + `total_loss`), Adam and batch over
+  in-memory tensors (the training split preprocessed once), no Ray: the ceiling;
+- (b) `rigpose.train.trainer.train` with 1 worker reading the Parquet shards through Ray Data, cached
+  (`data.cache: true`, preprocessed once into the object store) and streaming (`data.cache: false`, read and
+  preprocessed again every epoch); (c) the same with 2 workers (DDP, gloo). Frames/s = the job's frames per
+  second of training-epoch wall time (validation off), median over the epochs after the first; the first epoch
+  and `startup_s` (from calling train to the first batch: Ray, datasets, workers) are reported apart;
+- data path alone: frames/s that the Ray Data iterator (`iter_torch_batches`, batch 256) delivers to one consumer
+  with no model, streaming (read + preprocess) and cached, against a bare `pyarrow.parquet.read_table` of the same
+  shards, and the preprocessing alone on one core (`Preprocess` on in-memory tables): the per-core figure.
+
+    .venv/bin/python bench/train_bench.py [--data URL] [--epochs 4] [--bare-steps 150] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console(width=120)
+
+
+def ensure_dataset(url: str) -> None:
+    from rigpose.data.store import read_manifest
+    from rigpose.data.synth import build_dataset
+
+    if read_manifest(url) is None:
+        console.print(f"building {url} from datasets/recipes/demo.yaml")
+        build_dataset(str(REPO / "datasets" / "recipes" / "demo.yaml"), url, progress=False)
+
+
+def in_memory_batches(url: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """The training split, preprocessed once, as float32 tensors; and the dataset's skeleton."""
+    from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess
+    from rigpose.data.store import Dataset
+
+    ds = Dataset(url)
+    table = ds.read_table(columns=list(MODEL_COLUMNS), splits=["train"])
+    prep = Preprocess(num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
+                      root_joints=ds.skeleton.root_joints, with_3d=False)
+    arrays = prep(table)
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}, ds.skeleton
+
+
+def bare_loop(url: str, *, steps: int, batch: int) -> dict[str, Any]:
+    """(a): frames/s of the training step alone over in-memory tensors."""
+    from rigpose.config import load_job
+    from rigpose.model.lifter import Lifter
+    from rigpose.train.step import LossWeights, loss_terms, total_loss
+    from rigpose.train.worker import lifter_config
+
+    data, skeleton = in_memory_batches(url)
+    job = load_job(REPO / "jobs" / "train.yaml")
+    torch.manual_seed(0)
+    model = Lifter(lifter_config(job, skeleton))
+    opt = torch.optim.Adam(model.parameters(), lr=job.optim.lr)
+    weights = LossWeights(**job.loss.model_dump())
+    n = data["kp"].shape[0]
+    gen = torch.Generator().manual_seed(0)
+
+    def step(i: int) -> None:
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        b = {k: v[idx] for k, v in data.items()}
+        loss, _ = total_loss(loss_terms(model, b, skeleton, weights=weights, step=i, generator=gen), weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), job.optim.grad_clip)
+        opt.step()
+
+    for i in range(10):  # warm-up (allocator, kernels)
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    seconds = time.perf_counter() - t0
+    return {"frames_per_s": steps * batch / seconds, "steps": steps, "threads": torch.get_num_threads()}
+
+
+def data_path(url: str, *, batch: int) -> dict[str, Any]:
+    """Data path alone: Ray Data iterator (streaming / cached) vs bare read_table, and preprocessing per core."""
+    from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess, read_split
+    from rigpose.data.store import Dataset
+
+    ds = Dataset(url)
+    urls = ds.shard_urls(splits=["train"])
+    rows = sum(s.rows for s in ds.shards(splits=["train"]))
+    out: dict[str, Any] = {"rows": rows, "shards": len(urls)}
+
+    def consume(rd: Any) -> float:
+        t0 = time.perf_counter()
+        n = 0
+        for b in rd.iter_torch_batches(batch_size=batch, dtypes=torch.float32):
+            n += int(b["kp"].shape[0])
+        assert n == rows, (n, rows)
+        return n / (time.perf_counter() - t0)
+
+    streaming = read_split(ds, "train", shuffle_seed=0)
+    consume(streaming)  # warm-up: Ray Data's workers and imports
+    out["ray_streaming_frames_per_s"] = consume(streaming)
+    cached = read_split(ds, "train").materialize()
+    out["ray_cached_frames_per_s"] = consume(cached)
+    t0 = time.perf_counter()
+    tables = [pq.read_table(u, columns=list(MODEL_COLUMNS)) for u in urls]
+    out["bare_read_frames_per_s"] = rows / (time.perf_counter() - t0)
+    prep = Preprocess(num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
+                      root_joints=ds.skeleton.root_joints, with_3d=False)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for t in tables:
+        for off in range(0, t.num_rows, 1024):
+            prep(t.slice(off, 1024))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out["preprocess_frames_per_s_wall"] = rows / wall
+    out["preprocess_frames_per_cpu_s"] = rows / cpu
+    return out
+
+
+def ray_train(url: str, out_dir: Path, *, name: str, workers: int, cpus: float, cache: bool,
+              epochs: int) -> dict[str, Any]:
+    """(b)/(c): `train` on the shards; frames/s of the epochs after the first, first epoch, startup."""
+    from rigpose.config import load_job
+    from rigpose.train.trainer import train
+
+    job = load_job(REPO / "jobs" / "train.yaml", [
+        f"data.url={url}", "data.val_split=null", f"data.cache={str(cache).lower()}", f"optim.epochs={epochs}",
+        f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={cpus}", f"run.output_dir={out_dir}",
+        f"run.name={name}-{int(time.time())}"])
+    t0 = time.perf_counter()
+    result = train(job)
+    history = result["history"]
+    steady = [h["frames_per_s"] for h in history[1:]]
+    return {"frames_per_s": statistics.median(steady), "first_epoch_frames_per_s": history[0]["frames_per_s"],
+            "startup_s": history[0].get("startup_s"), "wall_s": time.perf_counter() - t0, "epochs": epochs,
+            "workers": workers, "cpus_per_worker": cpus, "cache": cache}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(REPO / "outputs" / "datasets" / "demo"))
+    parser.add_argument("--out", default=str(REPO / "outputs" / "bench" / "train_runs"))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--bare-steps", type=int, default=150)
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "bench"))
+    from dataset_bench import machine_info
+
+    batch = 256
+    ensure_dataset(args.data)
+    results: dict[str, Any] = {"command": shlex.join([".venv/bin/python", *sys.argv]), "machine": machine_info(),
+                               "torch": torch.__version__, "batch": batch, "data": args.data}
+    import ray
+
+    results["ray"] = ray.__version__
+    console.print("(a) bare PyTorch loop ...")
+    results["bare"] = bare_loop(args.data, steps=args.bare_steps, batch=batch)
+    from rigpose.train.trainer import init_ray
+
+    init_ray(None)
+    console.print("data path alone ...")
+    results["data_path"] = data_path(args.data, batch=batch)
+    out = Path(args.out)
+    runs = {
+        "b_1worker_cached": dict(workers=1, cpus=2, cache=True),
+        "b_1worker_streaming": dict(workers=1, cpus=2, cache=False),
+        "c_2workers_cached": dict(workers=2, cpus=1, cache=True),
+    }
+    for name, kw in runs.items():
+        console.print(f"rigpose train: {name} ...")
+        results[name] = ray_train(args.data, out, name=name, epochs=args.epochs, **kw)
+    report(results)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def report(r: dict[str, Any]) -> None:
+    bare = r["bare"]["frames_per_s"]
+    table = Table(title=f"training throughput, batch {r['batch']} frames x 4 views")
+    for col in ("what", "frames/s", "vs (a)", "first epoch frames/s", "startup s"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+    table.add_row(f"(a) bare PyTorch loop, {r['bare']['threads']} threads", f"{bare:,.0f}", "1.00", "-", "-")
+    for key in ("b_1worker_cached", "b_1worker_streaming", "c_2workers_cached"):
+        x = r[key]
+        table.add_row(f"{key}: {x['workers']} worker(s) x {x['cpus_per_worker']:g} CPU, cache={x['cache']}",
+                      f"{x['frames_per_s']:,.0f}", f"{x['frames_per_s'] / bare:.2f}",
+                      f"{x['first_epoch_frames_per_s']:,.0f}", f"{x['startup_s']:.1f}")
+    console.print(table)
+    d = r["data_path"]
+    consumed = r["b_1worker_cached"]["frames_per_s"]
+    t2 = Table(title=f"data path alone ({d['rows']:,} training frames, {d['shards']} shards)")
+    for col in ("what", "frames/s", "vs bare read", "x one worker's consumption"):
+        t2.add_column(col, justify="left" if col == "what" else "right")
+    for key, label in (("bare_read_frames_per_s", "bare pq.read_table (model columns)"),
+                       ("ray_streaming_frames_per_s", "Ray Data streaming: read + preprocess + batches"),
+                       ("ray_cached_frames_per_s", "Ray Data cached: batches from the object store"),
+                       ("preprocess_frames_per_s_wall", "preprocess alone, one process"),
+                       ("preprocess_frames_per_cpu_s", "preprocess per CPU-second (per core)")):
+        t2.add_row(label, f"{d[key]:,.0f}", f"{d[key] / d['bare_read_frames_per_s']:.2f}", f"{d[key] / consumed:.1f}")
+    console.print(t2)
+    console.print(f"command: {r['command']}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    main()
