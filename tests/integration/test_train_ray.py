@@ -88,17 +88,17 @@ def test_one_and_two_workers_train_rigs_of_4_and_8_cameras_to_the_same_result(tw
 
     ds = Dataset(two_rig_dataset)
     assert ds.manifest.max_views == 8 and set(ds.manifest.rigs) == {"h36m-s1", "studio-8"}
-    common = [f"data.url={two_rig_dataset}", "data.val_split=test", "optim.epochs=4", "model.width=64",
+    common = [f"data.url={two_rig_dataset}", "data.val_split=test", "optim.epochs=6", "model.width=64",
               "model.num_blocks=1", "model.dropout=0", f"run.output_dir={tmp_path}"]
-    # the same effective batch (64 frames) and number of steps: 1 x 64 vs 2 x 32
-    one = train(load_job(REPO / "jobs" / "train.yaml", [*common, "data.batch_size=64", "run.name=one"]))["history"]
-    two = train(load_job(REPO / "jobs" / "train.yaml", [*common, "data.batch_size=32", "scaling.num_workers=2",
+    # the same effective batch (32 frames) and number of steps: 1 x 32 vs 2 x 16
+    one = train(load_job(REPO / "jobs" / "train.yaml", [*common, "data.batch_size=32", "run.name=one"]))["history"]
+    two = train(load_job(REPO / "jobs" / "train.yaml", [*common, "data.batch_size=16", "scaling.num_workers=2",
                                                          "run.name=two"]))["history"]
-    assert [h["world_size"] for h in one] == [1] * 4 and [h["world_size"] for h in two] == [2] * 4
+    assert [h["world_size"] for h in one] == [1] * 6 and [h["world_size"] for h in two] == [2] * 6
     assert [h["steps"] for h in one] == [h["steps"] for h in two]  # per rank: same global steps
     for h in (one, two):
-        assert h[-1]["val/reprojection_px"] < 0.9 * h[0]["val/reprojection_px"]
-        assert h[-1]["train/loss"] < h[0]["train/loss"]
+        assert h[-1]["val/reprojection_px"] < 0.95 * h[0]["val/reprojection_px"]
+        assert h[-1]["train/loss"] < 0.8 * h[0]["train/loss"]
     # different shuffles and dropout-free but rank-seeded masking: equal within tolerance, not bit for bit
     assert two[-1]["val/reprojection_px"] == pytest.approx(one[-1]["val/reprojection_px"], rel=0.1)
     assert two[-1]["train/loss"] == pytest.approx(one[-1]["train/loss"], rel=0.15)

@@ -15,6 +15,7 @@ finished), step, history (per-epoch metrics), job (the job config), skeleton, ma
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -47,6 +48,15 @@ def load_state(checkpoint: Any, *, map_location: Any = "cpu") -> dict[str, Any]:
     """The state dict saved in a Ray Train checkpoint of this module (local or on object storage)."""
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / STATE_FILE, map_location=map_location, weights_only=False)
+
+
+def say(message: str) -> None:
+    """One line to the worker's stdout (Ray forwards it to the driver and the job logs).
+
+    Not `print`: Ray Train patches print in workers to write both to stdout and to its logger (every line twice).
+    """
+    sys.stdout.write(f"[rigpose] {message}\n")
+    sys.stdout.flush()
 
 
 class _FirstBatchClock:
@@ -85,10 +95,9 @@ def train_func(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
         if rank == 0:
-            print(f"[rigpose] resuming from the checkpoint of epoch {start_epoch}/{job.optim.epochs} (step {step})",
-                  flush=True)
+            say(f"resuming from the checkpoint of epoch {start_epoch}/{job.optim.epochs} (step {step})")
     if rank == 0 and start_epoch >= job.optim.epochs:
-        print(f"[rigpose] run {job.run.name!r} has already trained {start_epoch} epochs: nothing to do", flush=True)
+        say(f"run {job.run.name!r} has already trained {start_epoch} epochs: nothing to do")
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
     clock = _FirstBatchClock()
@@ -139,5 +148,5 @@ def print_epoch(m: dict[str, Any], epochs: int) -> None:
     """One log line per epoch (rank 0)."""
     terms = " ".join(f"{k[6:]}={v:.3g}" for k, v in m.items() if k.startswith("train/") and k != "train/loss")
     val = f" val_reproj={m['val/reprojection_px']:.2f}px" if "val/reprojection_px" in m else ""
-    print(f"[rigpose] epoch {int(m['epoch']) + 1}/{epochs} loss={m['train/loss']:.4g}{val} {terms} "
-          f"lr={m['lr']:.2g} {m['frames_per_s']:.0f} frames/s", flush=True)
+    say(f"epoch {int(m['epoch']) + 1}/{epochs} loss={m['train/loss']:.4g}{val} {terms} lr={m['lr']:.2g} "
+        f"{m['frames_per_s']:.0f} frames/s")
