@@ -7,11 +7,32 @@
 from __future__ import annotations
 
 import os
+import secrets
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from rigpose_testing import free_port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token_auth() -> Iterator[str]:
+    """One Ray auth choice for the whole run (PLATFORM_NOTES): token auth with one token, from the environment.
+
+    Ray caches the token it first loads for the life of the process, so every Ray these tests start or join (local
+    `ray.init`, `ray start --head`) uses this one; nothing is written to ~/.ray. Yields the token.
+    """
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    token = secrets.token_hex(32)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    try:
+        yield token
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

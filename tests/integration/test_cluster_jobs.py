@@ -2,8 +2,9 @@
 
 The cluster and moto's S3 server are started here and stopped at the end of the module. The dataset lives on S3
 and so do the runs (checkpoints, model.pt, history.json). Covered: the plain `ray job submit ... -- python -m
-rigpose train` form; `rigpose submit` surviving the SIGKILL of a training worker's process mid-run (resume from
-the last checkpoint, the right number of epochs); a stopped job resumed by submitting its run again.
+rigpose train` form, also surviving the SIGKILL of a training worker's process mid-run (resume from the last
+checkpoint, the right number of epochs); `rigpose submit`: a stopped job resumed by submitting its run again, and
+a missing auth token reported in one line.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def s3_data(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server: str) -> Iterator[str]:
+def cluster(s3_server: str, ray_token_auth: str) -> Iterator[str]:
     """`ray start --head` on 127.0.0.1 with token auth; yields the Jobs API address. Env: S3 endpoint + keys."""
-    token = secrets.token_hex(32)
+    token = ray_token_auth
     temp_dir = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     dash = _free_port()
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
@@ -74,19 +75,12 @@ def cluster(s3_server: str) -> Iterator[str]:
            "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp_dir}",
            *(f"{k}={v}" for k, v in ports.items())]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # the client side of the same auth mode
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_for_jobs_api(address)
         yield address
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -169,17 +163,26 @@ def _submit(address: str, data: str, name: str, epochs: int, *extra: str) -> str
     return next(line.split()[1] for line in result.output.splitlines() if line.startswith("submitted "))
 
 
+def _ray_job_submit(address: str, data: str, name: str, epochs: int, *extra: str,
+                    no_wait: bool = False) -> subprocess.CompletedProcess:
+    """The plain form from the README: `ray job submit ... -- python -m rigpose train jobs/train.yaml --set ...`."""
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+           "--runtime-env", "jobs/runtime_env.yaml", "--submission-id", name,
+           *(["--no-wait"] if no_wait else []), "--", "python", "-m", "rigpose", "train", "jobs/train.yaml"]
+    for s in [*TRAIN_SETS, f"data.url={data}", f"run.output_dir=s3://{BUCKET}/runs", f"run.name={name}",
+              f"optim.epochs={epochs}", *extra]:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540)
+    assert no_wait or proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
 @pytest.mark.timeout(600)
 def test_plain_ray_job_submit_trains_from_s3_and_checkpoints_to_s3(cluster: str, s3_data: str) -> None:
     from rigpose.train.checkpoint import load_lifter
 
     run = f"s3://{BUCKET}/runs/plain"
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster, "--working-dir", ".",
-           "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "-m", "rigpose", "train", "jobs/train.yaml"]
-    for s in [*TRAIN_SETS, f"data.url={s3_data}", f"run.output_dir=s3://{BUCKET}/runs", "run.name=plain",
-              "optim.epochs=2"]:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540)
+    proc = _ray_job_submit(cluster, s3_data, "plain", 2)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "succeeded" in out.lower() and "model: s3://" in out, out[-3000:]
@@ -193,11 +196,14 @@ def test_plain_ray_job_submit_trains_from_s3_and_checkpoints_to_s3(cluster: str,
 
 
 @pytest.mark.timeout(600)
-def test_rigpose_submit_survives_a_killed_worker_and_resumes_from_its_checkpoint(cluster: str, s3_data: str) -> None:
+def test_a_ray_job_survives_a_killed_worker_and_resumes_from_its_checkpoint(cluster: str, s3_data: str) -> None:
     from ray.util.state import list_actors
 
     epochs = 30  # ~0.3 s each after the first on this machine: the kill lands well inside the run
-    sid = _submit(cluster, s3_data, "fault", epochs, "scaling.num_workers=2", "run.max_failures=2")
+    sid = "fault"
+    proc = _ray_job_submit(cluster, s3_data, sid, epochs, "scaling.num_workers=2", "run.max_failures=2",
+                           no_wait=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     run = f"s3://{BUCKET}/runs/fault"
     _wait_for_checkpoint(run)
     workers = list_actors(address=cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])

@@ -9,7 +9,7 @@ The run folder is also Ray Train's storage (`RunConfig(storage_path=run.output_d
 `checkpoint_*` folders and checkpoint-manager snapshot live there, so re-running the same job (same run name)
 resumes from the latest checkpoint, and `FailureConfig(max_failures)` restarts the workers from it after a
 failure. `run.json`, written before training starts, records what the checkpoints were trained on (dataset,
-manifest hash, model, supervision); a re-run that would resume them with other data or another model is refused.
+manifest hash, rigs, model, supervision); a re-run that would resume them with other data or another model is refused.
 """
 
 from __future__ import annotations
@@ -78,10 +78,19 @@ def _check_resumable(run_dir: str, record: dict[str, Any]) -> bool:
     if not fs.exists(f"{path}/{RUN_FILE}"):
         return False
     with fs.open(f"{path}/{RUN_FILE}", "rb") as f:
-        before = json.loads(f.read())
+        text = f.read()
+    try:
+        before = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{run_dir}/{RUN_FILE}: not valid JSON ({e}); delete the run folder or use a new "
+                         "run.name") from None
     for key, what in (("manifest_sha256", "dataset manifest"), ("supervision", "supervision"),
-                      ("model", "model architecture")):
-        if before.get(key) != record[key]:
+                      ("model", "model architecture"), ("rig_ids", "rig selection (data.rig_ids)")):
+        if key == "rig_ids":
+            same = sorted(before.get(key) or []) == sorted(record[key] or [])
+        else:
+            same = before.get(key) == record[key]
+        if not same:
             raise ValueError(
                 f"run {run_dir} exists and its checkpoints were trained with another {what} "
                 f"({before.get(key)!r}, now {record[key]!r}); use a new run.name, or delete the run folder to "
