@@ -15,6 +15,7 @@ store; without it, it streams again every epoch (datasets larger than the object
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -95,8 +96,10 @@ def build_datasets(data: DataConfig, ds: Dataset, *, with_3d: bool, seed: int, w
 
     `with_pseudo=False` (no pseudo-3D loss term) preprocesses without the per-joint triangulation.
     """
-    from ray.data import RandomSeedConfig
+    from ray.data import DataContext, RandomSeedConfig
 
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = ctx.enable_progress_bars and sys.stderr.isatty()  # piped logs: no cursor codes
     splits = {"train": data.train_split}
     if data.val_split is not None:
         splits["val"] = data.val_split
