@@ -116,11 +116,6 @@ class TrainJob(_Strict):
             raise ValueError("data.val_split must differ from data.train_split")
         return self
 
-    @property
-    def run_dir(self) -> str:
-        """<run.output_dir>/<run.name>: a local path or a URL (s3://...)."""
-        return f"{self.run.output_dir.rstrip('/')}/{self.run.name}"
-
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")

@@ -137,11 +137,9 @@ def build_submission(job_file: Path, overrides: list[str] | None = None, *, addr
                              *(a for s in all_sets for a in ("--set", s))])
     runtime_env = load_runtime_env(root)
     runtime_env["working_dir"] = str(root)
-    # Ray resolves local py_modules against the current directory, not working_dir: anchor them at the project
-    runtime_env["py_modules"] = [str(root / m) if isinstance(m, str) and "://" not in m and not Path(m).is_absolute()
-                                 else m for m in runtime_env.get("py_modules", [])]
-    if not runtime_env["py_modules"]:
-        del runtime_env["py_modules"]
+    if "py_modules" in runtime_env:  # Ray resolves local ones against the current directory, not working_dir
+        runtime_env["py_modules"] = [str(root / m) if isinstance(m, str) and "://" not in m else m
+                                     for m in runtime_env["py_modules"]]
     names = FORWARDED_ENV + (CREDENTIAL_ENV if forward_credentials else ())
     env_vars = {k: environ[k] for k in names if environ.get(k)}
     if env_vars:

@@ -15,7 +15,6 @@ manifest hash, rigs, model, supervision); a re-run that would resume them with o
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -67,7 +66,8 @@ def init_ray(address: str | None) -> None:
 
 
 def _run_record(job: TrainJob, sha: str) -> dict[str, Any]:
-    return {"dataset": job.data.url, "manifest_sha256": sha, "rig_ids": job.data.rig_ids,
+    rig_ids = sorted(job.data.rig_ids) if job.data.rig_ids else None  # the selection, not its order, matters
+    return {"dataset": job.data.url, "manifest_sha256": sha, "rig_ids": rig_ids,
             "supervision": job.supervision, "job": job.model_dump(),
             "model": job.model.model_dump(include={"width", "num_blocks", "output"})}  # what the weights' shapes need
 
@@ -75,22 +75,17 @@ def _run_record(job: TrainJob, sha: str) -> dict[str, Any]:
 def _check_resumable(run_dir: str, record: dict[str, Any]) -> bool:
     """True when `run_dir` holds an earlier attempt of this run; ValueError when its checkpoints do not fit."""
     fs, path = url_to_fs(run_dir)
-    if not fs.exists(f"{path}/{RUN_FILE}"):
-        return False
-    with fs.open(f"{path}/{RUN_FILE}", "rb") as f:
-        text = f.read()
     try:
-        before = json.loads(text)
+        with fs.open(f"{path}/{RUN_FILE}", "rb") as f:
+            before = json.loads(f.read())
+    except FileNotFoundError:
+        return False
     except json.JSONDecodeError as e:
         raise ValueError(f"{run_dir}/{RUN_FILE}: not valid JSON ({e}); delete the run folder or use a new "
                          "run.name") from None
     for key, what in (("manifest_sha256", "dataset manifest"), ("supervision", "supervision"),
                       ("model", "model architecture"), ("rig_ids", "rig selection (data.rig_ids)")):
-        if key == "rig_ids":
-            same = sorted(before.get(key) or []) == sorted(record[key] or [])
-        else:
-            same = before.get(key) == record[key]
-        if not same:
+        if before.get(key) != record[key]:
             raise ValueError(
                 f"run {run_dir} exists and its checkpoints were trained with another {what} "
                 f"({before.get(key)!r}, now {record[key]!r}); use a new run.name, or delete the run folder to "
@@ -144,17 +139,17 @@ def train(job: TrainJob) -> dict[str, Any]:
     )
     try:
         result = trainer.fit()
-    except Exception as e:  # Ray's TrainingFailedError wraps the workers' error: keep its first line
+    except Exception as e:  # Ray's TrainingFailedError wraps the workers' error: keep its last line
         if type(e).__name__ != "TrainingFailedError":
             raise
         raise RuntimeError(f"training failed after {job.run.max_failures} allowed worker failure(s): "
-                           f"{_first_line(e)} (Ray logs: /tmp/ray/session_latest/logs; run folder {run_dir})") from e
+                           f"{_last_line(e)} (Ray logs: /tmp/ray/session_latest/logs; run folder {run_dir})") from e
     out = _finish(job, result, run_dir, ds.skeleton.name)
     out["resumed"] = resumed
     return out
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__
 
@@ -178,9 +173,3 @@ def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str) -> dic
     return {"run_dir": run_dir, "model": f"{run_dir}/{MODEL_FILE}", "history": state["history"],
             "checkpoint": result.checkpoint.path}
 
-
-def read_history(run_dir: str) -> list[dict[str, Any]]:
-    """history.json of a finished run (local or s3://)."""
-    fs, path = url_to_fs(run_dir)
-    with fs.open(f"{path}/history.json", "rb") as f:
-        return json.load(io.BytesIO(f.read()))

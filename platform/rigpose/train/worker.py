@@ -101,7 +101,6 @@ def train_func(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
     clock = _FirstBatchClock()
-    startup_reported = False
 
     def batches(shard: Any, *, shuffle: bool) -> Iterable[Batch]:
         return shard.iter_torch_batches(
@@ -115,10 +114,8 @@ def train_func(config: dict[str, Any]) -> None:
         return x.cpu() if x.device.type != "cpu" else x
 
     def on_epoch(result: EpochResult, global_step: int) -> None:
-        nonlocal startup_reported
         metrics = result.metrics()
-        if clock.first is not None and not startup_reported:
-            startup_reported = True
+        if result.epoch == start_epoch and clock.first is not None:  # this attempt's first epoch
             # seconds from `rigpose train` starting (driver clock) to this attempt's first batch: Ray, dataset and
             # worker start-up, and on a restart the time to recover
             metrics["startup_s"] = clock.first - config["t_start"]
