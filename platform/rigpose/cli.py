@@ -23,11 +23,12 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-apps are imported here, not at module top, so that `rigpose --help` stays quick.
-    from rigpose import eval_cli, rig_cli
+    from rigpose import eval_cli, models_cli, rig_cli
     from rigpose.data import cli as data_cli
 
     app.add_typer(rig_cli.app, name="rig", help="Camera rigs: validate, show, import calibrations.")
     app.add_typer(data_cli.app, name="datasets", help="Datasets: build, ingest, validate, describe.")
+    app.add_typer(models_cli.app, name="models", help="MLflow model registry: list, promote, export to ONNX.")
     eval_cli.register(app)
 
 

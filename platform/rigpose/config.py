@@ -23,7 +23,8 @@ class DataConfig(_Strict):
 
     url: str = Field("outputs/datasets/demo", description="Dataset root: local path, file:// or s3://bucket/prefix.")
     train_split: str = Field("train", description="Split used for training.")
-    val_split: str | None = Field("val", description="Split for the label-free validation metric; null = none.")
+    val_split: str | None = Field("val", description="Split for the label-free validation metric (plus MPJPE and "
+                                                     "PA-MPJPE when its rows carry joints_3d); null = none.")
     rig_ids: list[str] | None = Field(None, description="Train only on these rigs (default: all rigs).")
     batch_size: int = Field(256, ge=1, description="Frames per step per worker (each frame has V views).")
     shuffle_buffer: int = Field(4096, ge=0, description="Ray Data local shuffle buffer, frames (0 = no shuffle).")
@@ -98,6 +99,20 @@ class RunSection(_Strict):
     checkpoints_to_keep: int = Field(2, ge=1, description="Best checkpoints kept, by the validation metric.")
 
 
+class TrackingConfig(_Strict):
+    """MLflow tracking and registration (rigpose.tracking, rigpose.registry)."""
+
+    enabled: bool = Field(True, description="Track the run in MLflow (params, per-epoch metrics, artifacts, model).")
+    uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else a sqlite "
+                                              "file with local artifacts in <output folder>/mlflow/.")
+    experiment: str = Field("rigpose", min_length=1, description="MLflow experiment the run is logged under.")
+    model_name: str | None = Field("rigpose-lifter", description="Registered model name; the new version gets "
+                                                                 "the alias 'candidate'. null = log, don't register.")
+    eval_split: str | None = Field(None, description="Split evaluated after training for the logged evaluation "
+                                                     "JSON and pictures; null = data.val_split.")
+    eval_max_rows: int = Field(2000, ge=1, description="Rows of eval_split evaluated after training.")
+
+
 class TrainJob(_Strict):
     """A training job: `rigpose train jobs/train.yaml [--set key=value ...]`."""
 
@@ -109,6 +124,7 @@ class TrainJob(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     scaling: ScalingConfigModel = Field(default_factory=ScalingConfigModel)
     run: RunSection = Field(default_factory=RunSection)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _check(self) -> TrainJob:

@@ -5,6 +5,8 @@
    detector-like noise and triangulate it back (weighted and robust DLT): a table of 3D and reprojection errors.
 3. train: `jobs/train.yaml` (2D supervision only) on a local Ray; the model lands in `outputs/runs/demo/model.pt`.
 4. evaluate: the trained lifter on the test split against triangulation baselines; a table and a JSON file.
+5. registry: training logged the run to MLflow and registered the model as `rigpose-lifter@candidate`; it becomes
+   `@champion` when its held-out-view error on the test split beats the current champion's (or there is none).
 """
 
 from __future__ import annotations
@@ -91,18 +93,18 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
         from rigpose.data.store import read_manifest
         from rigpose.data.synth import build_dataset
 
-        console.rule("[bold]1/4 dataset")
+        console.rule("[bold]1/5 dataset")
         if read_manifest(data_url) is None:
             manifest = build_dataset(str(DEMO_RECIPE), data_url, progress=True)
             console.print(f"built {data_url}: {manifest.num_rows:,} frames, splits "
                           f"{ {k: v['rows'] for k, v in manifest.splits().items()} }")
         else:
             console.print(f"{data_url} already exists (delete it to rebuild)")
-    console.rule("[bold]2/4 rigs")
+    console.rule("[bold]2/5 rigs")
     code = rig_check(seed=seed, noise_px=noise_px, console=console)
     if code or not train:
         return code
-    console.rule("[bold]3/4 train (2D supervision only)")
+    console.rule("[bold]3/5 train (2D supervision only)")
     from rigpose.config import load_job
     from rigpose.train.trainer import train as run_training
 
@@ -113,11 +115,42 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
     last = out["history"][-1]
     console.print(f"trained {int(last['epoch']) + 1} epochs: val held-out-view reprojection "
                   f"{last.get('val/reprojection_px', float('nan')):.2f} px; model {out['model']}")
-    console.rule("[bold]4/4 evaluate")
+    console.rule("[bold]4/5 evaluate")
     from rigpose.eval_cli import print_results
     from rigpose.evaluate import evaluate
 
     report = evaluate(out["model"], data_url, split="test", json_path=str(Path(out["run_dir"]) / "evaluation.json"))
     print_results(report, console=console)
     console.print(f"evaluation JSON: {Path(out['run_dir']) / 'evaluation.json'}")
+    console.rule("[bold]5/5 model registry (MLflow)")
+    return registry_step(out, data_url, console=console)
+
+
+def registry_step(out: dict, data_url: str, *, console: Console) -> int:
+    """Gate the new @candidate against @champion and print where the MLflow UI opens."""
+    from rigpose.registry import champion_gate
+
+    tracked = out.get("tracking")
+    if not tracked:
+        console.print("tracking is off in the job file (tracking.enabled: false): nothing registered")
+        return 0
+    reg = tracked["registered"]
+    uri = tracked["uri"]
+    if reg is not None:
+        gate = champion_gate(reg.name, reg.version, data_url=data_url, split="test", uri=uri)
+        console.print(f"registered {reg.name} version {reg.version} as @candidate (MLflow run {reg.run_id})")
+        if gate.champion_px is None and gate.promoted:
+            console.print(f"no @champion yet: version {reg.version} is now {reg.name}@champion "
+                          f"(held-out-view error {gate.candidate_px:.2f} px)")
+        elif gate.promoted:
+            console.print(f"candidate {gate.candidate_px:.2f} px beats champion v{gate.champion_version} "
+                          f"{gate.champion_px:.2f} px: version {reg.version} is now {reg.name}@champion")
+        elif gate.champion_px is None:
+            console.print(f"version {reg.version} already is {reg.name}@champion")
+        else:
+            console.print(f"candidate {gate.candidate_px:.2f} px does not beat champion v{gate.champion_version} "
+                          f"{gate.champion_px:.2f} px: @champion stays on version {gate.champion_version}")
+        console.print(f"use it: MLFLOW_TRACKING_URI={uri} rigpose lift --model models:/{reg.name}@champion "
+                      f"--data {data_url} --out outputs/lift.parquet", soft_wrap=True)
+    console.print(f"MLflow UI: {tracked['ui']}", soft_wrap=True)
     return 0

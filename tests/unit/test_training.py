@@ -44,7 +44,7 @@ def test_the_2d_supervised_path_never_reads_joints_3d() -> None:
 def _fit(supervision: str, epochs: int = 12) -> list[dict]:
     data = [to_torch(synthetic_batch(num_frames=64, seed=s, noise_px=2.0, with_3d=supervision == "3d"))
             for s in range(4)]
-    val = [to_torch(synthetic_batch(num_frames=64, seed=99, noise_px=2.0, with_3d=False))]
+    val = [to_torch(synthetic_batch(num_frames=64, seed=99, noise_px=2.0, with_3d=True))]  # for metrics only
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     history: list[dict] = []
@@ -59,17 +59,21 @@ def test_training_from_2d_lowers_the_held_out_view_reprojection_error() -> None:
     assert len(history) == 12 and history[-1]["steps"] == 4
     assert history[-1]["train/cross_view"] < 0.6 * history[0]["train/cross_view"]
     assert history[-1]["val/reprojection_px"] < 0.9 * history[0]["val/reprojection_px"]
+    assert history[-1]["val/mpjpe_mm"] < history[0]["val/mpjpe_mm"]  # labels of the val batches: metrics only
 
 
 def test_the_3d_supervised_baseline_trains_too() -> None:
     history = _fit("3d")
     assert history[-1]["train/supervised_3d"] < 0.6 * history[0]["train/supervised_3d"]
+    assert history[-1]["val/mpjpe_mm"] < 0.9 * history[0]["val/mpjpe_mm"]
+    assert history[-1]["val/pa_mpjpe_mm"] < history[-1]["val/mpjpe_mm"]
 
 
 def test_validate_reports_pixels_and_restores_train_mode() -> None:
     model = _model().train()
-    out = validate(model, [to_torch(synthetic_batch(num_frames=8))])
-    assert out["reprojection_px"] > 0 and model.training
+    out = validate(model, [to_torch(synthetic_batch(num_frames=8, with_3d=False))],
+                   root_joints=DEEPMIMIC16.root_joints)
+    assert set(out) == {"reprojection_px"} and out["reprojection_px"] > 0 and model.training
 
 
 def test_job_file_loads_with_every_key_documented_and_overrides_apply() -> None:

@@ -3,20 +3,26 @@
 `rigpose.train.trainer` feeds it Ray Data shards and reports through `ray.train.report`; tests feed it lists of
 batches. Every rank runs the same number of steps per epoch only if its shard has the same number of batches:
 Ray Data's `streaming_split(equal=True)` guarantees that.
+
+Validation reports the label-free held-out-view reprojection error and, where the validation batches carry
+`joints_3d` (evaluation only, never a loss input), single-view MPJPE / PA-MPJPE with `rigpose.evaluate`'s
+definitions. Shape letters: B frames, V views, J joints.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from rigpose.evaluate import MM_PER_M
+from rigpose.geometry import procrustes_align
 from rigpose.model.lifter import Lifter, dropout_schedule
-from rigpose.model.losses import cross_view_reprojection
+from rigpose.model.losses import cross_view_reprojection, to_camera
 from rigpose.skeleton import Skeleton
 from rigpose.train.step import LossWeights, batch_cameras, lift_views, loss_terms, total_loss
 
@@ -45,20 +51,83 @@ class EpochResult:
         return out
 
 
+# validate's accumulators, in this order: (sum, count) per metric; one fixed-size tensor for `reduce`
+VAL_METRICS = ("reprojection_px", "mpjpe_mm", "pa_mpjpe_mm")
+
+
+def _pose_error_sums(pred_PJ3: torch.Tensor, gt_PJ3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over poses of the per-pose mean joint error in mm, number of poses) of pred vs gt [..., J, 3] metres.
+
+    `rigpose.evaluate.mpjpe`'s rules: joints NaN in either input are ignored, a pose with none left is not counted.
+    """
+    d = (pred_PJ3 - gt_PJ3).norm(dim=-1)  # [..., J], NaN where either is NaN
+    ok = d.isfinite()
+    n = ok.sum(-1)
+    per_pose = torch.where(ok, d, 0.0).sum(-1) / n.clamp_min(1)
+    return MM_PER_M * per_pose[n > 0].sum(), (n > 0).sum().to(d.dtype)
+
+
+def single_view_3d_sums(rel_BVJ3: torch.Tensor, view_ok_BV: torch.Tensor, batch: Batch,
+                        root_joints: Sequence[int]) -> torch.Tensor:
+    """[mpjpe sum, poses, pa_mpjpe sum, poses] (mm, float64) of every view's lift against the 3D labels.
+
+    The definitions of `rigpose.evaluate_run`'s "single" section, in torch: each view's root-relative lift vs the
+    labels brought into that view's camera frame and made relative to their root (the mean of `root_joints`); a
+    pose is one (frame, view), views without 2D or padding (`view_ok_BV` 0) do not count, nor do joints outside
+    `joints_3d_ok` [B, J] (when the batch has it) or non-finite; PA-MPJPE after a per-pose similarity alignment,
+    over poses with >= 3 usable joints. batch["joints_3d"] [B, J, 3] world metres.
+    """
+    f64 = torch.float64
+    X = batch["joints_3d"].to(f64)
+    ok_BJ = X.isfinite().all(-1)
+    if "joints_3d_ok" in batch:
+        ok_BJ &= batch["joints_3d_ok"] > 0
+    X = torch.where(ok_BJ[..., None], X, torch.nan)
+    gt = to_camera(X, batch["R"].to(f64), batch["t"].to(f64))  # [B, V, J, 3]
+    gt = gt - gt[:, :, list(root_joints)].mean(2, keepdim=True)  # NaN pose where a root joint is unknown
+    pred = torch.where(view_ok_BV[..., None, None] > 0, rel_BVJ3.to(f64), torch.nan)
+    mpjpe = _pose_error_sums(pred, gt)
+    usable = pred.isfinite().all(-1) & gt.isfinite().all(-1)  # [B, V, J]
+    fit = usable.sum(-1) >= 3  # a similarity needs three points (as rigpose.evaluate.pa_mpjpe)
+    P, Q, M = pred[fit], gt[fit], usable[fit][..., None]
+    aligned, *_ = procrustes_align(torch.where(M, P, torch.nan), torch.where(M, Q, torch.nan))
+    pa = _pose_error_sums(aligned, Q)
+    return torch.stack([*mpjpe, *pa])
+
+
 @torch.no_grad()
-def validate(model: torch.nn.Module, batches: Iterable[Batch], *, reduce: Reduce = lambda x: x) -> dict[str, float]:
-    """Label-free validation: held-out-view reprojection error, pixels (lift each view, project into the others)."""
+def validate(model: torch.nn.Module, batches: Iterable[Batch], *, root_joints: Sequence[int],
+             reduce: Reduce = lambda x: x) -> dict[str, float]:
+    """Validation metrics over `batches` (all ranks together when `reduce` is an all-reduce sum).
+
+    reprojection_px, label-free: held-out-view reprojection error, pixels (lift each view, project into the
+    others). mpjpe_mm, pa_mpjpe_mm: only when batches carry `joints_3d` (see `single_view_3d_sums`), means over
+    every labelled (frame, view) pose; a key is left out when no rank had a pose to average (no labels, or a split
+    whose rows all lack them); with labels on only some rows, the means are over the labelled rows.
+
+    Every rank calls `reduce` exactly once, with the same [6] float64 tensor of (sum, count) pairs whether or not
+    its own batches had labels, so the collective matches across ranks; presence follows the reduced counts.
+    """
     was_training = model.training
     model.eval()
-    total = torch.zeros(2)
+    parts: list[torch.Tensor] = []
     for batch in batches:
         out = lift_views(model, batch["xy"], batch["w"])
         s, c = cross_view_reprojection(out.rel, batch["root_world"], batch["root_ok"], batch["kp"], batch["w"],
                                        batch_cameras(batch), huber_px=None)
-        total += torch.stack([s.detach().cpu().double(), c.detach().cpu().double()]).float()
+        sums_3d = torch.zeros(4, dtype=torch.float64, device=s.device)
+        if "joints_3d" in batch:
+            view_ok = (batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)
+            sums_3d = single_view_3d_sums(out.rel, view_ok, batch, root_joints)
+        parts.append(torch.cat([torch.stack([s, c]).to(torch.float64), sums_3d]))  # summed once, after the loop
     model.train(was_training)
+    total = torch.stack(parts).sum(0).cpu() if parts else torch.zeros(2 * len(VAL_METRICS), dtype=torch.float64)
     total = reduce(total)
-    return {"reprojection_px": float(total[0] / total[1].clamp_min(1.0))}
+    out_metrics = {"reprojection_px": float(total[0] / total[1].clamp_min(1.0))}
+    for i, name in enumerate(VAL_METRICS[1:], start=1):
+        if total[2 * i + 1] > 0:
+            out_metrics[name] = float(total[2 * i] / total[2 * i + 1])
+    return out_metrics
 
 
 def train_epoch(
@@ -139,7 +208,8 @@ def fit(
         step += steps
         seconds = time.perf_counter() - t0
         frames = int(reduce(torch.tensor([float(frames)]))[0])  # all ranks: frames_per_s is the job's throughput
-        val = validate(model, val_batches(), reduce=reduce) if val_batches is not None else {}
+        val = (validate(model, val_batches(), root_joints=skeleton.root_joints, reduce=reduce)
+               if val_batches is not None else {})
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()

@@ -10,6 +10,10 @@ The run folder is also Ray Train's storage (`RunConfig(storage_path=run.output_d
 resumes from the latest checkpoint, and `FailureConfig(max_failures)` restarts the workers from it after a
 failure. `run.json`, written before training starts, records what the checkpoints were trained on (dataset,
 manifest hash, rigs, model, supervision); a re-run that would resume them with other data or another model is refused.
+
+Tracking (`job.tracking`, rigpose.train.publish): one MLflow run per training run (its id kept in the run folder's
+`mlflow.json`, so retries and resumes log into the same run); rank 0 logs every epoch; after `fit()` the driver
+logs the evaluation, artifacts and pictures and registers the model with alias `candidate`.
 """
 
 from __future__ import annotations
@@ -99,7 +103,8 @@ def _write_json(run_dir: str, name: str, obj: Any) -> None:
 
 
 def train(job: TrainJob) -> dict[str, Any]:
-    """Run (or resume) a training job; returns {"run_dir", "model", "history", "checkpoint", "resumed"}."""
+    """Run (or resume) a training job; returns {"run_dir", "model", "history", "checkpoint", "resumed",
+    "tracking"} (tracking: `rigpose.train.publish.publish`'s result, or None when tracking is off)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -116,6 +121,9 @@ def train(job: TrainJob) -> dict[str, Any]:
     resumed = _check_resumable(run_dir, record)
     if not resumed:
         _write_json(run_dir, RUN_FILE, record)
+    from rigpose.train.publish import start_tracking
+
+    tracker = start_tracking(job, ds, run_dir=run_dir, manifest_sha256=sha)
     init_ray(job.run.ray_address)
     datasets = build_datasets(job.data, ds, with_3d=job.supervision == "3d", seed=job.optim.seed,
                               with_pseudo=job.supervision == "2d" and job.loss.pseudo_3d > 0)
@@ -126,7 +134,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"job": job.model_dump(), "skeleton": ds.skeleton.name, "manifest_sha256": sha,
-                           "t_start": t_start},
+                           "t_start": t_start, "tracking": tracker.spec if tracker is not None else None},
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
                                      resources_per_worker=resources),
@@ -146,6 +154,12 @@ def train(job: TrainJob) -> dict[str, Any]:
                            f"{_last_line(e)} (Ray logs: /tmp/ray/session_latest/logs; run folder {run_dir})") from e
     out = _finish(job, result, run_dir, ds.skeleton.name)
     out["resumed"] = resumed
+    out["tracking"] = None
+    if tracker is not None:
+        from rigpose.train.publish import publish
+
+        out["tracking"] = publish(job, tracker, ds, run_dir=run_dir, model_file=out["model"],
+                                  history=out["history"], manifest_sha256=sha)
     return out
 
 

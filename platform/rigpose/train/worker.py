@@ -9,6 +9,9 @@ module only wires it to Ray Train:
 - on (re)start, `ray.train.get_checkpoint()` restores model, optimizer, scheduler, epoch, step and history;
 - every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8).
 
+Tracking (rank 0 only): with `config["tracking"]` (a `rigpose.tracking.RunSpec`), every epoch's metrics go to the
+MLflow run of this training run (`RunLogger`: never fails training, queues while the server is down).
+
 Checkpoint = a folder holding `STATE_FILE`: a torch.save dict {model, optimizer, scheduler, epoch (0-based, last
 finished), step, history (per-epoch metrics), job (the job config), skeleton, manifest_sha256, world_size}.
 """
@@ -73,7 +76,7 @@ class _FirstBatchClock:
 
 
 def train_func(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start"}."""
+    """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start", "tracking"}."""
     import ray.train
     import ray.train.torch
 
@@ -98,6 +101,11 @@ def train_func(config: dict[str, Any]) -> None:
             say(f"resuming from the checkpoint of epoch {start_epoch}/{job.optim.epochs} (step {step})")
     if rank == 0 and start_epoch >= job.optim.epochs:
         say(f"run {job.run.name!r} has already trained {start_epoch} epochs: nothing to do")
+    tracker = None
+    if rank == 0 and config.get("tracking") is not None:
+        from rigpose.tracking import RunLogger
+
+        tracker = RunLogger(config["tracking"], warn=say)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
     clock = _FirstBatchClock()
@@ -131,6 +139,8 @@ def train_func(config: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 print_epoch(metrics, job.optim.epochs)
             ray.train.report(metrics, checkpoint=ckpt)
+        if tracker is not None:  # after the checkpoint: a slow tracking server never delays it
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=result.epoch)
 
     fit(model, optimizer, scheduler, skeleton,
         train_batches=lambda epoch: clock.wrap(batches(train_shard, shuffle=True)),
@@ -139,11 +149,15 @@ def train_func(config: dict[str, Any]) -> None:
         supervision=job.supervision, dropout=job.model.dropout, dropout_mode=job.model.dropout_schedule,
         grad_clip=job.optim.grad_clip, on_epoch=on_epoch, reduce=reduce, num_replicas=world,
         seed=job.optim.seed + rank)
+    if tracker is not None and not tracker.flush_with_retries(attempts=3):
+        say("MLflow tracking still unreachable at the end of training: some epoch metrics were not logged")
 
 
 def print_epoch(m: dict[str, Any], epochs: int) -> None:
     """One log line per epoch (rank 0)."""
     terms = " ".join(f"{k[6:]}={v:.3g}" for k, v in m.items() if k.startswith("train/") and k != "train/loss")
     val = f" val_reproj={m['val/reprojection_px']:.2f}px" if "val/reprojection_px" in m else ""
+    if "val/mpjpe_mm" in m:
+        val += f" val_mpjpe={m['val/mpjpe_mm']:.1f}mm"
     say(f"epoch {int(m['epoch']) + 1}/{epochs} loss={m['train/loss']:.4g}{val} {terms} lr={m['lr']:.2g} "
         f"{m['frames_per_s']:.0f} frames/s")
