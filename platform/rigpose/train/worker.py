@@ -109,6 +109,7 @@ def train_func(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
     clock = _FirstBatchClock()
+    tracking_s = [0.0]
 
     def batches(shard: Any, *, shuffle: bool) -> Iterable[Batch]:
         return shard.iter_torch_batches(
@@ -128,6 +129,8 @@ def train_func(config: dict[str, Any]) -> None:
             # worker start-up, and on a restart the time to recover
             metrics["startup_s"] = clock.first - config["t_start"]
         metrics["world_size"] = world
+        if tracker is not None and result.epoch > start_epoch:
+            metrics["tracking_s"] = tracking_s[0]  # rank 0's time logging the previous epoch to MLflow
         history.append(metrics)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
@@ -140,7 +143,9 @@ def train_func(config: dict[str, Any]) -> None:
                 print_epoch(metrics, job.optim.epochs)
             ray.train.report(metrics, checkpoint=ckpt)
         if tracker is not None:  # after the checkpoint: a slow tracking server never delays it
+            t0 = time.perf_counter()
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=result.epoch)
+            tracking_s[0] = time.perf_counter() - t0
 
     fit(model, optimizer, scheduler, skeleton,
         train_batches=lambda epoch: clock.wrap(batches(train_shard, shuffle=True)),
