@@ -96,16 +96,13 @@ def export_command(
 
     The ONNX graph is the network alone: undistort the 2D and multiply by K^-1 first (the pyfunc does this itself).
     """
-    import mlflow
-
     from rigpose.export import export_onnx
     from rigpose.registry import load_pyfunc_lifter
 
     try:
         name, which = split_ref(ref)
-        mlflow.set_tracking_uri(tracking_uri(uri))
         sep = "/" if which.isdigit() else "@"
-        lifter = load_pyfunc_lifter(f"models:/{name}{sep}{which}")
+        lifter = load_pyfunc_lifter(f"models:/{name}{sep}{which}", tracking_uri=tracking_uri(uri))
         path = export_onnx(lifter.model, onnx, skeleton=lifter.skeleton)
     except ValueError as e:
         fail(str(e))

@@ -41,7 +41,7 @@ from rigpose import geometry as g
 from rigpose.model.batch import prepare_arrays
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton
-from rigpose.tracking import TrackingTarget, quick_http, quiet_when_piped, scrub
+from rigpose.tracking import TrackingTarget, mlflow_uri, quick_http, quiet_when_piped, scrub
 
 INPUT_COLUMNS = ("keypoints", "scores", "K", "dist", "R", "t")
 OUTPUT_COLUMNS = ("joints_3d", "joints_cam", "num_views")
@@ -193,8 +193,7 @@ def log_model(run_id: str, target: TrackingTarget, model_file: str, example: pd.
     with warnings.catch_warnings():  # num_views is an integer column by design (never missing)
         warnings.filterwarnings("ignore", message=".*integer column.*")
         signature = infer_signature(example, model.predict(None, example))
-    mlflow.set_tracking_uri(target.uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow_uri(target.uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={ARTIFACT_KEY: model_file}, signature=signature, input_example=example,
@@ -224,9 +223,8 @@ def register(target: TrackingTarget, *, run_id: str, model_file: str, example: p
         except Exception:  # the first version of this name
             client.create_registered_model(name, description="RigPose 2D->3D lifter (pyfunc: raw 2D keypoints, "
                                                              "scores and cameras in; 3D joints out)")
-        mlflow.set_tracking_uri(target.uri)
-        mlflow.set_registry_uri(target.uri)
-        mv = mlflow.register_model(model_uri, name, tags={k: scrub(str(v)) for k, v in tags.items()})
+        with mlflow_uri(target.uri):
+            mv = mlflow.register_model(model_uri, name, tags={k: scrub(str(v)) for k, v in tags.items()})
         client.set_registered_model_alias(name, alias, mv.version)
         return mv
 
@@ -280,11 +278,13 @@ def is_model_uri(s: str) -> bool:
     return s.startswith(("models:/", "runs:/"))
 
 
-def load_pyfunc_lifter(uri: str) -> LifterModel:
-    """The `LifterModel` behind a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...)."""
+def load_pyfunc_lifter(uri: str, *, tracking_uri: str | None = None) -> LifterModel:
+    """The `LifterModel` behind a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...), resolved on
+    `tracking_uri` (default: MLflow's current URI, e.g. $MLFLOW_TRACKING_URI)."""
     quiet_when_piped()
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
+        with mlflow_uri(tracking_uri):
+            loaded = mlflow.pyfunc.load_model(uri)
     except Exception as e:
         raise ValueError(f"{uri}: cannot load the model ({_first_line(e)})") from None
     inner = loaded.unwrap_python_model()
@@ -293,13 +293,14 @@ def load_pyfunc_lifter(uri: str) -> LifterModel:
     return inner
 
 
-def download_lifter_file(uri: str, dst: str) -> str:
+def download_lifter_file(uri: str, dst: str, *, tracking_uri: str | None = None) -> str:
     """Copy the lifter weights file (`model.pt`) of a registry model into folder `dst`; returns its path."""
     from mlflow.artifacts import download_artifacts
 
     quiet_when_piped()
     try:
-        local = download_artifacts(artifact_uri=uri, dst_path=dst)
+        with mlflow_uri(tracking_uri):
+            local = download_artifacts(artifact_uri=uri, dst_path=dst)
     except Exception as e:
         raise ValueError(f"{uri}: cannot download the model ({_first_line(e)})") from None
     files = sorted(Path(local).rglob("*.pt"))
@@ -349,7 +350,7 @@ def champion_gate(name: str, candidate_version: str, *, data_url: str, split: st
     tmp = tempfile.mkdtemp(prefix="rigpose-gate-")
     try:
         def heldout(version: str) -> float:
-            weights = download_lifter_file(f"models:/{name}/{version}", f"{tmp}/v{version}")
+            weights = download_lifter_file(f"models:/{name}/{version}", f"{tmp}/v{version}", tracking_uri=uri)
             report = evaluate(weights, data_url, split=split, modes=("single",), max_rows=max_rows)
             return float(report["single"]["overall"]["heldout_px"])
 

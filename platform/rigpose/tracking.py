@@ -108,6 +108,36 @@ def resolve_target(job: TrainJob, environ: dict[str, str] | None = None) -> Trac
                           artifact_location=(folder / "artifacts").as_uri())
 
 
+@contextlib.contextmanager
+def mlflow_uri(uri: str | None) -> Iterator[None]:
+    """MLflow's fluent API (log_model, register_model, load_model, models:/ URIs) on `uri` inside the block only.
+
+    `mlflow.set_tracking_uri` is process-global and also exports $MLFLOW_TRACKING_URI: without restoring both, a
+    later run in the same process (or a subprocess) would silently log to this URI. `uri=None` changes nothing.
+    """
+    if uri is None:
+        yield
+        return
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def quiet_when_piped() -> None:
     """No MLflow artifact progress bars when stderr is not a terminal (logs, CI): they print a line per update."""
     import sys

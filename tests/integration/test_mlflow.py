@@ -213,18 +213,17 @@ def test_no_credential_reaches_params_tags_artifacts_or_logs(trained: dict, serv
     assert "exp-***" in text  # the planted secret was scrubbed, not dropped
 
 
-def test_model_loads_by_alias_and_matches_the_trained_weights(trained: dict, server: str, dataset: str,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_loads_by_alias_and_matches_the_trained_weights(trained: dict, server: str, dataset: str) -> None:
     import mlflow
 
     from rigpose.data.store import Dataset
     from rigpose.predict import iter_frames
     from rigpose.registry import example_input, lift_arrays
+    from rigpose.tracking import mlflow_uri
     from rigpose.train.checkpoint import load_lifter
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    mlflow.set_tracking_uri(server)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@candidate")
+    with mlflow_uri(server):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@candidate")
     ds = Dataset(dataset)
     frames = next(iter_frames(ds, split="test", batch_size=5, max_rows=5))
     got = pyfunc.predict(example_input(frames.keypoints, frames.scores, frames.cameras, frames.view_mask))

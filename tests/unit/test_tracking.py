@@ -240,8 +240,8 @@ def _sqlite_registry(tiny: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import mlflow
 
     target = _target(tmp_path)
+    mlflow.set_tracking_uri(None)  # no process-wide URI: the (test-scoped) environment decides
     monkeypatch.setenv("MLFLOW_TRACKING_URI", target.uri)
-    mlflow.set_tracking_uri(target.uri)
     f = _frames(tiny, 2)
     return target, example_input(f.keypoints, f.scores, f.cameras, f.view_mask)
 
@@ -288,3 +288,25 @@ def test_champion_gate_promotes_only_a_better_candidate(tiny: Dataset, tmp_path:
     assert second.promoted == (second.candidate_px < second.champion_px)
     champion = mlflow.tracking.MlflowClient(target.uri).get_model_version_by_alias("gated", "champion").version
     assert str(champion) == ("2" if second.promoted else "1")
+
+
+def test_registering_leaves_mlflow_s_process_wide_uri_as_it_was(tiny: Dataset, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later training run in the same process must not inherit the last run's tracking URI."""
+    import os
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:////elsewhere/registry.db")
+    mlflow.set_tracking_uri(None)
+    target = _target(tmp_path)
+    f = _frames(tiny, 2)
+    register(target, run_id=_registered_run(target, tmp_path, "g"), model_file=_model_file(tiny, tmp_path / "g.pt", 0),
+             example=example_input(f.keypoints, f.scores, f.cameras, f.view_mask), name="g", tags={},
+             warn=lambda s: None)
+    load_pyfunc_lifter("models:/g@candidate", tracking_uri=target.uri)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:////elsewhere/registry.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert mlflow.get_tracking_uri() == "http://127.0.0.1:1"  # the environment decides again, as before

@@ -106,6 +106,7 @@ def train_func(config: dict[str, Any]) -> None:
         from rigpose.tracking import RunLogger
 
         tracker = RunLogger(config["tracking"], warn=say)
+        tracker.flush()  # connect now (sqlite schema check, HTTP session): start-up time, not the first epoch's
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
     clock = _FirstBatchClock()
