@@ -84,7 +84,10 @@ def evaluate_command(
 
 
 def lift_command(
-    model: ModelOpt,
+    model: Annotated[str, typer.Option("--model", help=(
+        "Model file (model.pt) or a run folder holding one (lifted in this process), or an MLflow registry URI: "
+        "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model (batch inference on Ray Data; the "
+        "registry is $MLFLOW_TRACKING_URI)."))],
     data: DataOpt,
     out: Annotated[str, typer.Option("--out", help="Parquet file to write (path or URL).")],
     split: SplitOpt = "test",
@@ -94,16 +97,40 @@ def lift_command(
     adapt_steps: AdaptOpt = 0,
     max_rows: MaxRowsOpt = None,
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    force_ray: Annotated[bool, typer.Option(
+        "--ray", help="Run a local model file on Ray Data too (registry URIs always run there).")] = False,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, help="Ray: model actors; each loads the model once and uses one torch thread "
+        "(default: the cluster's CPUs but one; on a local Ray at most this machine's cores).")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Ray: cluster to run on, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a new "
+        "local Ray).")] = None,
 ) -> None:
-    """Lift a dataset split and write the 3D poses as Parquet (columns: see rigpose.predict)."""
-    from rigpose.predict import lift_dataset
+    """Lift a dataset split and write the 3D poses as Parquet (columns: see rigpose.predict).
 
+    A registry model runs as Ray Data batch inference (rigpose.batch_lift); the file is the same either way.
+    """
+    from rigpose.registry import is_model_uri
+
+    use_ray = force_ray or is_model_uri(model)
+    if not use_ray and (concurrency is not None or ray_address is not None):
+        _fail("--concurrency and --ray-address are for Ray runs: give a registry model URI or add --ray")
     try:
-        info = lift_dataset(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
-                            adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows)
+        if use_ray:
+            from rigpose.batch_lift import lift_dataset_ray
+
+            info = lift_dataset_ray(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
+                                    adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows,
+                                    concurrency=concurrency, ray_address=ray_address)
+        else:
+            from rigpose.predict import lift_dataset
+
+            info = lift_dataset(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
+                                adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows)
     except (ValueError, OSError) as e:
         _fail(str(e))
-    typer.echo(f"wrote {info['rows']} rows ({info['frames']} frames) to {info['out']}")
+    how = f" (model {info['model']}, Ray Data, {info['concurrency']} actors)" if use_ray else ""
+    typer.echo(f"wrote {info['rows']} rows ({info['frames']} frames) to {info['out']}{how}")
 
 
 _COLUMNS = (("MPJPE mm", "mpjpe_mm"), ("PA-MPJPE mm", "pa_mpjpe_mm"), ("N-MPJPE mm", "n_mpjpe_mm"),

@@ -63,13 +63,18 @@ DEFAULT_BATCH_SIZE = 512
 def open_inputs(model_path: str, data_url: str, *, split: str) -> tuple[Lifter, Skeleton, Dataset]:
     """(model in eval mode, its skeleton, the dataset), checked to fit together and to hold `split`."""
     model, skeleton, _meta = load_lifter(model_path)
+    return model, skeleton, open_dataset(data_url, skeleton, split=split, model=model_path)
+
+
+def open_dataset(data_url: str, skeleton: Skeleton, *, split: str, model: str) -> Dataset:
+    """The dataset at `data_url`, checked to have `skeleton` (that of `model`, named in the error) and `split`."""
     ds = Dataset(data_url)
     if ds.skeleton.name != skeleton.name:
-        raise ValueError(f"{model_path}: model skeleton {skeleton.name!r} does not match dataset {data_url} "
+        raise ValueError(f"{model}: model skeleton {skeleton.name!r} does not match dataset {data_url} "
                          f"skeleton {ds.skeleton.name!r}")
     if split not in ds.manifest.splits():
         raise ValueError(f"{data_url}: no split {split!r}; has {sorted(ds.manifest.splits())}")
-    return model, skeleton, ds
+    return ds
 
 
 def iter_frames(ds: Dataset, *, split: str, batch_size: int, max_rows: int | None = None,
@@ -97,11 +102,15 @@ def iter_frames(ds: Dataset, *, split: str, batch_size: int, max_rows: int | Non
             return
 
 
-def model_batch(frames: Frames, skeleton: Skeleton, *, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The 2D-only model inputs of `frames` (never joints_3d) as float32 tensors on `device`."""
+def model_batch(frames: Frames, skeleton: Skeleton, *, device: str = "cpu", pseudo_3d: bool = True
+                ) -> dict[str, torch.Tensor]:
+    """The 2D-only model inputs of `frames` (never joints_3d) as float32 tensors on `device`.
+
+    `pseudo_3d=False` leaves out the per-joint triangulation (pseudo_world / pseudo_ok), which lifting never reads.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):  # joints seen by < 2 views triangulate to NaN, by design
         arrays = prepare_arrays(frames.keypoints, frames.scores, frames.cameras, frames.view_mask,
-                                root_joints=tuple(skeleton.root_joints))
+                                root_joints=tuple(skeleton.root_joints), pseudo_3d=pseudo_3d)
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
@@ -233,6 +242,36 @@ def _published_parquet(out_url: str, schema: pa.Schema) -> Iterator[pq.ParquetWr
         Path(tmp).unlink(missing_ok=True)
 
 
+def output_schema(mode: str, *, skeleton: Skeleton, model: str, split: str) -> pa.Schema:
+    """The Parquet schema of `mode` ("single" | "multi") with the file metadata of the module docstring."""
+    if mode not in ("single", "multi"):
+        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+    meta = {"skeleton": skeleton.name, "joint_names": json.dumps(list(skeleton.joint_names)), "mode": mode,
+            "model": str(model), "split": split}
+    return (SINGLE_SCHEMA if mode == "single" else MULTI_SCHEMA).with_metadata(
+        {f"rigpose.{k}".encode(): v.encode() for k, v in meta.items()})
+
+
+def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str, multi_mode: str = "fusion",
+                adapt_steps: int = 0, device: str = "cpu") -> pa.Table:
+    """One batch of `frames` lifted: rows of `mode` (see the module docstring), without the file metadata.
+
+    The per-batch body of `lift_dataset`, shared with the Ray Data path (`rigpose.batch_lift`). Adaptation
+    (`adapt_steps_for`) fine-tunes a copy of the model on this batch, and refinement groups frames by sequence
+    within it, so those two depend on how the frames are batched; single-view lifts and fusion do not.
+    """
+    if mode not in ("single", "multi"):
+        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+    steps = adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)
+    batch = model_batch(frames, skeleton, device=device, pseudo_3d=steps > 0)  # only adaptation's losses may read it
+    m = adapted(model, batch, skeleton, steps)
+    if mode == "single":
+        return single_table(frames, *lift_single(m, batch))
+    X = lift_multi(m, batch, skeleton, multi_mode=multi_mode, groups=sequence_groups(frames))
+    num_views = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
+    return multi_table(frames, X, batch["root_ok"].cpu().numpy() > 0, num_views, tuple(skeleton.root_joints))
+
+
 def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
                  multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_rows: int | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -248,25 +287,14 @@ def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mo
         raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
     model, skeleton, ds = open_inputs(model_path, data_url, split=split)
     model.to(device)
-    meta = {"skeleton": skeleton.name, "joint_names": json.dumps(list(skeleton.joint_names)), "mode": mode,
-            "model": str(model_path), "split": split}
-    steps = adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)
+    adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)  # bad values fail before any output
     rows = frames_read = 0
-    schema = (SINGLE_SCHEMA if mode == "single" else MULTI_SCHEMA).with_metadata(
-        {f"rigpose.{k}".encode(): v.encode() for k, v in meta.items()})
+    schema = output_schema(mode, skeleton=skeleton, model=str(model_path), split=split)
     with _published_parquet(out_url, schema) as writer:
         for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows):
-            batch = model_batch(frames, skeleton, device=device)
-            m = adapted(model, batch, skeleton, steps)
-            if mode == "single":
-                table = single_table(frames, *lift_single(m, batch))
-            else:
-                X = lift_multi(m, batch, skeleton, multi_mode=multi_mode, groups=sequence_groups(frames))
-                num_views = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
-                table = multi_table(frames, X, batch["root_ok"].cpu().numpy() > 0, num_views,
-                                    tuple(skeleton.root_joints))
+            table = lift_frames(model, skeleton, frames, mode=mode, multi_mode=multi_mode, adapt_steps=adapt_steps,
+                                device=device)
             writer.write_table(table.replace_schema_metadata(schema.metadata))
             rows += table.num_rows
             frames_read += len(frames)
     return {"out": out_url, "rows": rows, "frames": frames_read}
-

@@ -1,0 +1,271 @@
+"""Batch inference throughput: the registry model on Ray Data against the bare PyTorch model on the same arrays.
+
+One run, one process, one dataset: `datasets/recipes/scale.yaml` (procedural motion, two 4-camera Human3.6M rigs,
+16 joints) with `--frames` frames (default 1,000,000), all in one split, built once and cached under
+outputs/bench/inference-data/ (building 1M frames takes ~1-3 min here). The model: a lifter of the default
+architecture (512 wide, 2 residual blocks, ~1.1 M parameters, random weights: speed does not depend on them),
+registered as a pyfunc in a sqlite MLflow registry in a temp dir and used as `models:/bench-lifter@candidate`.
+
+- (a) bare: the split read into memory as padded arrays first (untimed), then a plain loop over `--batch-size`
+  frames in this process: `rigpose.predict.model_batch` (prepare_arrays: undistortion, K^-1, root triangulation)
+  + `lift_single` (the model) = (a1); + `single_table` (the output rows) = (a2), exactly the per-batch work of the
+  Ray path (`rigpose.predict.lift_frames`, mode single) minus I/O. `--bare-threads 2,1` takes turns batch by batch
+  between 2 and 1 torch threads (each count then sees half the frames, under the same machine load: on a busy
+  machine 2 threads can lose to 1). The goal's denominator is the fastest (a1), the strictest choice.
+- (b) Ray Data end to end: `rigpose.batch_lift.lift_dataset_ray` from the registry URI (read the Parquet shards,
+  Frames, prepare, model, output rows, one Parquet file written by the driver), `--concurrency` actors of
+  `--threads-per-actor` torch threads each, on a local Ray started beforehand (`init_ray(None)`, untimed). The
+  time includes the actors' start and model loading; (b0) a `--small-frames` run measures that fixed part.
+
+Frames/s depend on the machine (printed); the ratio (b)/(a1) is what to compare (goal: >= 0.7 at 1M frames).
+A few comma-separated values of `--concurrency` run (b) once each (tuning; the first is the headline).
+
+    .venv/bin/python bench/inference_bench.py [--frames 1000000] [--batch-size 512] [--concurrency 2]
+        [--threads-per-actor 1] [--bare-threads 2,1] [--json outputs/bench/inference.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "bench-lifter"
+SPLIT = "test"
+console = Console(width=130)
+
+
+def ensure_dataset(frames: int, cache: Path) -> tuple[str, float | None]:
+    """The scale recipe with `frames` frames, all in split `SPLIT`, under `cache` (built when missing); and the
+    build seconds (None when it was cached)."""
+    from rigpose.data.store import read_manifest
+    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth_recipe import parse_recipe
+
+    root = cache / f"scale-{frames}"
+    manifest = read_manifest(str(root))
+    if manifest is not None and sum(s.rows for s in manifest.shards) > 0:
+        return str(root), None
+    raw = yaml.safe_load((REPO / "datasets" / "recipes" / "scale.yaml").read_text())
+    raw["frames"] = frames
+    raw["splits"] = {"by": "placement", "fractions": {SPLIT: 1.0}}
+    raw["rigs"] = [str(REPO / r) for r in raw["rigs"]]
+    console.print(f"building {root} ({frames:,} frames, once) ...")
+    t = time.perf_counter()
+    build_dataset(parse_recipe(raw), str(root), progress=False, command="bench/inference_bench.py")
+    return str(root), time.perf_counter() - t
+
+
+def register_model(folder: Path, data: str) -> tuple[str, str]:
+    """A default-architecture lifter saved to `folder` and registered as MODEL_NAME@candidate in a sqlite MLflow
+    there; (models:/ URI, model file). Points the process's tracking URI there."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from rigpose.data.store import Dataset
+    from rigpose.model.lifter import Lifter, LifterConfig
+    from rigpose.predict import iter_frames
+    from rigpose.registry import example_input, register
+    from rigpose.tracking import TrackingTarget
+    from rigpose.train.checkpoint import save_lifter
+
+    ds = Dataset(data)
+    torch.manual_seed(0)
+    model = Lifter(LifterConfig(num_joints=ds.skeleton.num_joints, root_joints=tuple(ds.skeleton.root_joints)))
+    model_file = str(folder / "model.pt")
+    save_lifter(model_file, model, ds.skeleton)
+    target = TrackingTarget(uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="bench",
+                            artifact_location=(folder / "artifacts").as_uri())
+    client = MlflowClient(target.uri)
+    exp = client.create_experiment(target.experiment, artifact_location=target.artifact_location)
+    run_id = client.create_run(exp, run_name="inference-bench").info.run_id
+    frames = next(iter_frames(ds, split=SPLIT, batch_size=2, max_rows=2))
+    example = example_input(frames.keypoints, frames.scores, frames.cameras, frames.view_mask)
+    register(target, run_id=run_id, model_file=model_file, example=example, name=MODEL_NAME, tags={})
+    mlflow.set_tracking_uri(target.uri)
+    return f"models:/{MODEL_NAME}@candidate", model_file
+
+
+def bare(data: str, model_file: str, *, batch_size: int, threads: list[int]) -> tuple[dict[str, Any], Any]:
+    """(a): the split in memory first, then model_batch + lift_single (+ single_table) in a plain loop, batch i
+    with threads[i % len(threads)] torch threads.
+
+    Returns {"frames", "batch_size", "read_into_memory_s", "by_threads": {threads: timings}} and the first
+    batch's output rows (to check (b) against)."""
+    from rigpose.data.store import Dataset
+    from rigpose.predict import lift_single, model_batch, single_table
+    from rigpose.train.checkpoint import load_lifter
+
+    model, skeleton, _ = load_lifter(model_file)
+    t = time.perf_counter()
+    frames = Dataset(data).read_frames(with_3d=False, splits=[SPLIT])
+    load_s = time.perf_counter() - t
+    for k in threads:  # warm-up, each thread count
+        torch.set_num_threads(k)
+        lift_single(model, model_batch(frames.take(slice(0, batch_size)), skeleton, pseudo_3d=False))
+    gc.collect()
+    acc = {k: {"frames": 0, "model_s": 0.0, "rows_s": 0.0, "cpu_s": 0.0} for k in threads}
+    first = None
+    for j, i in enumerate(range(0, len(frames), batch_size)):
+        k = threads[j % len(threads)]
+        torch.set_num_threads(k)
+        part = frames.take(slice(i, i + batch_size))
+        c0, t0 = time.process_time(), time.perf_counter()
+        rel, root = lift_single(model, model_batch(part, skeleton, pseudo_3d=False))
+        t1 = time.perf_counter()
+        table = single_table(part, rel, root)
+        t2, c2 = time.perf_counter(), time.process_time()
+        a = acc[k]
+        a["frames"] += len(part)
+        a["model_s"] += t1 - t0
+        a["rows_s"] += t2 - t1
+        a["cpu_s"] += c2 - c0
+        if first is None:
+            first = table
+    n = len(frames)
+    del frames
+    gc.collect()
+    for a in acc.values():
+        a["a1_fps"] = a["frames"] / a["model_s"]
+        a["a2_fps"] = a["frames"] / (a["model_s"] + a["rows_s"])
+        a["cpu_per_wall"] = a["cpu_s"] / (a["model_s"] + a["rows_s"])
+    return {"frames": n, "batch_size": batch_size, "read_into_memory_s": load_s, "by_threads": acc}, first
+
+
+def ray_run(uri: str, data: str, out: str, *, batch_size: int, concurrency: int, threads: int,
+            max_rows: int | None = None) -> dict[str, Any]:
+    """(b): lift_dataset_ray end to end, wall seconds and frames/s."""
+    from rigpose.batch_lift import lift_dataset_ray
+
+    gc.collect()
+    t = time.perf_counter()
+    info = lift_dataset_ray(uri, data, split=SPLIT, out_url=out, batch_size=batch_size, max_rows=max_rows,
+                            concurrency=concurrency, num_threads=threads)
+    wall = time.perf_counter() - t
+    return {"frames": info["frames"], "rows": info["rows"], "wall_s": wall, "fps": info["frames"] / wall,
+            "concurrency": concurrency, "threads_per_actor": threads, "batch_size": batch_size,
+            "model": info["model"], "out_bytes": os.path.getsize(out)}
+
+
+def same_rows(out: str, first: Any) -> float:
+    """Largest |difference| between the first batch of the Ray file and the bare loop's first batch (metres)."""
+    got = next(pq.ParquetFile(out).iter_batches(batch_size=first.num_rows))
+    assert got.column("frame").to_pylist() == first.column("frame").to_pylist(), "row order differs"
+    worst = 0.0
+    for name in ("joints_cam", "root_cam"):
+        a, b = got.column(name), first.column(name)
+        assert a.is_null().to_pylist() == b.is_null().to_pylist(), name
+        x = np.asarray(a.drop_null().to_pylist(), np.float64)
+        y = np.asarray(b.drop_null().to_pylist(), np.float64)
+        worst = max(worst, float(np.abs(x - y).max(initial=0.0)))
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=1_000_000, help="dataset size (cached per size)")
+    ap.add_argument("--batch-size", type=int, default=512, help="frames per model call, both paths")
+    ap.add_argument("--concurrency", default="2", help="Ray actors; a comma-separated list runs (b) once each")
+    ap.add_argument("--threads-per-actor", type=int, default=1, help="torch threads in each Ray actor")
+    ap.add_argument("--bare-threads", default=",".join(dict.fromkeys(map(str, (os.cpu_count() or 1, 1)))),
+                    help="torch threads of (a); a comma-separated list takes turns batch by batch")
+    ap.add_argument("--small-frames", type=int, default=2000, help="frames of the (b0) fixed-cost run (0 = skip)")
+    ap.add_argument("--cache", type=Path, default=REPO / "outputs" / "bench" / "inference-data")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    import ray
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from dataset_bench import machine_info
+
+    command = " ".join([".venv/bin/python", "bench/inference_bench.py", *map(shlex.quote, sys.argv[1:])])
+    r: dict[str, Any] = {"command": command, "machine": machine_info(), "torch": torch.__version__,
+                         "ray_version": ray.__version__, "load_average_start": os.getloadavg()}
+    data, build_s = ensure_dataset(args.frames, args.cache)
+    r.update(data=data, build_s=build_s)
+    with tempfile.TemporaryDirectory(prefix="rigpose-inference-bench-") as tmp:
+        uri, model_file = register_model(Path(tmp), data)
+        threads = [int(x) for x in args.bare_threads.split(",")]
+        console.print(f"(a) bare loop, {threads} torch threads ...")
+        r["bare"], first = bare(data, model_file, batch_size=args.batch_size, threads=threads)
+        from rigpose.train.trainer import init_ray
+
+        t = time.perf_counter()
+        init_ray(None)
+        r["ray_start_s"] = time.perf_counter() - t
+        r["ray_cpus"] = ray.cluster_resources().get("CPU")
+        r["ray"] = []  # one run per --concurrency value
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            console.print(f"(b) lift_dataset_ray from {uri}, {c} actors x {args.threads_per_actor} threads ...")
+            out = str(Path(tmp) / f"ray-{c}.parquet")
+            run = ray_run(uri, data, out, batch_size=args.batch_size, concurrency=c, threads=args.threads_per_actor)
+            run["max_abs_diff_m"] = same_rows(out, first)
+            os.unlink(out)
+            r["ray"].append(run)
+        if args.small_frames:
+            console.print(f"(b0) the same, {args.small_frames:,} frames (fixed cost) ...")
+            c = int(args.concurrency.split(",")[0])
+            r["ray_small"] = ray_run(uri, data, str(Path(tmp) / "small.parquet"), batch_size=args.batch_size,
+                                     concurrency=c, threads=args.threads_per_actor, max_rows=args.small_frames)
+        ray.shutdown()  # before the registry folder goes: no actor may restart and look for the model there
+    r["load_average_end"] = os.getloadavg()
+    report(r)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(r, indent=1))
+    return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    m, a = r["machine"], r["bare"]
+    console.print(f"[bold]Batch inference[/]  {a['frames']:,} frames x 4 views, batch {a['batch_size']}, "
+                  f"data {r['data']}" + (f" (built in {r['build_s']:.0f} s)" if r["build_s"] else " (cached)"))
+    console.print(f"machine: {m['usable_cores']} of {m['cores']} cores, {m['cpu']}, Python {m['python']}, torch "
+                  f"{r['torch']}, Ray {r['ray_version']}, pyarrow {m['pyarrow']}")
+    console.print(f"local Ray: {r['ray_cpus']:g} logical CPUs, started in {r['ray_start_s']:.1f} s (untimed); "
+                  f"load average {r['load_average_start'][0]:.1f} at start, {r['load_average_end'][0]:.1f} at end")
+    t = Table()
+    for col in ("what", "frames", "wall s", "frames/s", "vs best (a1)"):
+        t.add_column(col, justify="left" if col == "what" else "right")
+    by = a["by_threads"]
+    base = max(x["a1_fps"] for x in by.values())
+    for k, x in by.items():
+        t.add_row(f"(a1) bare: model_batch + lift_single, in memory, {k} torch thread(s)", f"{x['frames']:,}",
+                  f"{x['model_s']:.1f}", f"{x['a1_fps']:,.0f}", f"{x['a1_fps'] / base:.2f}")
+        t.add_row(f"(a2) the same + single_table (= lift_frames minus I/O), {k} thread(s)", f"{x['frames']:,}",
+                  f"{x['model_s'] + x['rows_s']:.1f}", f"{x['a2_fps']:,.0f}", f"{x['a2_fps'] / base:.2f}")
+    for b in r["ray"]:
+        t.add_row(f"(b) Ray Data, registry model, {b['concurrency']} actors x {b['threads_per_actor']} thread(s), "
+                  "Parquet -> Parquet", f"{b['frames']:,}", f"{b['wall_s']:.1f}", f"{b['fps']:,.0f}",
+                  f"[bold]{b['fps'] / base:.2f}[/]")
+    if "ray_small" in r:
+        s = r["ray_small"]
+        t.add_row(f"(b0) the same, {s['frames']:,} frames (mostly fixed cost)", f"{s['frames']:,}",
+                  f"{s['wall_s']:.1f}", f"{s['fps']:,.0f}", "-")
+    console.print(t)
+    b = r["ray"][0]
+    cpu = ", ".join(f"{k} thread(s) {x['cpu_per_wall']:.2f}" for k, x in by.items())
+    console.print(f"(b) wrote {b['rows']:,} rows ({b['out_bytes'] / 1e6:,.0f} MB); first batch equals (a2)'s within "
+                  f"{b['max_abs_diff_m']:.1e} m. (a) read the split into memory in {a['read_into_memory_s']:.1f} s "
+                  f"(untimed); CPU-s per wall-s of its loop: {cpu}")
+    console.print(f"command: {r['command']}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Batch inference on Ray Data: a registered (or saved) lifter over a dataset split, predictions to one Parquet file.
+
+`lift_dataset_ray(...)` writes the same file as `rigpose.predict.lift_dataset` (columns, schema metadata, one file
+published all at once, nothing left at `out_url` on failure), but the work is spread over a Ray cluster:
+
+    read_parquet(the split's shards, from the manifest; local or s3://; never the joints_3d column)
+      -> map_batches(LiftBatches, actor pool of `concurrency`): each actor loads the model ONCE (MLflow registry
+         URI via `rigpose.registry.load_pyfunc_lifter`, or a local model file) and turns every Arrow batch into
+         `Frames` and then into prediction rows (`rigpose.predict.lift_frames`, the in-process path's own code)
+      -> the driver streams the prediction blocks into one ParquetWriter.
+
+Registry URIs: `models:/NAME@ALIAS` is pinned to the version the alias points at when the run starts (every actor
+then loads that same version, even if the alias moves meanwhile); the driver's MLflow tracking and registry URIs
+(relative sqlite paths made absolute) are handed to every actor, whose working directory and environment differ
+from the driver's. Credentials (MLFLOW_TRACKING_*, AWS_*) reach a local Ray's actors through the environment it
+was started with; a remote cluster needs them in its runtime environment. A model file is passed to the actors
+as an absolute path (or its URL): on a multi-node cluster it must lie on shared storage (s3://, NFS).
+
+Rows keep the order of the in-process path (`preserve_order`), so the file equals `lift_dataset`'s for single-view
+lifts and fusion. Refinement and adaptation work per batch, so they depend on how rows are batched there as here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from rigpose.data.schema import ARROW_SCHEMA, EVAL_ONLY_COLUMNS, frames_from_table
+from rigpose.model.lifter import Lifter
+from rigpose.predict import (
+    DEFAULT_BATCH_SIZE,
+    MULTI_MODES,
+    _published_parquet,
+    adapt_steps_for,
+    lift_frames,
+    open_dataset,
+    output_schema,
+)
+from rigpose.registry import is_model_uri
+from rigpose.skeleton import Skeleton
+
+#: Columns the lifter's batches are read with: every column but the 3D labels.
+READ_COLUMNS = tuple(f.name for f in ARROW_SCHEMA if f.name not in EVAL_ONLY_COLUMNS)
+#: Ray Data block size: ~16k frames a block (Ray's default, 128 MiB, makes ~125k-frame blocks: a few blocks per
+#: dataset, idle actors while one finishes the last block).
+BLOCK_BYTES = 16 * 2**20
+
+
+def absolute_mlflow_uri(uri: str) -> str:
+    """`uri` with a relative sqlite path made absolute (a Ray worker resolves it in another folder)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+def pin_model_uri(uri: str) -> str:
+    """`models:/NAME@ALIAS` as `models:/NAME/VERSION` (the version the alias points at now); other URIs as they are.
+
+    ValueError naming `uri` when the registry has no such model or alias.
+    """
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    from mlflow.tracking import MlflowClient
+
+    from rigpose.registry import _first_line
+
+    name, _, alias = uri.removeprefix("models:/").rpartition("@")
+    if not name or not alias or "/" in alias:
+        raise ValueError(f"{uri}: not a model URI of the form models:/NAME@ALIAS")
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias).version
+    except Exception as e:  # no such model or alias, registry unreachable
+        raise ValueError(f"{uri}: cannot resolve the alias ({_first_line(e)})") from None
+    return f"models:/{name}/{version}"
+
+
+def load_model(model: str, *, tracking_uri: str | None = None, registry_uri: str | None = None
+               ) -> tuple[Lifter, Skeleton, dict[str, Any]]:
+    """(lifter in eval mode, skeleton, meta) from an MLflow model URI (models:/..., runs:/...) or a model file.
+
+    `tracking_uri` / `registry_uri` are set first (MLflow's process-wide setting) when given.
+    """
+    if not is_model_uri(model):
+        from rigpose.train.checkpoint import load_lifter
+
+        return load_lifter(model)
+    import mlflow
+
+    from rigpose.registry import load_pyfunc_lifter
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri:
+        mlflow.set_registry_uri(registry_uri)
+    inner = load_pyfunc_lifter(model)
+    inner.model.eval()
+    return inner.model, inner.skeleton, dict(inner.meta)
+
+
+class LiftBatches:
+    """Ray Data `map_batches` callable: one per actor, the model loaded once in `__init__`; Arrow rows of the
+    dataset (without joints_3d) in, prediction rows of `mode` out (`rigpose.predict.lift_frames`)."""
+
+    def __init__(self, model: str, *, mode: str, multi_mode: str, adapt_steps: int, num_joints: int,
+                 num_views: int, num_threads: int, tracking_uri: str | None = None,
+                 registry_uri: str | None = None) -> None:
+        torch.set_num_threads(num_threads)
+        self.model, self.skeleton, _ = load_model(model, tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self.mode, self.multi_mode, self.adapt_steps = mode, multi_mode, adapt_steps
+        self.num_joints, self.num_views = num_joints, num_views
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        frames = frames_from_table(table, num_joints=self.num_joints, num_views=self.num_views, with_3d=False)
+        return lift_frames(self.model, self.skeleton, frames, mode=self.mode, multi_mode=self.multi_mode,
+                           adapt_steps=self.adapt_steps)
+
+
+def default_concurrency() -> int:
+    """Actors when none are asked for: one per CPU of the Ray cluster but one (left for reading; all of them on 1-2
+    CPUs), counting at most this machine's cores when the cluster is this machine alone (a local Ray
+    oversubscribes logical CPUs, see `init_ray`)."""
+    import os
+
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    local = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {ray.util.get_node_ip_address()}
+    if local:
+        cpus = min(cpus, os.cpu_count() or 1)
+    return max(1, cpus - 1) if cpus > 2 else cpus
+
+
+def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
+                     multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                     max_rows: int | None = None, concurrency: int | None = None, num_threads: int = 1,
+                     ray_address: str | None = None) -> dict[str, Any]:
+    """Lift `split` of the dataset at `data_url` with `model_uri` on Ray Data; write Parquet to `out_url`.
+
+    `model_uri`: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a local model file / run folder.
+    `concurrency`: actors (each holds one model and uses `num_threads` torch threads); default
+    `default_concurrency()`. `ray_address`: the cluster (default $RAY_ADDRESS, else a new local Ray).
+    Modes and the file: as `rigpose.predict.lift_dataset`. Returns {"out", "rows", "frames", "model" (the pinned
+    URI or the path), "concurrency"}.
+    """
+    if mode not in ("single", "multi"):
+        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+    if mode == "multi" and multi_mode not in MULTI_MODES:
+        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
+    adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)
+    for name, value in (("batch_size", batch_size), ("max_rows", max_rows), ("concurrency", concurrency),
+                        ("num_threads", num_threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    tracking_uri = registry_uri = None
+    if is_model_uri(model_uri):
+        import mlflow
+
+        tracking_uri = absolute_mlflow_uri(mlflow.get_tracking_uri())
+        registry_uri = absolute_mlflow_uri(mlflow.get_registry_uri())
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri)
+    model = pin_model_uri(model_uri)
+    if not is_model_uri(model) and "://" not in model:
+        model = str(Path(model).resolve())  # the actors' working directory is not this one
+    _, skeleton, _ = load_model(model)  # a bad URI or file fails here, before Ray starts
+    ds = open_dataset(data_url, skeleton, split=split, model=model_uri)
+    schema = output_schema(mode, skeleton=skeleton, model=model_uri, split=split)
+    frames = ds.manifest.splits()[split]["rows"]
+    frames = min(frames, max_rows) if max_rows is not None else frames
+
+    from rigpose.train.trainer import init_ray
+
+    init_ray(ray_address)
+    concurrency = concurrency or default_concurrency()
+    rd = _predictions(ds, split, model, mode=mode, multi_mode=multi_mode, adapt_steps=adapt_steps,
+                      batch_size=batch_size, max_rows=max_rows, concurrency=concurrency, num_threads=num_threads,
+                      tracking_uri=tracking_uri, registry_uri=registry_uri)
+    plain = pa.schema(list(schema))  # the writer's schema without the file metadata, which the writer adds
+    rows = 0
+    with _published_parquet(out_url, schema) as writer:
+        for table in rd.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.write_table(table.cast(plain))
+            rows += table.num_rows
+    return {"out": out_url, "rows": rows, "frames": frames, "model": model, "concurrency": concurrency}
+
+
+def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_mode: str, adapt_steps: int,
+                 batch_size: int, max_rows: int | None, concurrency: int, num_threads: int,
+                 tracking_uri: str | None, registry_uri: str | None) -> Any:
+    """The Ray dataset of prediction rows (lazy: nothing runs until iterated), in the split's row order."""
+    import ray.data
+    from ray.data import DataContext
+
+    urls = ds.shard_urls(splits=[split])
+    if not urls:
+        raise ValueError(f"{ds.root}: split {split!r} has no shards")
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = ctx.enable_progress_bars and sys.stderr.isatty()  # piped logs: no cursor codes
+    rd = ray.data.read_parquet(urls, partitioning=None).select_columns(list(READ_COLUMNS))
+    if max_rows is not None:
+        rd = rd.limit(max_rows)
+    rd = rd.map_batches(
+        LiftBatches, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        fn_constructor_kwargs={"model": model, "mode": mode, "multi_mode": multi_mode, "adapt_steps": adapt_steps,
+                               "num_joints": ds.skeleton.num_joints, "num_views": ds.manifest.max_views,
+                               "num_threads": num_threads, "tracking_uri": tracking_uri,
+                               "registry_uri": registry_uri})
+    rd.context.execution_options.preserve_order = True  # the first max_rows rows; the in-process path's order
+    rd.context.target_max_block_size = BLOCK_BYTES
+    return rd
