@@ -32,8 +32,9 @@ BUCKET = "rigpose-jobs"
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # small and quick, but epochs long enough (~1-2 s) that a kill lands inside a run
+# tracking off: these tests are about the cluster; MLflow is covered by test_mlflow.py against a real server
 TRAIN_SETS = ["model.width=64", "model.num_blocks=1", "data.batch_size=32", "data.val_split=test",
-              "data.shuffle_buffer=256"]
+              "data.shuffle_buffer=256", "tracking.enabled=false"]
 
 
 def _s3fs():

@@ -37,7 +37,8 @@ def local_ray():
 
 def _overrides(data: str, out: Path, name: str) -> list[str]:
     return [f"data.url={data}", "data.val_split=test", "optim.epochs=2", "model.width=32", "model.num_blocks=1",
-            "data.batch_size=64", f"run.output_dir={out}", f"run.name={name}"]
+            "data.batch_size=64", f"run.output_dir={out}", f"run.name={name}",
+            "tracking.enabled=false"]  # MLflow: test_mlflow.py
 
 
 def test_train_writes_a_loadable_model_and_history(tiny_dataset: str, local_ray: None, tmp_path: Path) -> None:
