@@ -12,9 +12,10 @@ published all at once, nothing left at `out_url` on failure), but the work is sp
 Registry URIs: `models:/NAME@ALIAS` is pinned to the version the alias points at when the run starts (every actor
 then loads that same version, even if the alias moves meanwhile); the driver's MLflow tracking and registry URIs
 (relative sqlite paths made absolute) are handed to every actor, whose working directory and environment differ
-from the driver's. Credentials (MLFLOW_TRACKING_*, AWS_*) reach a local Ray's actors through the environment it
-was started with; a remote cluster needs them in its runtime environment. A model file is passed to the actors
-as an absolute path (or its URL): on a multi-node cluster it must lie on shared storage (s3://, NFS).
+from the driver's; nothing sets MLflow's process-wide URIs. Credentials (MLFLOW_TRACKING_*, AWS_*) reach a local
+Ray's actors through the environment it was started with; a remote cluster needs them in its runtime environment.
+A model file is passed to the actors as an absolute path (or its URL): on a multi-node cluster it must lie on
+shared storage (s3://, NFS).
 
 Rows keep the order of the in-process path (`preserve_order`), so the file equals `lift_dataset`'s for single-view
 lifts and fusion. Refinement and adaptation work per batch, so they depend on how rows are batched there as here.
@@ -58,7 +59,7 @@ def absolute_mlflow_uri(uri: str) -> str:
     return uri
 
 
-def pin_model_uri(uri: str) -> str:
+def pin_model_uri(uri: str, *, tracking_uri: str | None = None, registry_uri: str | None = None) -> str:
     """`models:/NAME@ALIAS` as `models:/NAME/VERSION` (the version the alias points at now); other URIs as they are.
 
     ValueError naming `uri` when the registry has no such model or alias.
@@ -73,7 +74,8 @@ def pin_model_uri(uri: str) -> str:
     if not name or not alias or "/" in alias:
         raise ValueError(f"{uri}: not a model URI of the form models:/NAME@ALIAS")
     try:
-        version = MlflowClient().get_model_version_by_alias(name, alias).version
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+        version = client.get_model_version_by_alias(name, alias).version
     except Exception as e:  # no such model or alias, registry unreachable
         raise ValueError(f"{uri}: cannot resolve the alias ({_first_line(e)})") from None
     return f"models:/{name}/{version}"
@@ -83,21 +85,17 @@ def load_model(model: str, *, tracking_uri: str | None = None, registry_uri: str
                ) -> tuple[Lifter, Skeleton, dict[str, Any]]:
     """(lifter in eval mode, skeleton, meta) from an MLflow model URI (models:/..., runs:/...) or a model file.
 
-    `tracking_uri` / `registry_uri` are set first (MLflow's process-wide setting) when given.
+    `tracking_uri` / `registry_uri`: where a registry URI is resolved (MLflow's current URIs when None).
     """
     if not is_model_uri(model):
         from rigpose.train.checkpoint import load_lifter
 
         return load_lifter(model)
-    import mlflow
-
     from rigpose.registry import load_pyfunc_lifter
+    from rigpose.tracking import mlflow_uri
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    if registry_uri:
-        mlflow.set_registry_uri(registry_uri)
-    inner = load_pyfunc_lifter(model)
+    with mlflow_uri(tracking_uri, registry_uri):
+        inner = load_pyfunc_lifter(model)
     inner.model.eval()
     return inner.model, inner.skeleton, dict(inner.meta)
 
@@ -160,14 +158,14 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     if is_model_uri(model_uri):
         import mlflow
 
+        # this process's MLflow URIs, passed on explicitly (never set process-wide: see rigpose.tracking.mlflow_uri)
         tracking_uri = absolute_mlflow_uri(mlflow.get_tracking_uri())
         registry_uri = absolute_mlflow_uri(mlflow.get_registry_uri())
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(registry_uri)
-    model = pin_model_uri(model_uri)
+    model = pin_model_uri(model_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
     if not is_model_uri(model) and "://" not in model:
         model = str(Path(model).resolve())  # the actors' working directory is not this one
-    _, skeleton, _ = load_model(model)  # a bad URI or file fails here, before Ray starts
+    # a bad URI or file fails here, before Ray starts
+    _, skeleton, _ = load_model(model, tracking_uri=tracking_uri, registry_uri=registry_uri)
     ds = open_dataset(data_url, skeleton, split=split, model=model_uri)
     schema = output_schema(mode, skeleton=skeleton, model=model_uri, split=split)
     frames = ds.manifest.splits()[split]["rows"]

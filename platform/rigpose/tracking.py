@@ -109,11 +109,12 @@ def resolve_target(job: TrainJob, environ: dict[str, str] | None = None) -> Trac
 
 
 @contextlib.contextmanager
-def mlflow_uri(uri: str | None) -> Iterator[None]:
+def mlflow_uri(uri: str | None, registry_uri: str | None = None) -> Iterator[None]:
     """MLflow's fluent API (log_model, register_model, load_model, models:/ URIs) on `uri` inside the block only.
 
     `mlflow.set_tracking_uri` is process-global and also exports $MLFLOW_TRACKING_URI: without restoring both, a
     later run in the same process (or a subprocess) would silently log to this URI. `uri=None` changes nothing.
+    The registry URI is `registry_uri`, else `uri`.
     """
     if uri is None:
         yield
@@ -125,7 +126,7 @@ def mlflow_uri(uri: str | None) -> Iterator[None]:
     saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
     env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(registry_uri or uri)
     try:
         yield
     finally:

@@ -33,8 +33,22 @@ def _job(tmp_path: Path, **tracking) -> TrainJob:
                                     "tracking": tracking})
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sqlite tracking store for the module (creating its schema takes seconds); tests use their own names."""
+    return tmp_path_factory.mktemp("tracking")
+
+
+_SHARED: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _shared_store(shared: Path) -> None:
+    _SHARED[:] = [shared]
+
+
 def _target(tmp_path: Path) -> tr.TrackingTarget:
-    return tr.resolve_target(_job(tmp_path), {})
+    return tr.resolve_target(_job(_SHARED[0] if _SHARED else tmp_path), {})
 
 
 def _spec(tmp_path: Path, target: tr.TrackingTarget | None = None, **params: str) -> tr.RunSpec:
@@ -310,3 +324,22 @@ def test_registering_leaves_mlflow_s_process_wide_uri_as_it_was(tiny: Dataset, t
     assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:////elsewhere/registry.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert mlflow.get_tracking_uri() == "http://127.0.0.1:1"  # the environment decides again, as before
+
+
+def test_publishing_fails_the_job_clearly_when_the_registry_never_answers(tiny: Dataset, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `rigpose train` does after fit() when the tracking server was down all along (retries, then a
+    message naming the server and where the trained model is)."""
+    from rigpose.train.publish import publish
+
+    monkeypatch.setattr(tr.time, "sleep", lambda s: None)  # the backoff waits, not the attempts
+    uri = f"http://127.0.0.1:{free_port()}"
+    job = TrainJob.model_validate({"data": {"url": tiny.root, "val_split": "test"},
+                                   "run": {"output_dir": str(tmp_path / "runs"), "name": "r1"},
+                                   "tracking": {"uri": uri, "model_name": "m", "eval_max_rows": 40}})
+    logger = tr.RunLogger(_spec(tmp_path, tr.resolve_target(job, {})), warn=lambda s: None, timeout_s=2)
+    model_file = _model_file(tiny, tmp_path / "model.pt", 0)
+    with pytest.raises(RuntimeError, match=rf"cannot register model 'm': the MLflow tracking server {uri} was "
+                                           rf"unreachable for the whole run \(the model is at {model_file}"):
+        publish(job, logger, tiny, run_dir=str(tmp_path / "runs" / "r1"), model_file=model_file,
+                history=[{"epoch": 0, "train/loss": 1.0}], manifest_sha256="ab" * 32)
