@@ -97,7 +97,7 @@ def resolve_target(job: TrainJob, environ: dict[str, str] | None = None) -> Trac
     """The job's tracking target: tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite default."""
     environ = dict(os.environ) if environ is None else environ
     uri = job.tracking.uri or environ.get("MLFLOW_TRACKING_URI")
-    experiment = job.tracking.experiment
+    experiment = scrub(job.tracking.experiment)  # it is printed and stored: never a credential
     if uri:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             raise ValueError(f"tracking.uri {uri!r}: use an absolute sqlite path (sqlite:////abs/path/mlflow.db); a "
