@@ -46,11 +46,10 @@ def local_ray() -> Iterator[None]:
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The tiny dataset, a small random lifter file, and that file registered as NAME@candidate in a sqlite MLflow
     (the process's tracking URI points there for the module)."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from rigpose.registry import example_input, register
-    from rigpose.tracking import TrackingTarget
+    from rigpose.tracking import TrackingTarget, mlflow_uri
 
     root = tmp_path_factory.mktemp("batch_lift")
     recipe = load_recipe(REPO / "datasets" / "recipes" / "tiny.yaml")
@@ -70,11 +69,9 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     frames = next(iter_frames(Dataset(str(root / "tiny")), split="test", batch_size=2, max_rows=2))
     example = example_input(frames.keypoints, frames.scores, frames.cameras, frames.view_mask)
     reg = register(target, run_id=run_id, model_file=str(root / "model.pt"), example=example, name=NAME, tags={})
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(target.uri)
-    yield {"data": str(root / "tiny"), "model": str(root / "model.pt"), "dir": str(root), "uri": target.uri,
-           "version": reg.version}
-    mlflow.set_tracking_uri(before)
+    with mlflow_uri(target.uri):  # restores the process-wide URI and $MLFLOW_TRACKING_URI afterwards
+        yield {"data": str(root / "tiny"), "model": str(root / "model.pt"), "dir": str(root), "uri": target.uri,
+               "version": reg.version}
 
 
 def _sorted(table: pa.Table, mode: str) -> pa.Table:
