@@ -68,7 +68,7 @@ def pin_model_uri(uri: str, *, tracking_uri: str | None = None, registry_uri: st
         return uri
     from mlflow.tracking import MlflowClient
 
-    from rigpose.registry import _first_line
+    from rigpose.tracking import first_line
 
     name, _, alias = uri.removeprefix("models:/").rpartition("@")
     if not name or not alias or "/" in alias:
@@ -77,7 +77,7 @@ def pin_model_uri(uri: str, *, tracking_uri: str | None = None, registry_uri: st
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
         version = client.get_model_version_by_alias(name, alias).version
     except Exception as e:  # no such model or alias, registry unreachable
-        raise ValueError(f"{uri}: cannot resolve the alias ({_first_line(e)})") from None
+        raise ValueError(f"{uri}: cannot resolve the alias ({first_line(e)})") from None
     return f"models:/{name}/{version}"
 
 

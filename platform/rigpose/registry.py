@@ -41,7 +41,7 @@ from rigpose import geometry as g
 from rigpose.model.batch import prepare_arrays
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton
-from rigpose.tracking import TrackingTarget, mlflow_uri, quick_http, quiet_when_piped, scrub
+from rigpose.tracking import TrackingTarget, first_line, mlflow_uri, quick_http, quiet_when_piped, scrub
 
 INPUT_COLUMNS = ("keypoints", "scores", "K", "dist", "R", "t")
 OUTPUT_COLUMNS = ("joints_3d", "joints_cam", "num_views")
@@ -245,7 +245,7 @@ def promote(name: str, version: str, alias: str = CHAMPION, *, uri: str | None =
     try:
         client.get_model_version(name, str(version))
     except Exception as e:
-        raise ValueError(f"model {name!r} has no version {version} ({_first_line(e)})") from None
+        raise ValueError(f"model {name!r} has no version {version} ({first_line(e)})") from None
     client.set_registered_model_alias(name, alias, str(version))
 
 
@@ -255,7 +255,7 @@ def list_versions(name: str, *, uri: str | None = None) -> list[dict[str, Any]]:
     try:
         rm = client.get_registered_model(name)
     except Exception as e:
-        raise ValueError(f"no registered model {name!r} ({_first_line(e)})") from None
+        raise ValueError(f"no registered model {name!r} ({first_line(e)})") from None
     aliases: dict[str, list[str]] = {}
     for a, v in (rm.aliases or {}).items():
         aliases.setdefault(str(v), []).append(a)
@@ -286,7 +286,7 @@ def load_pyfunc_lifter(uri: str, *, tracking_uri: str | None = None) -> LifterMo
         with mlflow_uri(tracking_uri):
             loaded = mlflow.pyfunc.load_model(uri)
     except Exception as e:
-        raise ValueError(f"{uri}: cannot load the model ({_first_line(e)})") from None
+        raise ValueError(f"{uri}: cannot load the model ({first_line(e)})") from None
     inner = loaded.unwrap_python_model()
     if not isinstance(inner, LifterModel):
         raise ValueError(f"{uri}: not a rigpose lifter model (python model {type(inner).__name__})")
@@ -302,7 +302,7 @@ def download_lifter_file(uri: str, dst: str, *, tracking_uri: str | None = None)
         with mlflow_uri(tracking_uri):
             local = download_artifacts(artifact_uri=uri, dst_path=dst)
     except Exception as e:
-        raise ValueError(f"{uri}: cannot download the model ({_first_line(e)})") from None
+        raise ValueError(f"{uri}: cannot download the model ({first_line(e)})") from None
     files = sorted(Path(local).rglob("*.pt"))
     if not files:
         raise ValueError(f"{uri}: no lifter weights (*.pt) in the model's artifacts")
@@ -313,11 +313,6 @@ def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
     """Key metrics as model-version tags `rigpose.metric.<name>`."""
     return {f"rigpose.metric.{k.replace('/', '.')}": f"{v:.6g}" for k, v in metrics.items()
             if k in KEY_METRICS and v is not None and v == v}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 

@@ -274,7 +274,7 @@ class RunLogger:
             if self._down_since is None:
                 self._down_since = time.time()
                 self.warn(f"MLflow tracking at {scrub(self.spec.target.uri)} failed ({type(e).__name__}: "
-                          f"{scrub(_first_line(e), self._secrets)}); training goes on, metrics are queued and sent "
+                          f"{scrub(first_line(e), self._secrets)}); training goes on, metrics are queued and sent "
                           "when it is back")
             return False
         if self._down_since is not None:
@@ -359,6 +359,7 @@ def _log_bytes(client: Any, run_id: str, name: str, data: bytes) -> None:
         client.log_artifact(run_id, str(p), artifact_path=folder)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type name."""
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
