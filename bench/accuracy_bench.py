@@ -33,8 +33,8 @@ console = Console(width=140)
 def build(recipe_overrides: dict[str, Any], out: Path, *, frames: int | None = None) -> str:
     """Build datasets/recipes/demo.yaml with `recipe_overrides` (top-level keys replaced) into `out` once."""
     from rigpose.data.store import read_manifest
-    from rigpose.data.synth import build_dataset
-    from rigpose.data.synth_recipe import parse_recipe
+    from rigpose.data.synth.build import build_dataset
+    from rigpose.data.synth.recipe import parse_recipe
 
     if read_manifest(str(out)) is not None:
         return str(out)
@@ -84,7 +84,7 @@ def train(data: str, supervision: str, out: Path, *, epochs: int, keep_all: bool
 
 
 def evaluate(model: str, data: str, split: str, **kw: Any) -> dict[str, Any]:
-    from rigpose.evaluate import evaluate as ev
+    from rigpose.inference.evaluate import evaluate as ev
 
     return ev(model, data, split=split, **kw)
 
@@ -106,8 +106,8 @@ def checkpoint_ranking(run: dict[str, Any], data: str, *, max_rows: int) -> dict
     """MPJPE and held-out-view px of every kept checkpoint of a run, on the val split, and their Spearman."""
     import torch
 
+    from rigpose.model.checkpoint import load_lifter, save_lifter
     from rigpose.model.lifter import Lifter
-    from rigpose.train.checkpoint import load_lifter, save_lifter
     from rigpose.train.worker import STATE_FILE
 
     base, skeleton, meta = load_lifter(run["model"])

@@ -1,7 +1,7 @@
 """Throughput of `rigpose datasets build` and `Dataset.read_frames`, as ratios to bare pyarrow.parquet on the same data.
 
 Builds a recipe (default datasets/recipes/scale.yaml: 1M frames, 4 views, 16 joints) into a temp dir with
-`rigpose.data.synth.build_dataset`, then in the same process:
+`rigpose.data.synth.build.build_dataset`, then in the same process:
 
 - bare write: the committed shards read back as Arrow tables, then timed `pq.write_table` of those tables
   (same compression) to another temp dir; ratio = build frames/s / bare frames/s;
@@ -55,7 +55,7 @@ def machine_info() -> dict[str, Any]:
 
 def load(recipe_path: Path, frames: int | None) -> Any:
     """The recipe, with `frames` overridden when given, and rig paths made absolute."""
-    from rigpose.data.synth_recipe import parse_recipe
+    from rigpose.data.synth.recipe import parse_recipe
 
     raw = yaml.safe_load(recipe_path.read_text())
     if frames is not None:
@@ -87,7 +87,7 @@ def warm_up() -> None:
 
 def time_generation(recipe: Any) -> tuple[Timer, list[Any]]:
     """Time to plan and generate every batch without writing (single thread), and the (rig, frames) batches."""
-    from rigpose.data.synth import Synthesis
+    from rigpose.data.synth.build import Synthesis
 
     with Timer() as t:
         batches = list(Synthesis.from_recipe(recipe).batches())
@@ -98,7 +98,7 @@ def time_write_only(recipe: Any, batches: list[Any], out: Path) -> Timer:
     """Time of the writer alone: `DatasetWriter` add + commit of already generated batches, as build_dataset
     calls it (checks, quarantine, shards, hashes, manifest)."""
     from rigpose.data.store import DatasetWriter
-    from rigpose.data.synth_motion import SKELETON
+    from rigpose.data.synth.motion_bank import SKELETON
 
     with Timer() as t, DatasetWriter(str(out), skeleton=SKELETON, command="bench/dataset_bench.py",
                                      max_bad_fraction=recipe.max_invalid_fraction) as writer:
@@ -110,7 +110,7 @@ def time_write_only(recipe: Any, batches: list[Any], out: Path) -> Timer:
 
 def time_build(recipe: Any, out: Path) -> tuple[Timer, Any]:
     """Time of `build_dataset(recipe, out)` (plan, generate, check, write, commit) and its manifest."""
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     with Timer() as t:
         manifest = build_dataset(recipe, str(out), progress=False, command="bench/dataset_bench.py")

@@ -7,12 +7,13 @@ architecture (512 wide, 2 residual blocks, ~1.1 M parameters, random weights: sp
 registered as a pyfunc in a sqlite MLflow registry in a temp dir and used as `models:/bench-lifter@candidate`.
 
 - (a) bare: the split read into memory as padded arrays first (untimed), then a plain loop over `--batch-size`
-  frames in this process: `rigpose.predict.model_batch` (prepare_arrays: undistortion, K^-1, root triangulation)
+  frames in this process: `rigpose.inference.lift.model_batch` (prepare_arrays: undistortion, K^-1, root triangulation)
   + `lift_single` (the model) = (a1); + `single_table` (the output rows) = (a2), exactly the per-batch work of the
-  Ray path (`rigpose.predict.lift_frames`, mode single) minus I/O. `--bare-threads 2,1` takes turns batch by batch
+  Ray path (`rigpose.inference.lift.lift_frames`, mode single) minus I/O. `--bare-threads 2,1` takes turns batch by
+  batch
   between 2 and 1 torch threads (each count then sees half the frames, under the same machine load: on a busy
   machine 2 threads can lose to 1). The goal's denominator is the fastest (a1), the strictest choice.
-- (b) Ray Data end to end: `rigpose.batch_lift.lift_dataset_ray` from the registry URI (read the Parquet shards,
+- (b) Ray Data end to end: `rigpose.inference.lift_ray.lift_dataset_ray` from the registry URI (read the Parquet shards,
   Frames, prepare, model, output rows, one Parquet file written by the driver), `--concurrency` actors of
   `--threads-per-actor` torch threads each, on a local Ray started beforehand (`init_ray(None)`, untimed). The
   time includes the actors' start and model loading; (b0) a `--small-frames` run measures that fixed part.
@@ -54,8 +55,8 @@ def ensure_dataset(frames: int, cache: Path) -> tuple[str, float | None]:
     """The scale recipe with `frames` frames, all in split `SPLIT`, under `cache` (built when missing); and the
     build seconds (None when it was cached)."""
     from rigpose.data.store import read_manifest
-    from rigpose.data.synth import build_dataset
-    from rigpose.data.synth_recipe import parse_recipe
+    from rigpose.data.synth.build import build_dataset
+    from rigpose.data.synth.recipe import parse_recipe
 
     root = cache / f"scale-{frames}"
     manifest = read_manifest(str(root))
@@ -78,11 +79,12 @@ def register_model(folder: Path, data: str) -> tuple[str, str]:
     from mlflow.tracking import MlflowClient
 
     from rigpose.data.store import Dataset
+    from rigpose.inference.lift import iter_frames
+    from rigpose.model.checkpoint import save_lifter
     from rigpose.model.lifter import Lifter, LifterConfig
-    from rigpose.predict import iter_frames
-    from rigpose.registry import example_input, register
-    from rigpose.tracking import TrackingTarget
-    from rigpose.train.checkpoint import save_lifter
+    from rigpose.tracking.pyfunc import example_input
+    from rigpose.tracking.registry import register
+    from rigpose.tracking.runs import TrackingTarget
 
     ds = Dataset(data)
     torch.manual_seed(0)
@@ -108,8 +110,8 @@ def bare(data: str, model_file: str, *, batch_size: int, threads: list[int]) -> 
     Returns {"frames", "batch_size", "read_into_memory_s", "by_threads": {threads: timings}} and the first
     batch's output rows (to check (b) against)."""
     from rigpose.data.store import Dataset
-    from rigpose.predict import lift_single, model_batch, single_table
-    from rigpose.train.checkpoint import load_lifter
+    from rigpose.inference.lift import lift_single, model_batch, single_table
+    from rigpose.model.checkpoint import load_lifter
 
     model, skeleton, _ = load_lifter(model_file)
     t = time.perf_counter()
@@ -150,7 +152,7 @@ def bare(data: str, model_file: str, *, batch_size: int, threads: list[int]) -> 
 def ray_run(uri: str, data: str, out: str, *, batch_size: int, concurrency: int, threads: int,
             max_rows: int | None = None) -> dict[str, Any]:
     """(b): lift_dataset_ray end to end, wall seconds and frames/s."""
-    from rigpose.batch_lift import lift_dataset_ray
+    from rigpose.inference.lift_ray import lift_dataset_ray
 
     gc.collect()
     t = time.perf_counter()
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = [int(x) for x in args.bare_threads.split(",")]
         console.print(f"(a) bare loop, {threads} torch threads ...")
         r["bare"], first = bare(data, model_file, batch_size=args.batch_size, threads=threads)
-        from rigpose.train.trainer import init_ray
+        from rigpose.cluster.connect import init_ray
 
         t = time.perf_counter()
         init_ray(None)

@@ -91,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from rigpose.train.trainer import init_ray
+    from rigpose.cluster.connect import init_ray
 
     ensure_dataset(args.data)
     rows = []

@@ -4,7 +4,7 @@ All in one process, one run, on one dataset (default: the demo dataset, built fr
 outputs/datasets/demo when missing), lifter and batch of jobs/train.yaml (512 wide, 2 blocks, batch 256 frames of
 4 views):
 
-- (a) bare loop: the same model, loss (`rigpose.train.step.loss_terms` + `total_loss`), Adam and batch over
+- (a) bare loop: the same model, loss (`rigpose.model.objective.loss_terms` + `total_loss`), Adam and batch over
   in-memory tensors (the training split preprocessed once), no Ray: the ceiling;
 - (b) `rigpose.train.trainer.train` with 1 worker reading the Parquet shards through Ray Data, cached
   (`data.cache: true`, preprocessed once into the object store) and streaming (`data.cache: false`, read and
@@ -41,7 +41,7 @@ console = Console(width=120)
 
 def ensure_dataset(url: str) -> None:
     from rigpose.data.store import read_manifest
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     if read_manifest(url) is None:
         console.print(f"building {url} from datasets/recipes/demo.yaml")
@@ -65,7 +65,7 @@ def bare_loop(url: str, *, steps: int, batch: int) -> dict[str, Any]:
     """(a): frames/s of the training step alone over in-memory tensors."""
     from rigpose.config import load_job
     from rigpose.model.lifter import Lifter
-    from rigpose.train.step import LossWeights, loss_terms, total_loss
+    from rigpose.model.objective import LossWeights, loss_terms, total_loss
     from rigpose.train.worker import lifter_config
 
     data, skeleton = in_memory_batches(url)
@@ -174,7 +174,7 @@ def main() -> None:
     results["ray"] = ray.__version__
     console.print("(a) bare PyTorch loop ...")
     results["bare"] = bare_loop(args.data, steps=args.bare_steps, batch=batch)
-    from rigpose.train.trainer import init_ray
+    from rigpose.cluster.connect import init_ray
 
     init_ray(None)
     console.print("data path alone ...")

@@ -19,11 +19,11 @@ def free_port() -> int:
 
 def synthetic_batch(num_frames: int = 32, *, seed: int = 0, noise_px: float = 0.0, with_3d: bool = True,
                     rig_name: str = "h36m-s1") -> dict:
-    """Model inputs (rigpose.model.batch.prepare_arrays) for random DeepMimic-sized poses seen by a shipped rig.
+    """Model inputs (rigpose.model.inputs.prepare_arrays) for random DeepMimic-sized poses seen by a shipped rig.
 
     Poses: a fixed T-ish skeleton (deepmimic16) randomly rotated about z and placed near the capture centre.
     """
-    from rigpose.model.batch import prepare_arrays
+    from rigpose.model.inputs import prepare_arrays
     from rigpose.rig import load_rig
     from rigpose.skeleton import DEEPMIMIC16
 

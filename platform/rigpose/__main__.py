@@ -1,5 +1,5 @@
 """`python -m rigpose ...` runs the command line (the form used with `ray job submit`)."""
 
-from rigpose.cli import main
+from rigpose.cli.main import main
 
 main()

@@ -48,7 +48,7 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Loss weights and robustness (rigpose.train.step.LossWeights)."""
+    """Loss weights and robustness (rigpose.model.objective.LossWeights)."""
 
     cross_view: float = Field(1.0, ge=0, description="Cross-view reprojection (pixels, Huber).")
     root_depth: float = Field(20.0, ge=0, description="Root depth vs the triangulated root (metres, Huber).")
@@ -100,7 +100,7 @@ class RunSection(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """MLflow tracking and registration (rigpose.tracking, rigpose.registry)."""
+    """MLflow tracking and registration (rigpose.tracking.runs, rigpose.tracking.registry)."""
 
     enabled: bool = Field(True, description="Track the run in MLflow (params, per-epoch metrics, artifacts, model).")
     uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else a sqlite "

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -46,3 +50,27 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def published_parquet(out_url: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A ParquetWriter on a temp file that becomes `out_url` only when the block finishes without error."""
+    fs, path = url_to_fs(out_url)
+    if fs.isdir(path):
+        raise ValueError(f"out: {out_url} is a directory; give a file name such as {out_url.rstrip('/')}/lift.parquet")
+    local = isinstance(fs, LocalFileSystem)
+    folder = Path(path).parent if local else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{Path(path).name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            yield writer
+        if local:
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)  # one (multipart) upload: the object appears only when it completes
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import pytest
 from rigpose_testing import free_port as _free_port
 from typer.testing import CliRunner
 
-from rigpose.cli import app
+from rigpose.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "rigpose-jobs"
@@ -47,7 +47,7 @@ def _s3fs():
 @pytest.fixture(scope="module")
 def s3_data(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 1,200-frame dataset built straight onto the S3 endpoint; its s3:// URL."""
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     recipe = (REPO / "datasets" / "recipes" / "tiny.yaml").read_text()
     recipe = recipe.replace("frames: 400", "frames: 1200").replace(
@@ -180,7 +180,7 @@ def _ray_job_submit(address: str, data: str, name: str, epochs: int, *extra: str
 
 @pytest.mark.timeout(600)
 def test_plain_ray_job_submit_trains_from_s3_and_checkpoints_to_s3(cluster: str, s3_data: str) -> None:
-    from rigpose.train.checkpoint import load_lifter
+    from rigpose.model.checkpoint import load_lifter
 
     run = f"s3://{BUCKET}/runs/plain"
     proc = _ray_job_submit(cluster, s3_data, "plain", 2)

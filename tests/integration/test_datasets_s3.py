@@ -59,7 +59,7 @@ def test_cli_build_ingest_validate_describe_on_s3(s3_bucket: str, tmp_path: Path
 
     from typer.testing import CliRunner
 
-    from rigpose.cli import app
+    from rigpose.cli.main import app
     from rigpose.data.ingest import write_interchange_npz
 
     runner = CliRunner()
@@ -90,7 +90,7 @@ def test_cli_h36m_and_coco_ingest_write_to_s3(s3_bucket: str, tmp_path: Path) ->
 
     from typer.testing import CliRunner
 
-    from rigpose.cli import app
+    from rigpose.cli.main import app
     from rigpose.skeleton import COCO17
 
     runner = CliRunner()

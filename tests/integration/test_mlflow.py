@@ -24,7 +24,7 @@ import pytest
 from rigpose_testing import free_port
 from typer.testing import CliRunner
 
-from rigpose.cli import app
+from rigpose.cli.main import app
 from rigpose.config import load_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def server(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 
 @pytest.fixture(scope="module")
 def dataset(bucket: str) -> str:
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     url = f"{bucket}/datasets/tiny"
     build_dataset(str(REPO / "datasets" / "recipes" / "tiny.yaml"), url, progress=False)
@@ -121,7 +121,7 @@ def dataset(bucket: str) -> str:
 def local_ray() -> Iterator[None]:
     import ray
 
-    from rigpose.train.trainer import init_ray
+    from rigpose.cluster.connect import init_ray
 
     init_ray(None)
     yield
@@ -230,10 +230,10 @@ def test_model_loads_by_alias_and_matches_the_trained_weights(trained: dict, ser
     import mlflow
 
     from rigpose.data.store import Dataset
-    from rigpose.predict import iter_frames
-    from rigpose.registry import example_input, lift_arrays
-    from rigpose.tracking import mlflow_uri
-    from rigpose.train.checkpoint import load_lifter
+    from rigpose.inference.lift import iter_frames
+    from rigpose.model.checkpoint import load_lifter
+    from rigpose.tracking.pyfunc import example_input, lift_arrays
+    from rigpose.tracking.runs import mlflow_uri
 
     with mlflow_uri(server):
         pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@candidate")
@@ -286,8 +286,8 @@ def test_batch_inference_from_the_registry_writes_predictions(trained: dict, ser
 def test_onnx_export_from_the_registry_agrees_with_pytorch(trained: dict, server: str, tmp_path: Path) -> None:
     import torch
 
-    from rigpose.export import onnx_lift
-    from rigpose.train.checkpoint import load_lifter
+    from rigpose.inference.export import onnx_lift
+    from rigpose.model.checkpoint import load_lifter
 
     out = tmp_path / "lifter.onnx"
     r = CliRunner().invoke(app, ["models", "export", f"{MODEL}@candidate", "--onnx", str(out),
@@ -306,8 +306,8 @@ def test_onnx_export_from_the_registry_agrees_with_pytorch(trained: dict, server
 
 def test_mlflow_models_serve_answers_a_rest_request(trained: dict, server: str, dataset: str) -> None:
     from rigpose.data.store import Dataset
-    from rigpose.predict import iter_frames
-    from rigpose.registry import example_input
+    from rigpose.inference.lift import iter_frames
+    from rigpose.tracking.pyfunc import example_input
 
     port = free_port()
     # mlflow runs `uvicorn` from PATH: the venv's bin, as in an activated venv

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rigpose.cli import app
+from rigpose.cli.main import app
 from rigpose.config import load_job
-from rigpose.train.checkpoint import load_lifter
+from rigpose.model.checkpoint import load_lifter
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     out = str(tmp_path_factory.mktemp("data") / "tiny")
     build_dataset(str(REPO / "datasets" / "recipes" / "tiny.yaml"), out, progress=False)
@@ -28,7 +28,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
 def local_ray():
     import ray
 
-    from rigpose.train.trainer import init_ray
+    from rigpose.cluster.connect import init_ray
 
     init_ray(None)
     yield
@@ -68,7 +68,7 @@ def test_cli_train_runs_the_3d_baseline_and_prints_the_model_path(tiny_dataset: 
 @pytest.fixture(scope="module")
 def two_rig_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Rigs with 4 (h36m-s1) and 8 (studio-8) cameras in one dataset: rows are padded to 8 views."""
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     rigs = REPO / "datasets" / "rigs"
     recipe = (REPO / "datasets" / "recipes" / "tiny.yaml").read_text()

@@ -1,4 +1,5 @@
-"""rigpose.batch_lift: Ray Data batch inference from an MLflow registry model (sqlite registry in tmp, local Ray)
+"""rigpose.inference.lift_ray: Ray Data batch inference from an MLflow registry model (sqlite registry in tmp,
+local Ray)
 writes the same rows as the in-process `predict.lift_dataset` with the same weights, fails clearly on a bad URI, and
 leaves no file behind when it fails."""
 
@@ -18,14 +19,14 @@ import torch
 from rigpose_testing import REPO
 from typer.testing import CliRunner
 
-from rigpose.batch_lift import absolute_mlflow_uri, lift_dataset_ray, pin_model_uri
 from rigpose.data.store import Dataset
-from rigpose.data.synth import build_dataset, load_recipe
-from rigpose.data.synth_recipe import ProceduralMotion
+from rigpose.data.synth.build import build_dataset, load_recipe
+from rigpose.data.synth.recipe import ProceduralMotion
+from rigpose.inference.lift import iter_frames, lift_dataset
+from rigpose.inference.lift_ray import absolute_mlflow_uri, lift_dataset_ray, pin_model_uri
+from rigpose.model.checkpoint import save_lifter
 from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.predict import iter_frames, lift_dataset
 from rigpose.skeleton import DEEPMIMIC16
-from rigpose.train.checkpoint import save_lifter
 
 NAME = "bl-lifter"
 pytestmark = pytest.mark.slow  # a local Ray and its actors: ~30-60 s for the module on 2 cores
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.slow  # a local Ray and its actors: ~30-60 s for the mo
 def local_ray() -> Iterator[None]:
     import ray
 
-    from rigpose.train.trainer import init_ray
+    from rigpose.cluster.connect import init_ray
 
     init_ray(None)
     yield
@@ -48,8 +49,9 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     (the process's tracking URI points there for the module)."""
     from mlflow.tracking import MlflowClient
 
-    from rigpose.registry import example_input, register
-    from rigpose.tracking import TrackingTarget, mlflow_uri
+    from rigpose.tracking.pyfunc import example_input
+    from rigpose.tracking.registry import register
+    from rigpose.tracking.runs import TrackingTarget, mlflow_uri
 
     root = tmp_path_factory.mktemp("batch_lift")
     recipe = load_recipe(REPO / "datasets" / "recipes" / "tiny.yaml")
@@ -185,7 +187,7 @@ def test_lift_cli_names_a_bad_registry_model_and_keeps_ray_options_for_ray_runs(
     """(A successful `rigpose lift --model models:/...` run: tests/integration/test_mlflow.py, S3 to S3.)"""
     import typer
 
-    from rigpose.eval_cli import register
+    from rigpose.cli.evaluate import register
 
     app = typer.Typer()
     register(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from rigpose.cli import app
+from rigpose.cli.main import app
 
 
 def test_demo_rig_check_passes_on_every_shipped_rig() -> None:

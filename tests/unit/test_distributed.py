@@ -10,9 +10,9 @@ import torch.multiprocessing as mp
 from rigpose_testing import synthetic_batch, to_torch
 
 from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.model.objective import LossWeights
 from rigpose.skeleton import DEEPMIMIC16
 from rigpose.train.loop import train_epoch
-from rigpose.train.step import LossWeights
 
 WEIGHTS = LossWeights(hide_joint_prob=0.0)  # no random input masking: the two runs must see identical inputs
 STEPS = 3

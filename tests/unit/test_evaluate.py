@@ -1,4 +1,4 @@
-"""rigpose.evaluate / evaluate_run / predict / eval_cli: metrics vs hand-computed references, the label-free metric,
+"""rigpose.metrics / evaluate_run / predict / eval_cli: metrics vs hand-computed references, the label-free metric,
 the evaluator and the Parquet writer end to end on the tiny dataset, and the CLI."""
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import typer
 from rigpose_testing import REPO, rest_pose_deepmimic16
 from typer.testing import CliRunner
 
-from rigpose import evaluate as ev
 from rigpose import geometry as g
+from rigpose import metrics as ev
+from rigpose.cli.evaluate import register
 from rigpose.data.store import Dataset, DatasetWriter
-from rigpose.data.synth import build_dataset, load_recipe
-from rigpose.data.synth_recipe import ProceduralMotion, Recipe
-from rigpose.eval_cli import register
-from rigpose.evaluate_run import evaluate
+from rigpose.data.synth.build import build_dataset, load_recipe
+from rigpose.data.synth.recipe import ProceduralMotion, Recipe
+from rigpose.inference.evaluate import evaluate
+from rigpose.inference.lift import lift_dataset
+from rigpose.model.checkpoint import save_lifter
 from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.predict import lift_dataset
 from rigpose.rig import load_rig
 from rigpose.skeleton import DEEPMIMIC16
-from rigpose.train.checkpoint import save_lifter
 
 ROOTS = DEEPMIMIC16.root_joints
 

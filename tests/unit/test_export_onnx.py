@@ -11,11 +11,11 @@ import pytest
 import torch
 from rigpose_testing import synthetic_batch
 
-import rigpose.export as export_module
-from rigpose.export import INPUT_NAMES, OUTPUT_NAMES, export_onnx, onnx_lift
+import rigpose.inference.export as export_module
+from rigpose.inference.export import INPUT_NAMES, OUTPUT_NAMES, export_onnx, onnx_lift
+from rigpose.model.checkpoint import load_lifter, save_lifter
 from rigpose.model.lifter import Lifter, LifterConfig, LiftOutput
 from rigpose.skeleton import DEEPMIMIC16, H36M17
-from rigpose.train.checkpoint import load_lifter, save_lifter
 
 J = DEEPMIMIC16.num_joints
 ATOL_M = 1e-4  # metres (and normalised image units for the 2D outputs)

@@ -9,10 +9,10 @@ from torch import nn
 
 from rigpose import geometry as g
 from rigpose.model import fuse as mv
-from rigpose.model.batch import prepare_arrays
+from rigpose.model.inputs import prepare_arrays
 from rigpose.model.lifter import Lifter, LifterConfig, LiftOutput
+from rigpose.model.objective import LossWeights, loss_terms, total_loss
 from rigpose.skeleton import DEEPMIMIC16 as SK
-from rigpose.train.step import LossWeights, loss_terms, total_loss
 
 NUM_FRAMES, NUM_VIEWS = 8, 4
 # a symmetric standing pose (metres, z up): pelvis, chest, neck, head, right leg, right arm; left = mirrored x

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from rigpose.cli.ingest import app
 from rigpose.data.ingest import (
     hash_fraction,
     ingest_coco,
@@ -19,7 +20,6 @@ from rigpose.data.ingest import (
     split_for,
     write_interchange_npz,
 )
-from rigpose.data.ingest_cli import app
 from rigpose.data.store import Dataset, DatasetError, read_manifest
 from rigpose.geometry import project
 from rigpose.rig import load_rig

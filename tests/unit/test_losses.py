@@ -7,8 +7,8 @@ import torch
 from rigpose_testing import synthetic_batch, to_torch
 
 from rigpose.model import losses
+from rigpose.model.objective import batch_cameras
 from rigpose.skeleton import DEEPMIMIC16
-from rigpose.train.step import batch_cameras
 
 
 def _true_rel(b: dict) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""rigpose.data.motion against pybullet's own forward kinematics (DeepMimic's setup) and hand-built clips."""
+"""rigpose.data.synth.mocap against pybullet's own forward kinematics (DeepMimic's setup) and hand-built clips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rigpose.data import motion as m
+from rigpose.data.synth import mocap as m
 
 pybullet = pytest.importorskip("pybullet")  # the 'mocap' extra ships the clips, the URDF and the reference FK
 

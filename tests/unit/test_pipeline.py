@@ -12,7 +12,7 @@ from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess, check_rig_ids
 from rigpose.data.schema import Frames, frames_for_rig
 from rigpose.data.store import Dataset, DatasetWriter
 from rigpose.geometry import project
-from rigpose.model.batch import prepare_arrays
+from rigpose.model.inputs import prepare_arrays
 from rigpose.rig import load_rig
 from rigpose.skeleton import H36M17
 

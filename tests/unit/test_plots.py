@@ -1,4 +1,5 @@
-"""rigpose.plots: PNG bytes of the figure's size, one bar per joint, NaN drawn as missing, hidden joints not drawn,
+"""rigpose.inference.plots: PNG bytes of the figure's size, one bar per joint, NaN drawn as missing, hidden joints
+not drawn,
 bad shapes refused, and run_figures' numbers against an independent computation and against evaluate_run."""
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from rigpose_testing import REPO, rest_pose_deepmimic16
 
-from rigpose import plots
 from rigpose.data.schema import Frames
 from rigpose.data.store import Dataset
-from rigpose.data.synth import build_dataset, load_recipe
-from rigpose.data.synth_recipe import ProceduralMotion
-from rigpose.evaluate_run import evaluate
+from rigpose.data.synth.build import build_dataset, load_recipe
+from rigpose.data.synth.recipe import ProceduralMotion
+from rigpose.inference import plots
+from rigpose.inference.evaluate import evaluate
+from rigpose.inference.lift import iter_frames
+from rigpose.model.checkpoint import save_lifter
 from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.predict import iter_frames
 from rigpose.skeleton import DEEPMIMIC16, H36M17
-from rigpose.train.checkpoint import save_lifter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 J = DEEPMIMIC16.num_joints
@@ -194,7 +195,7 @@ def test_per_joint_mpjpe_equals_an_independent_computation(tiny: dict) -> None:
     errs = plots.lifter_errors(tiny["model"], frames, DEEPMIMIC16)
     assert errs.joint_unit == "mm" and errs.num_frames == len(frames)
     # independent: every view's lift vs the truth moved into that camera (x_cam = R X + t), both minus the pelvis
-    from rigpose.predict import lift_single, model_batch
+    from rigpose.inference.lift import lift_single, model_batch
 
     rel, _ = lift_single(tiny["model"], model_batch(frames, DEEPMIMIC16))  # [B, V, J, 3]
     R, t = frames.cameras.R, frames.cameras.t

@@ -1,4 +1,4 @@
-"""`rigpose rig ...` (rigpose.rig_cli) through typer's CliRunner: exit codes, OK lines and one-line errors."""
+"""`rigpose rig ...` (rigpose.cli.rig) through typer's CliRunner: exit codes, OK lines and one-line errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from rigpose.cli.rig import app
+from rigpose.data.synth.rigs_builtin import studio_rig
 from rigpose.rig import load_rig, rig_to_dict, save_rig
-from rigpose.rig_cli import app
-from rigpose.rigs_builtin import studio_rig
 
 runner = CliRunner()
 

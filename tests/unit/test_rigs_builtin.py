@@ -1,4 +1,5 @@
-"""rigpose.rigs_builtin and datasets/rigs/*.json: the shipped rigs regenerate from the published calibrations."""
+"""rigpose.data.synth.rigs_builtin and datasets/rigs/*.json: the shipped rigs regenerate from the published
+calibrations."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from rigpose import geometry as g
-from rigpose import rigs_builtin as rb
+from rigpose.data.synth import rigs_builtin as rb
 from rigpose.rig import Camera, Rig, RigError, load_rig, validate_rig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,8 @@ def test_shipped_rig_files_equal_a_fresh_regeneration(tmp_path: Path) -> None:
         # 12 significant digits written: allow a last-digit difference from another machine's floating point
         for a_new, a_old in zip(load_rig(new).arrays(), load_rig(old).arrays(), strict=True):
             np.testing.assert_allclose(a_new, a_old, rtol=1e-10, atol=1e-12,
-                                       err_msg=f"{old} differs from a regeneration: python -m rigpose.rigs_builtin")
+                                       err_msg=f"{old} differs from a regeneration: "
+                                               "python -m rigpose.data.synth.rigs_builtin")
 
 
 # ---------------------------------------------------------------------------------------------- published rigs

@@ -13,8 +13,8 @@ import yaml
 from rigpose_testing import REPO
 from typer.testing import CliRunner
 
-from rigpose.cli import app
-from rigpose.submit import (
+from rigpose.cli.main import app
+from rigpose.cluster.submit import (
     CREDENTIAL_ENV,
     FORWARDED_ENV,
     build_submission,
@@ -289,7 +289,7 @@ def no_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         tried.append(address)
         raise AssertionError(f"the command contacted {address}")
 
-    monkeypatch.setattr("rigpose.submit.client", client)
+    monkeypatch.setattr("rigpose.cluster.submit.client", client)
     return tried
 
 

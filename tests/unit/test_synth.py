@@ -1,4 +1,4 @@
-"""rigpose.data.synth / noise / synth_motion: recipes, determinism, geometry, detector statistics, splits."""
+"""rigpose.data.synth.build / noise / synth_motion: recipes, determinism, geometry, detector statistics, splits."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rigpose.data import synth_motion as sm
-from rigpose.data.noise import DetectorNoise, detect, limb_pairs
 from rigpose.data.schema import Frames
 from rigpose.data.store import Dataset
-from rigpose.data.synth import Recipe, Synthesis, build_dataset, load_recipe, parse_recipe
+from rigpose.data.synth import motion_bank as sm
+from rigpose.data.synth.build import Recipe, Synthesis, build_dataset, load_recipe, parse_recipe
+from rigpose.data.synth.detector import DetectorNoise, detect, limb_pairs
 from rigpose.geometry import project
 from rigpose.rig import load_rig
 from rigpose.skeleton import DEEPMIMIC16, bone_lengths
@@ -166,7 +166,7 @@ def test_missing_views_in_a_dataset_are_nan_with_score_zero() -> None:
 
 @needs_pybullet
 def test_bone_scaling_changes_bone_lengths_by_the_configured_factor() -> None:
-    from rigpose.data.motion import clip_joints
+    from rigpose.data.synth.mocap import clip_joints
 
     frames = generate(recipe(subjects={"count": 2, "scale": [1.2, 1.2]}))
     clips = {n: clip_joints(n, fps=30) for n in ("walk", "run", "jump")}
@@ -185,7 +185,7 @@ def test_placements_stay_within_the_radius_and_keep_heights() -> None:
     r = recipe(frames=None, placement={"radius": 0.5, "per_clip": 10})
     frames = generate(r)
     centre = load_rig(RIG).capture_center()[:2]
-    from rigpose.data.motion import clip_joints
+    from rigpose.data.synth.mocap import clip_joints
 
     for seq in np.unique(frames.sequence):
         X = frames.joints_3d[frames.sequence == seq]
@@ -204,7 +204,7 @@ def test_procedural_motion_keeps_deepmimic_bones_and_stands_on_the_floor() -> No
 
 @needs_pybullet
 def test_rest_offsets_match_deepmimic_forward_kinematics() -> None:
-    from rigpose.data.motion import forward_kinematics
+    from rigpose.data.synth.mocap import forward_kinematics
 
     frame = np.zeros(44)
     frame[[4, 8, 12, 16, 21, 25, 30, 35, 39]] = 1.0  # identity quaternions (w first)
@@ -295,7 +295,7 @@ def test_procedural_recipe_generates_every_frame_across_two_rigs() -> None:
 def test_background_generation_reraises_errors_and_stops_when_closed() -> None:
     from contextlib import closing
 
-    from rigpose.data.synth import _ahead
+    from rigpose.data.synth.build import _ahead
 
     def failing():
         yield 1

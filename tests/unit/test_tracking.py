@@ -9,23 +9,15 @@ import pandas as pd
 import pytest
 from rigpose_testing import REPO, free_port
 
-from rigpose import tracking as tr
 from rigpose.config import TrainJob
 from rigpose.data.store import Dataset
+from rigpose.inference.lift import iter_frames
+from rigpose.model.checkpoint import save_lifter
 from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.predict import iter_frames
-from rigpose.registry import (
-    LifterModel,
-    champion_gate,
-    example_input,
-    lift_arrays,
-    list_versions,
-    load_pyfunc_lifter,
-    promote,
-    register,
-    with_retries,
-)
-from rigpose.train.checkpoint import save_lifter
+from rigpose.retrain.gate import champion_gate
+from rigpose.tracking import runs as tr
+from rigpose.tracking.pyfunc import example_input, lift_arrays
+from rigpose.tracking.registry import LifterModel, list_versions, load_pyfunc_lifter, promote, register, with_retries
 
 
 def _job(tmp_path: Path, **tracking) -> TrainJob:
@@ -177,7 +169,7 @@ def test_with_retries_backs_off_then_names_what_failed() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     out = str(tmp_path_factory.mktemp("data") / "tiny")
     build_dataset(str(REPO / "datasets" / "recipes" / "tiny.yaml"), out, progress=False)

@@ -11,9 +11,9 @@ from rigpose_testing import REPO, synthetic_batch, to_torch
 from rigpose.config import flatten, load_job
 from rigpose.data.schema import TRAINING_COLUMNS
 from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.model.objective import LossWeights, loss_terms, total_loss
 from rigpose.skeleton import DEEPMIMIC16
 from rigpose.train.loop import fit, validate
-from rigpose.train.step import LossWeights, loss_terms, total_loss
 
 
 class NoLabels(dict):

@@ -1,4 +1,4 @@
-"""Validation MPJPE / PA-MPJPE during training: the same numbers as `rigpose.evaluate`'s single-view section, only
+"""Validation MPJPE / PA-MPJPE during training: the same numbers as `rigpose.metrics`'s single-view section, only
 for the val split, only where rows carry joints_3d, and one fixed-size all-reduce per rank whatever its shard held."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 import torch
 from rigpose_testing import REPO
 
-from rigpose import evaluate as ev
 from rigpose import geometry as g
+from rigpose import metrics as ev
 from rigpose.data.pipeline import Preprocess, build_datasets, labels_3d, split_has_3d
 from rigpose.data.schema import Frames, frames_for_rig, frames_from_table, frames_to_table
 from rigpose.data.store import Dataset, DatasetWriter
+from rigpose.inference.lift import lift_single, model_batch
 from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.predict import lift_single, model_batch
 from rigpose.rig import Rig, load_rig
 from rigpose.skeleton import H36M17
 from rigpose.train.loop import validate
@@ -70,7 +70,7 @@ BLOCKS = [(0, 6), (6, 8), (14, 6)]
 
 
 def _reference(model: Lifter, table: pa.Table) -> dict[str, float]:
-    """rigpose.evaluate's single-view MPJPE / PA-MPJPE, NumPy, on the same rows (mean over the finite poses)."""
+    """rigpose.metrics's single-view MPJPE / PA-MPJPE, NumPy, on the same rows (mean over the finite poses)."""
     frames = frames_from_table(table, num_joints=17, num_views=8, with_3d=True)
     batch = model_batch(frames, H36M17)  # 2D only
     rel, _ = lift_single(model, batch)  # [B, V, J, 3], NaN for views without 2D and padding

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rigpose.cli import app
+from rigpose.cli.main import app
 from rigpose.data.schema import frames_for_rig
 from rigpose.data.store import DatasetWriter
 from rigpose.data.validate import describe_dataset, validate_dataset

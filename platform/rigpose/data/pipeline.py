@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from rigpose.data.schema import EVAL_ONLY_COLUMNS, joints_3d_from_table, observations_from_table
 from rigpose.data.store import Dataset
-from rigpose.model.batch import prepare_arrays
+from rigpose.model.inputs import prepare_arrays
 
 if TYPE_CHECKING:
     import ray.data
@@ -45,7 +45,7 @@ PREPROCESS_ROWS = 1024  # rows per Ray Data preprocessing call (one vectorised p
 
 
 class Preprocess:
-    """Ray Data `map_batches` function: Arrow rows -> padded arrays -> model inputs (rigpose.model.batch).
+    """Ray Data `map_batches` function: Arrow rows -> padded arrays -> model inputs (rigpose.model.inputs).
 
     `with_3d`: the rows must carry joints_3d (3D-supervised training); `eval_3d`: add the optional validation
     labels `joints_3d` and `joints_3d_ok` (see `labels_3d`) to every block, labelled or not.

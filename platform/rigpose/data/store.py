@@ -667,3 +667,28 @@ class Dataset:
         table = self.read_table(columns=columns, **filters)
         return frames_from_table(table, num_joints=self.skeleton.num_joints,
                                  num_views=num_views or self.manifest.max_views, with_3d=with_3d)
+
+
+def iter_frames(ds: Dataset, *, split: str, batch_size: int, max_rows: int | None = None,
+                with_3d: bool = False) -> Iterator[Frames]:
+    """Blocks of at most `batch_size` rows of `split`, one shard in memory at a time, at most `max_rows` in all.
+
+    `with_3d=False` never reads the `joints_3d` column (prediction); evaluation asks for it for metrics only.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    columns = None if with_3d else [f.name for f in ARROW_SCHEMA if f.name != "joints_3d"]
+    left = max_rows if max_rows is not None else float("inf")
+    for _, table in ds.iter_tables(columns=columns, splits=split):
+        frames = frames_from_table(table, num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
+                                   with_3d=with_3d)
+        for i in range(0, len(frames), batch_size):
+            n = int(min(batch_size, left, len(frames) - i))
+            if n <= 0:
+                return
+            yield frames.take(slice(i, i + n))
+            left -= n
+        if left <= 0:
+            return

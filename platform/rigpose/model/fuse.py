@@ -1,6 +1,6 @@
 """Multi-view inference: lift every view, fuse in the world frame, refine against all views' 2D, adapt at test time.
 
-Pure PyTorch (no Ray, MLflow or storage). Batches are dicts of tensors built by `rigpose.model.batch.prepare_arrays`
+Pure PyTorch (no Ray, MLflow or storage). Batches are dicts of tensors built by `rigpose.model.inputs.prepare_arrays`
 (kp, w, xy, K, dist, R, t, view_mask, root_world, root_ok, pseudo_world, pseudo_ok); nothing here reads
 `joints_3d`, so every stage is label-free and may run on any test sequence.
 
@@ -29,13 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 from torch import nn
 
 from rigpose.geometry import CameraArrays, project_camera, triangulate
 from rigpose.model.losses import huber, to_camera
+from rigpose.model.objective import LossWeights, lift_views, loss_terms, total_loss
 from rigpose.skeleton import Skeleton
-from rigpose.train.step import LossWeights, lift_views, loss_terms, total_loss
 
 Batch = Mapping[str, torch.Tensor]
 WEIGHTINGS = ("confidence", "uniform")
@@ -97,7 +98,7 @@ def _check_batch(batch: Batch, keys: tuple[str, ...], where: str) -> tuple[int, 
         raise TypeError(f"{where}: batch must be a mapping of tensors, got {type(batch).__name__}")
     missing = [k for k in keys if k not in batch]
     if missing:
-        raise ValueError(f"{where}: batch lacks {missing} (build it with rigpose.model.batch.prepare_arrays)")
+        raise ValueError(f"{where}: batch lacks {missing} (build it with rigpose.model.inputs.prepare_arrays)")
     w = batch["w"]
     if w.ndim != 3:
         raise ValueError(f"{where}: batch['w'] must be [B, V, J], got {tuple(w.shape)}")
@@ -452,3 +453,15 @@ def lift_multiview(model: nn.Module, batch: Batch, skeleton: Skeleton, config: M
         return poses
     return refine(poses, batch, skeleton, steps=config.refine_steps, prior_weight=config.prior_weight,
                   bone_weight=config.bone_weight, symmetry_weight=config.symmetry_weight, groups=groups)
+
+
+@torch.no_grad()
+def lift_single(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Every view lifted alone: (rel [B, V, J, 3] root-relative camera-frame metres, root [B, V, 3]); NaN for
+    views with no 2D keypoint (or padding)."""
+    model.eval()
+    out = lift_views(model, batch["xy"], batch["w"])
+    ok = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).cpu().numpy()
+    rel = np.where(ok[..., None, None], out.rel.cpu().double().numpy(), np.nan)
+    root = np.where(ok[..., None], out.root.cpu().double().numpy(), np.nan)
+    return rel, root

@@ -150,3 +150,10 @@ def num_parameters(model: nn.Module) -> int:
 def dropout_schedule(step: int, num_steps: int, *, start: float, switch_at: float = 0.5) -> float:
     """The report's trick: dropout `start` for the first `switch_at` fraction of training, then 0."""
     return start if step < math.floor(switch_at * num_steps) else 0.0
+
+
+def lift_views(model: Lifter | torch.nn.Module, xy_BVJ2: torch.Tensor, w_BVJ: torch.Tensor) -> LiftOutput:
+    """Lift every view of every frame: the lifter on [B*V] rows, reshaped back to [B, V, ...]."""
+    B, V, J, _ = xy_BVJ2.shape
+    out = model(xy_BVJ2.reshape(B * V, J, 2), w_BVJ.reshape(B * V, J))
+    return LiftOutput(*(x.reshape(B, V, *x.shape[1:]) for x in out))

@@ -5,7 +5,7 @@ batches. Every rank runs the same number of steps per epoch only if its shard ha
 Ray Data's `streaming_split(equal=True)` guarantees that.
 
 Validation reports the label-free held-out-view reprojection error and, where the validation batches carry
-`joints_3d` (evaluation only, never a loss input), single-view MPJPE / PA-MPJPE with `rigpose.evaluate`'s
+`joints_3d` (evaluation only, never a loss input), single-view MPJPE / PA-MPJPE with `rigpose.metrics`'s
 definitions. Shape letters: B frames, V views, J joints.
 """
 
@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from rigpose.evaluate import MM_PER_M
 from rigpose.geometry import procrustes_align
+from rigpose.metrics import MM_PER_M
 from rigpose.model.lifter import Lifter, dropout_schedule
 from rigpose.model.losses import cross_view_reprojection, to_camera
+from rigpose.model.objective import LossWeights, batch_cameras, lift_views, loss_terms, total_loss
 from rigpose.skeleton import Skeleton
-from rigpose.train.step import LossWeights, batch_cameras, lift_views, loss_terms, total_loss
 
 Batch = dict[str, torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -58,7 +58,7 @@ VAL_METRICS = ("reprojection_px", "mpjpe_mm", "pa_mpjpe_mm")
 def _pose_error_sums(pred_PJ3: torch.Tensor, gt_PJ3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over poses of the per-pose mean joint error in mm, number of poses) of pred vs gt [..., J, 3] metres.
 
-    `rigpose.evaluate.mpjpe`'s rules: joints NaN in either input are ignored, a pose with none left is not counted.
+    `rigpose.metrics.mpjpe`'s rules: joints NaN in either input are ignored, a pose with none left is not counted.
     """
     d = (pred_PJ3 - gt_PJ3).norm(dim=-1)  # [..., J], NaN where either is NaN
     ok = d.isfinite()
@@ -71,7 +71,7 @@ def single_view_3d_sums(rel_BVJ3: torch.Tensor, view_ok_BV: torch.Tensor, batch:
                         root_joints: Sequence[int]) -> torch.Tensor:
     """[mpjpe sum, poses, pa_mpjpe sum, poses] (mm, float64) of every view's lift against the 3D labels.
 
-    The definitions of `rigpose.evaluate_run`'s "single" section, in torch: each view's root-relative lift vs the
+    The definitions of `rigpose.inference.evaluate`'s "single" section, in torch: each view's root-relative lift vs the
     labels brought into that view's camera frame and made relative to their root (the mean of `root_joints`); a
     pose is one (frame, view), views without 2D or padding (`view_ok_BV` 0) do not count, nor do joints outside
     `joints_3d_ok` [B, J] (when the batch has it) or non-finite; PA-MPJPE after a per-pose similarity alignment,
@@ -88,7 +88,7 @@ def single_view_3d_sums(rel_BVJ3: torch.Tensor, view_ok_BV: torch.Tensor, batch:
     pred = torch.where(view_ok_BV[..., None, None] > 0, rel_BVJ3.to(f64), torch.nan)
     mpjpe = _pose_error_sums(pred, gt)
     usable = pred.isfinite().all(-1) & gt.isfinite().all(-1)  # [B, V, J]
-    fit = usable.sum(-1) >= 3  # a similarity needs three points (as rigpose.evaluate.pa_mpjpe)
+    fit = usable.sum(-1) >= 3  # a similarity needs three points (as rigpose.metrics.pa_mpjpe)
     P, Q, M = pred[fit], gt[fit], usable[fit][..., None]
     aligned, *_ = procrustes_align(torch.where(M, P, torch.nan), torch.where(M, Q, torch.nan))
     pa = _pose_error_sums(aligned, Q)

@@ -2,8 +2,8 @@
 
 `start_tracking` runs before `fit()` (creates or finds the run, logs params and lineage tags; never fails the job);
 `publish` runs after it: evaluation JSON on the eval split, the job file, the dataset manifest, the metric history,
-PNG pictures (`rigpose.plots`), then the pyfunc model registered as a new version with alias `candidate`
-(`rigpose.registry.register`, retried with backoff; a registry that cannot be reached fails the job).
+PNG pictures (`rigpose.inference.plots`), then the pyfunc model registered as a new version with alias `candidate`
+(`rigpose.tracking.registry.register`, retried with backoff; a registry that cannot be reached fails the job).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 from rigpose.config import TrainJob
 from rigpose.data.store import Dataset
-from rigpose.tracking import (
+from rigpose.tracking.runs import (
     RunLogger,
     RunSpec,
     TrackingTarget,
@@ -58,17 +58,17 @@ def _where(target: TrackingTarget) -> str:
 
 
 def _example(ds: Dataset, split: str, n: int = 2) -> Any:
-    from rigpose.predict import iter_frames
-    from rigpose.registry import example_input
+    from rigpose.inference.lift import iter_frames
+    from rigpose.tracking.pyfunc import example_input
 
     frames = next(iter_frames(ds, split=split, batch_size=n, max_rows=n))
     return example_input(frames.keypoints, frames.scores, frames.cameras, frames.view_mask)
 
 
 def _pictures(model_file: str, ds: Dataset, split: str, max_rows: int) -> dict[str, bytes]:
-    from rigpose.plots import run_figures
-    from rigpose.predict import iter_frames
-    from rigpose.train.checkpoint import load_lifter
+    from rigpose.inference.lift import iter_frames
+    from rigpose.inference.plots import run_figures
+    from rigpose.model.checkpoint import load_lifter
 
     model, skeleton, _ = load_lifter(model_file)
     frames = next(iter_frames(ds, split=split, batch_size=min(max_rows, 512), max_rows=min(max_rows, 512),
@@ -79,8 +79,8 @@ def _pictures(model_file: str, ds: Dataset, split: str, max_rows: int) -> dict[s
 def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, model_file: str,
             history: list[dict[str, Any]], manifest_sha256: str) -> dict[str, Any]:
     """Evaluation + artifacts + registration; returns {"run_id", "evaluation", "registered" (or None), "uri", "ui"}."""
-    from rigpose.evaluate import evaluate
-    from rigpose.registry import metric_tags, register
+    from rigpose.inference.evaluate import evaluate
+    from rigpose.tracking.registry import metric_tags, register
 
     logger.run_id = logger.run_id or read_run_id(run_dir, logger.spec.target)  # a worker may have created it
     split = job.tracking.eval_split or job.data.val_split or job.data.train_split

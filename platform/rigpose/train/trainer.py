@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from rigpose.cluster.connect import init_ray
 from rigpose.config import TrainJob
 from rigpose.data.pipeline import build_datasets, check_rig_ids
 from rigpose.data.store import Dataset
+from rigpose.model.checkpoint import MODEL_FILE, save_lifter
 from rigpose.model.lifter import Lifter
 from rigpose.storage import url_to_fs, write_bytes_atomic
-from rigpose.train.checkpoint import MODEL_FILE, save_lifter
 from rigpose.train.worker import STATE_FILE, lifter_config, load_state, train_func
 
-__all__ = ["STATE_FILE", "init_ray", "manifest_sha256", "storage_root", "train"]
+__all__ = ["STATE_FILE", "manifest_sha256", "storage_root", "train"]
 
 RUN_FILE = "run.json"
 
@@ -50,23 +50,6 @@ def storage_root(output_dir: str) -> str:
     return str(Path(output_dir.removeprefix("file://")).expanduser().resolve())
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to `address` or $RAY_ADDRESS (set inside `ray job submit`), else start a local Ray (with its
-    dashboard, which also serves the state API that Ray Train's placement-group cleaner polls).
-
-    The local Ray oversubscribes logical CPUs (max(4, cores)): on a 2-core machine, 2 workers plus Ray Data's
-    tasks would otherwise wait forever for resources.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True,
-                 log_to_driver=True, configure_logging=False)
 
 
 def _run_record(job: TrainJob, sha: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ module only wires it to Ray Train:
 - on (re)start, `ray.train.get_checkpoint()` restores model, optimizer, scheduler, epoch, step and history;
 - every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8).
 
-Tracking (rank 0 only): with `config["tracking"]` (a `rigpose.tracking.RunSpec`), every epoch's metrics go to the
+Tracking (rank 0 only): with `config["tracking"]` (a `rigpose.tracking.runs.RunSpec`), every epoch's metrics go to the
 MLflow run of this training run (`RunLogger`: never fails training, queues while the server is down).
 
 Checkpoint = a folder holding `STATE_FILE`: a torch.save dict {model, optimizer, scheduler, epoch (0-based, last
@@ -29,9 +29,9 @@ import torch
 
 from rigpose.config import TrainJob
 from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.model.objective import LossWeights
 from rigpose.skeleton import Skeleton, get_skeleton
 from rigpose.train.loop import Batch, EpochResult, fit
-from rigpose.train.step import LossWeights
 
 STATE_FILE = "state.pt"
 
@@ -103,7 +103,7 @@ def train_func(config: dict[str, Any]) -> None:
         say(f"run {job.run.name!r} has already trained {start_epoch} epochs: nothing to do")
     tracker = None
     if rank == 0 and config.get("tracking") is not None:
-        from rigpose.tracking import RunLogger
+        from rigpose.tracking.runs import RunLogger
 
         tracker = RunLogger(config["tracking"], warn=say)
         tracker.flush()  # connect now (sqlite schema check, HTTP session): start-up time, not the first epoch's

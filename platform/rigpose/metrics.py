@@ -9,12 +9,10 @@ The label-free metric (`heldout_view_errors`) needs no 3D labels: lift from view
 triangulated from the *other* views' 2D (never s's own), project into those other views and compare with their
 2D. Unlike the training loss it never lets view s's 2D decide where its own lift sits.
 
-`evaluate(...)` (the whole-dataset evaluator) lives in `rigpose.evaluate_run`; it is re-exported here.
+`evaluate(...)` (the whole-dataset evaluator) lives in `rigpose.inference.evaluate`; it is re-exported here.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -154,10 +152,3 @@ def reprojection_errors(X_world_BJ3: np.ndarray, kp_BJ2: np.ndarray, w_BJ: np.nd
         pix = g.project_camera(Xc, np.asarray(cam.K, np.float64), np.asarray(cam.dist, np.float64))
     err = np.linalg.norm(pix - np.asarray(kp_BJ2, np.float64), axis=-1)
     return np.where((np.asarray(w_BJ) > 0) & (Xc[..., 2] > 0), err, np.nan)
-
-
-def evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate a saved lifter on a dataset split; see `rigpose.evaluate_run.evaluate`."""
-    from rigpose.evaluate_run import evaluate as run
-
-    return run(*args, **kwargs)

@@ -1,12 +1,13 @@
 """Batch inference on Ray Data: a registered (or saved) lifter over a dataset split, predictions to one Parquet file.
 
-`lift_dataset_ray(...)` writes the same file as `rigpose.predict.lift_dataset` (columns, schema metadata, one file
+`lift_dataset_ray(...)` writes the same file as `rigpose.inference.lift.lift_dataset` (columns, schema metadata, one
+file
 published all at once, nothing left at `out_url` on failure), but the work is spread over a Ray cluster:
 
     read_parquet(the split's shards, from the manifest; local or s3://; never the joints_3d column)
       -> map_batches(LiftBatches, actor pool of `concurrency`): each actor loads the model ONCE (MLflow registry
-         URI via `rigpose.registry.load_pyfunc_lifter`, or a local model file) and turns every Arrow batch into
-         `Frames` and then into prediction rows (`rigpose.predict.lift_frames`, the in-process path's own code)
+         URI via `rigpose.tracking.registry.load_pyfunc_lifter`, or a local model file) and turns every Arrow batch into
+         `Frames` and then into prediction rows (`rigpose.inference.lift.lift_frames`, the in-process path's own code)
       -> the driver streams the prediction blocks into one ParquetWriter.
 
 Registry URIs: `models:/NAME@ALIAS` is pinned to the version the alias points at when the run starts (every actor
@@ -24,6 +25,7 @@ lifts and fusion. Refinement and adaptation work per batch, so they depend on ho
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +33,17 @@ import pyarrow as pa
 import torch
 
 from rigpose.data.schema import ARROW_SCHEMA, EVAL_ONLY_COLUMNS, frames_from_table
-from rigpose.model.lifter import Lifter
-from rigpose.predict import (
+from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
     MULTI_MODES,
-    _published_parquet,
     adapt_steps_for,
     lift_frames,
     open_dataset,
     output_schema,
+    published_parquet,
 )
-from rigpose.registry import is_model_uri
-from rigpose.skeleton import Skeleton
+from rigpose.inference.models import load_model
+from rigpose.tracking.registry import absolute_mlflow_uri, is_model_uri, pin_model_uri
 
 #: Columns the lifter's batches are read with: every column but the 3D labels.
 READ_COLUMNS = tuple(f.name for f in ARROW_SCHEMA if f.name not in EVAL_ONLY_COLUMNS)
@@ -51,58 +52,15 @@ READ_COLUMNS = tuple(f.name for f in ARROW_SCHEMA if f.name not in EVAL_ONLY_COL
 BLOCK_BYTES = 16 * 2**20
 
 
-def absolute_mlflow_uri(uri: str) -> str:
-    """`uri` with a relative sqlite path made absolute (a Ray worker resolves it in another folder)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
-    return uri
 
 
-def pin_model_uri(uri: str, *, tracking_uri: str | None = None, registry_uri: str | None = None) -> str:
-    """`models:/NAME@ALIAS` as `models:/NAME/VERSION` (the version the alias points at now); other URIs as they are.
-
-    ValueError naming `uri` when the registry has no such model or alias.
-    """
-    if not uri.startswith("models:/") or "@" not in uri:
-        return uri
-    from mlflow.tracking import MlflowClient
-
-    from rigpose.tracking import first_line
-
-    name, _, alias = uri.removeprefix("models:/").rpartition("@")
-    if not name or not alias or "/" in alias:
-        raise ValueError(f"{uri}: not a model URI of the form models:/NAME@ALIAS")
-    try:
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
-        version = client.get_model_version_by_alias(name, alias).version
-    except Exception as e:  # no such model or alias, registry unreachable
-        raise ValueError(f"{uri}: cannot resolve the alias ({first_line(e)})") from None
-    return f"models:/{name}/{version}"
 
 
-def load_model(model: str, *, tracking_uri: str | None = None, registry_uri: str | None = None
-               ) -> tuple[Lifter, Skeleton, dict[str, Any]]:
-    """(lifter in eval mode, skeleton, meta) from an MLflow model URI (models:/..., runs:/...) or a model file.
-
-    `tracking_uri` / `registry_uri`: where a registry URI is resolved (MLflow's current URIs when None).
-    """
-    if not is_model_uri(model):
-        from rigpose.train.checkpoint import load_lifter
-
-        return load_lifter(model)
-    from rigpose.registry import load_pyfunc_lifter
-    from rigpose.tracking import mlflow_uri
-
-    with mlflow_uri(tracking_uri, registry_uri):
-        inner = load_pyfunc_lifter(model)
-    inner.model.eval()
-    return inner.model, inner.skeleton, dict(inner.meta)
 
 
 class LiftBatches:
     """Ray Data `map_batches` callable: one per actor, the model loaded once in `__init__`; Arrow rows of the
-    dataset (without joints_3d) in, prediction rows of `mode` out (`rigpose.predict.lift_frames`)."""
+    dataset (without joints_3d) in, prediction rows of `mode` out (`rigpose.inference.lift.lift_frames`)."""
 
     def __init__(self, model: str, *, mode: str, multi_mode: str, adapt_steps: int, num_joints: int,
                  num_views: int, num_threads: int, tracking_uri: str | None = None,
@@ -118,31 +76,20 @@ class LiftBatches:
                            adapt_steps=self.adapt_steps)
 
 
-def default_concurrency() -> int:
-    """Actors when none are asked for: one per CPU of the Ray cluster but one (left for reading; all of them on 1-2
-    CPUs), counting at most this machine's cores when the cluster is this machine alone (a local Ray
-    oversubscribes logical CPUs, see `init_ray`)."""
-    import os
-
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    local = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {ray.util.get_node_ip_address()}
-    if local:
-        cpus = min(cpus, os.cpu_count() or 1)
-    return max(1, cpus - 1) if cpus > 2 else cpus
 
 
 def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
                      multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                      max_rows: int | None = None, concurrency: int | None = None, num_threads: int = 1,
-                     ray_address: str | None = None) -> dict[str, Any]:
+                     connect: Callable[[], None] | None = None) -> dict[str, Any]:
     """Lift `split` of the dataset at `data_url` with `model_uri` on Ray Data; write Parquet to `out_url`.
 
     `model_uri`: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a local model file / run folder.
     `concurrency`: actors (each holds one model and uses `num_threads` torch threads); default
-    `default_concurrency()`. `ray_address`: the cluster (default $RAY_ADDRESS, else a new local Ray).
-    Modes and the file: as `rigpose.predict.lift_dataset`. Returns {"out", "rows", "frames", "model" (the pinned
+    `default_concurrency()`. `connect`: called once the model and dataset have been checked (so bad input fails
+    before Ray starts), to connect Ray (the CLI passes `rigpose.cluster.connect.init_ray`); without it, Ray must
+    already be connected.
+    Modes and the file: as `rigpose.inference.lift.lift_dataset`. Returns {"out", "rows", "frames", "model" (the pinned
     URI or the path), "concurrency"}.
     """
     if mode not in ("single", "multi"):
@@ -158,7 +105,8 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     if is_model_uri(model_uri):
         import mlflow
 
-        # this process's MLflow URIs, passed on explicitly (never set process-wide: see rigpose.tracking.mlflow_uri)
+        # this process's MLflow URIs, passed on explicitly (never set process-wide: see
+        # rigpose.tracking.runs.mlflow_uri)
         tracking_uri = absolute_mlflow_uri(mlflow.get_tracking_uri())
         registry_uri = absolute_mlflow_uri(mlflow.get_registry_uri())
     model = pin_model_uri(model_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
@@ -171,16 +119,19 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     frames = ds.manifest.splits()[split]["rows"]
     frames = min(frames, max_rows) if max_rows is not None else frames
 
-    from rigpose.train.trainer import init_ray
+    import ray
 
-    init_ray(ray_address)
+    if connect is not None:
+        connect()
+    if not ray.is_initialized():
+        raise RuntimeError("lift_dataset_ray needs a connected Ray: call rigpose.cluster.connect.init_ray first")
     concurrency = concurrency or default_concurrency()
     rd = _predictions(ds, split, model, mode=mode, multi_mode=multi_mode, adapt_steps=adapt_steps,
                       batch_size=batch_size, max_rows=max_rows, concurrency=concurrency, num_threads=num_threads,
                       tracking_uri=tracking_uri, registry_uri=registry_uri)
     plain = pa.schema(list(schema))  # the writer's schema without the file metadata, which the writer adds
     rows = 0
-    with _published_parquet(out_url, schema) as writer:
+    with published_parquet(out_url, schema) as writer:
         for table in rd.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.write_table(table.cast(plain))
             rows += table.num_rows
@@ -212,3 +163,18 @@ def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_mode: str,
     rd.context.execution_options.preserve_order = True  # the first max_rows rows; the in-process path's order
     rd.context.target_max_block_size = BLOCK_BYTES
     return rd
+
+
+def default_concurrency() -> int:
+    """Actors when none are asked for: one per CPU of the Ray cluster but one (left for reading; all of them on 1-2
+    CPUs), counting at most this machine's cores when the cluster is this machine alone (a local Ray
+    oversubscribes logical CPUs, see `init_ray`)."""
+    import os
+
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    local = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {ray.util.get_node_ip_address()}
+    if local:
+        cpus = min(cpus, os.cpu_count() or 1)
+    return max(1, cpus - 1) if cpus > 2 else cpus

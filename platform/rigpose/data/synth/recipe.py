@@ -1,7 +1,7 @@
 """The synthetic-dataset recipe (datasets/recipes/*.yaml): typed, strict, loaded with `yaml.safe_load`.
 
 Unknown keys fail naming their path (`noise.pixel_sd: unknown key`); bad values name their field. The builder
-is rigpose.data.synth.
+is rigpose.data.synth.build.
 
 Recipe format (every key optional except `rigs`; defaults in brackets):
 
@@ -10,7 +10,7 @@ Recipe format (every key optional except `rigs`; defaults in brackets):
     frames: 30000                    # [none] total frames: cycle clips x placements until reached (the last
                                      #   sequence is cut short); none = `placement.per_clip` placements per clip
     motion:
-      source: deepmimic              # pybullet's DeepMimic clips (rigpose.data.motion; needs the mocap extra)
+      source: deepmimic              # pybullet's DeepMimic clips (rigpose.data.synth.mocap; needs the mocap extra)
       clips: all                     # [all] or a list of names (walk, run, jump, ...)
       exclude: []                    # [] clip names left out of `all`
       fps: 30                        # [30] resample to this rate
@@ -30,7 +30,7 @@ Recipe format (every key optional except `rigs`; defaults in brackets):
       per_clip: 4                    # [1] placements per clip when `frames` is not given
     rigs: [datasets/rigs/h36m-s1.json]   # rig files (relative to the working directory, the recipe's folder or
                                      #   one above it, or the repository); placements are spread round-robin
-    noise:                           # the detector model, see rigpose.data.noise (all [0]: exact projections)
+    noise:                           # the detector model, see rigpose.data.synth.detector (all [0]: exact projections)
       pixel_std: 5                   # px per coordinate
       outlier_rate: 0.02             # per joint; moved by a distance uniform in outlier_px [[20, 100]]
       swap_rate: 0.01                # per frame, view and limb: left/right limb swapped
@@ -56,7 +56,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rigpose.data.noise import DetectorNoise
+from rigpose.data.synth.detector import DetectorNoise
 
 _SPLIT_NAME = r"^[A-Za-z0-9_.-]+$"
 

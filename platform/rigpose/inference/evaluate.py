@@ -1,6 +1,6 @@
 """Evaluate a saved lifter on a dataset split in bounded-memory batches: single-view, multi-view and DLT baselines.
 
-What is measured (metric functions in `rigpose.evaluate`; 3D metrics only where the rows carry `joints_3d`, which
+What is measured (metric functions in `rigpose.metrics`; 3D metrics only where the rows carry `joints_3d`, which
 is read for metrics and nothing else: the model, the fusion and the baselines see a batch built without it):
 
 - "single": every view lifted alone; root-relative, in that camera's frame: mpjpe_mm, pa_mpjpe_mm, n_mpjpe_mm,
@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rigpose import evaluate as ev
 from rigpose import geometry as g
+from rigpose import metrics as ev
 from rigpose.data.schema import Frames
-from rigpose.model.lifter import Lifter
-from rigpose.predict import (
+from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
     adapt_steps_for,
     adapted,
@@ -46,6 +45,7 @@ from rigpose.predict import (
     open_inputs,
     sequence_groups,
 )
+from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton
 from rigpose.storage import url_to_fs, write_bytes_atomic
 

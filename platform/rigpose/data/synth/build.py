@@ -4,7 +4,7 @@
 (datasets/recipes/*.yaml, read with `yaml.safe_load` into `Recipe`; unknown keys fail naming their path).
 The same recipe and seed give byte-identical arrays. `joints_3d` (world metres) is written for evaluation only.
 
-The recipe format is documented in rigpose.data.synth_recipe.
+The recipe format is documented in rigpose.data.synth.recipe.
 
 A placement is one clip, one subject, one rig, one heading and one floor position: the clip's bones are scaled
 (root height with the legs, so feet stay on the floor), it is turned about the vertical through its mean root
@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from rigpose.data import synth_motion as sm
-from rigpose.data.noise import detect
 from rigpose.data.schema import Frames, frames_for_rig
 from rigpose.data.store import DatasetWriter, Manifest
-from rigpose.data.synth_recipe import ProceduralMotion, Recipe, load_recipe, parse_recipe
+from rigpose.data.synth import motion_bank as sm
+from rigpose.data.synth.detector import detect
+from rigpose.data.synth.recipe import ProceduralMotion, Recipe, load_recipe, parse_recipe
 from rigpose.geometry import distort, normalized_to_pixels
 from rigpose.rig import Rig, load_rig
 
@@ -47,7 +47,7 @@ __all__ = ["Plan", "Recipe", "Synthesis", "build_dataset", "load_recipe", "load_
 
 BATCH_ROWS = 8192  # frames generated and handed to the writer at once (bounded memory; fixed, part of the seed)
 GOLDEN = (math.sqrt(5) - 1) / 2
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 # Random streams: numpy.random.default_rng([seed, stream, ...]).
 _SUBJECTS, _PLACEMENTS, _SPLITS, _NOISE = 1, 2, 3, 4
 
@@ -83,7 +83,7 @@ def motion_bank(recipe: Recipe) -> sm.MotionBank:
     if isinstance(m, ProceduralMotion):
         num_frames = max(2, round(m.seconds * m.fps))
         return sm.procedural_bank(recipe.seed, num_sequences=m.num_sequences, num_frames=num_frames, fps=m.fps)
-    from rigpose.data.motion import list_clips
+    from rigpose.data.synth.mocap import list_clips
 
     known = list_clips()
     names = known if m.clips == "all" else list(m.clips)
@@ -349,7 +349,7 @@ def build_dataset(recipe: Recipe | str | os.PathLike[str], out: str, *, progress
     else:
         raise TypeError(f"recipe: expected a Recipe or a path, got {type(recipe).__name__}")
     synth = Synthesis.from_recipe(recipe, base_dir=base_dir)
-    command = command or f"rigpose.data.synth.build_dataset({shlex.quote(source)}, {shlex.quote(str(out))})"
+    command = command or f"rigpose.data.synth.build.build_dataset({shlex.quote(source)}, {shlex.quote(str(out))})"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with (
         DatasetWriter(out, skeleton=sm.SKELETON, command=command, recipe=recipe.model_dump(mode="json"),

@@ -2,7 +2,7 @@
 
 H36M and HumanEva-I come from their published calibrations; `studio-8` is a synthetic 8-camera studio.
 
-Regenerate with ``python -m rigpose.rigs_builtin --out datasets/rigs [--shared ../shared/data]``.
+Regenerate with ``python -m rigpose.data.synth.rigs_builtin --out datasets/rigs [--shared ../shared/data]``.
 
 Published calibrations (``h36m_cameras.json``, ``humaneva_cameras.json``, copied from VideoPose3D): per camera,
 ``orientation`` is a unit quaternion (w, x, y, z) rotating camera -> world, ``translation`` the camera centre C in
@@ -31,7 +31,7 @@ import numpy as np
 from rigpose import geometry as g
 from rigpose.rig import Camera, Rig, RigError, rotation_from_rodrigues, save_rig, validate_rig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 DEFAULT_SHARED = REPO_ROOT.parent / "shared" / "data"
 CAPTURE_CENTER = np.array([0.0, 0.0, 1.0])  # metres, world z up (see the module docstring)
 SIGNIFICANT_DIGITS = 12
@@ -138,7 +138,8 @@ def write_rigs(rigs: Sequence[Rig], out: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: regenerate the shipped rig files."""
-    parser = argparse.ArgumentParser(prog="python -m rigpose.rigs_builtin", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rigpose.data.synth.rigs_builtin",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. datasets/rigs")
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
                         help=f"folder holding h36m_cameras.json and humaneva_cameras.json (default {DEFAULT_SHARED})")

@@ -6,7 +6,7 @@
   its id kept in the run folder (`mlflow.json`), so retries and resumes log into the same run. Every call is a
   quick attempt (no HTTP retries, short timeout); when the tracking server is unreachable the logger warns once,
   queues what it could not send (bounded) and sends it on a later call once the server is back. Training never
-  fails because of tracking; registration (rigpose.registry) is the one step that must succeed.
+  fails because of tracking; registration (rigpose.tracking.registry) is the one step that must succeed.
 - `scrub(...)`: credentials never reach params, tags, artifacts or logs: values of the credential environment
   variables are replaced by `***`, and so is the password part of URLs (`scheme://user:pass@host`).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,31 +25,15 @@ from typing import Any
 
 from rigpose.config import TrainJob, flatten
 from rigpose.storage import url_to_fs, write_bytes_atomic
+from rigpose.tracking.secrets import scrub, secret_values
 
 RUN_ID_FILE = "mlflow.json"
-#: environment variables whose values are secrets: never logged anywhere
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
-              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD",
-              "MLFLOW_FLASK_SERVER_SECRET_KEY", "RAY_AUTH_TOKEN", "AZURE_STORAGE_ACCESS_KEY",
-              "AZURE_STORAGE_CONNECTION_STRING", "GOOGLE_APPLICATION_CREDENTIALS")
 MAX_PENDING_METRICS = 100_000
-_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]+)@")
 Warn = Callable[[str], None]
 
 
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
-    """The values of the credential variables set in `environ` (default os.environ), longest first."""
-    environ = dict(os.environ) if environ is None else environ
-    values = {environ[k] for k in SECRET_ENV if len(environ.get(k, "")) >= 4}
-    return sorted(values, key=len, reverse=True)
 
 
-def scrub(text: str, secrets: list[str] | None = None) -> str:
-    """`text` with URL passwords and the credential variables' values replaced by `***`."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    for s in secret_values() if secrets is None else secrets:
-        text = text.replace(s, "***")
-    return text
 
 
 def git_commit(repo: Path | None = None) -> str:
@@ -58,7 +41,7 @@ def git_commit(repo: Path | None = None) -> str:
     of the checkout holding this package, else "unknown" (e.g. inside a Ray job's uploaded copy)."""
     if os.environ.get("RIGPOSE_GIT_COMMIT"):
         return os.environ["RIGPOSE_GIT_COMMIT"]
-    repo = repo or Path(__file__).resolve().parents[2]
+    repo = repo or Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from rigpose.ui import fail
+from rigpose.cli.ui import fail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -21,7 +21,7 @@ UriOpt = Annotated[str | None, typer.Option(
 def tracking_uri(uri: str | None) -> str:
     """The registry to talk to: `uri`, $MLFLOW_TRACKING_URI, or the embedded default of `rigpose train`."""
     from rigpose.config import TrainJob
-    from rigpose.tracking import resolve_target
+    from rigpose.tracking.runs import resolve_target
 
     if uri:
         return uri
@@ -47,8 +47,8 @@ def list_command(
     """Versions of a registered model, newest first: aliases, key metrics and lineage (dataset, rigs, run)."""
     from rich.table import Table
 
-    from rigpose.registry import list_versions
-    from rigpose.ui import console
+    from rigpose.cli.ui import console
+    from rigpose.tracking.registry import list_versions
 
     try:
         versions = list_versions(name, uri=tracking_uri(uri))
@@ -77,7 +77,7 @@ def promote_command(
     uri: UriOpt = None,
 ) -> None:
     """Point an alias (default @champion) at a version: `models:/NAME@champion` then loads that version."""
-    from rigpose.registry import promote
+    from rigpose.tracking.registry import promote
 
     try:
         promote(name, version, alias, uri=tracking_uri(uri))
@@ -96,8 +96,8 @@ def export_command(
 
     The ONNX graph is the network alone: undistort the 2D and multiply by K^-1 first (the pyfunc does this itself).
     """
-    from rigpose.export import export_onnx
-    from rigpose.registry import load_pyfunc_lifter
+    from rigpose.inference.export import export_onnx
+    from rigpose.tracking.registry import load_pyfunc_lifter
 
     try:
         name, which = split_ref(ref)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from rigpose import __version__
-from rigpose.ui import fail as _fail
+from rigpose.cli.ui import fail as _fail
 
 app = typer.Typer(
     name="rigpose",
@@ -23,8 +23,10 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-apps are imported here, not at module top, so that `rigpose --help` stays quick.
-    from rigpose import eval_cli, models_cli, rig_cli
-    from rigpose.data import cli as data_cli
+    from rigpose.cli import datasets as data_cli
+    from rigpose.cli import evaluate as eval_cli
+    from rigpose.cli import models as models_cli
+    from rigpose.cli import rig as rig_cli
 
     app.add_typer(rig_cli.app, name="rig", help="Camera rigs: validate, show, import calibrations.")
     app.add_typer(data_cli.app, name="datasets", help="Datasets: build, ingest, validate, describe.")
@@ -47,7 +49,7 @@ def demo(
     output_dir: Path = typer.Option(Path("outputs"), help="Where the demo dataset and run are written."),
 ) -> None:
     """Run the main job end to end: rig check, build the demo dataset, train from 2D only, evaluate."""
-    from rigpose.demo import run_demo
+    from rigpose.cli.demo import run_demo
 
     raise typer.Exit(run_demo(seed=seed, noise_px=noise_px, epochs=epochs, train=not rigs_only,
                               output_dir=output_dir))
@@ -100,8 +102,8 @@ def submit(
     runs `python -m rigpose train JOB_FILE --set ...` there. Exits 0 when the job ends SUCCEEDED. A cluster with
     Ray token auth needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here.
     """
-    from rigpose import submit as sub_mod
-    from rigpose.ui import console
+    from rigpose.cli.ui import console
+    from rigpose.cluster import submit as sub_mod
 
     addr = address or sub_mod.default_address()
     try:
@@ -137,7 +139,7 @@ def submit(
 def _print_history(history: list[dict]) -> None:
     from rich.table import Table
 
-    from rigpose.ui import console
+    from rigpose.cli.ui import console
 
     table = Table(title="training")
     cols = ["epoch", "train/loss", "train/cross_view", "train/supervised_3d", "val/reprojection_px", "lr",

@@ -23,10 +23,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rigpose import evaluate as ev
 from rigpose import geometry as g
+from rigpose import metrics as ev
 from rigpose.data.schema import Frames
-from rigpose.predict import lift_single, model_batch
+from rigpose.inference.lift import lift_single, model_batch
 from rigpose.skeleton import Skeleton
 
 DPI = 100
@@ -249,7 +249,7 @@ class LifterErrors:
 
     joint_error [J]: single-view MPJPE per joint, mm (root-relative, each view's camera frame) when the frames
     carry 3D labels, else the held-out-view reprojection error per joint, px; joint_count [J]: values averaged.
-    camera_labels [C] "<rig_id>/<camera>" (sorted, as `rigpose.evaluate_run` keys them); camera_px [C]: held-out-
+    camera_labels [C] "<rig_id>/<camera>" (sorted, as `rigpose.inference.evaluate` keys them); camera_px [C]: held-out-
     view reprojection error of each source camera's lifts, px; camera_mm [C]: single-view MPJPE (mean over poses
     of the per-pose mean), mm, or None without 3D labels. Both per-camera numbers match `evaluate_run.evaluate`'s
     "single" per_camera `heldout_px` / `mpjpe_mm` on the same frames.
@@ -359,7 +359,7 @@ def lifter_errors(model: torch.nn.Module, frames: Frames, skeleton: Skeleton, *,
                   max_frames: int = 512) -> LifterErrors:
     """The per-joint and per-camera errors of `model` on at most `max_frames` rows of `frames` (see `LifterErrors`).
 
-    The model sees 2D only (`rigpose.predict.model_batch`); `frames.joints_3d` (world metres) is read for the
+    The model sees 2D only (`rigpose.inference.lift.model_batch`); `frames.joints_3d` (world metres) is read for the
     metrics alone. The model's train/eval mode is left as it was.
     """
     _check_run(frames, skeleton, max_frames)

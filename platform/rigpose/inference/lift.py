@@ -27,34 +27,27 @@ mode "multi" (one row per frame):
 | joints_world     | list<float32> [J*3] | fused absolute world pose; null where the root cannot be triangulated     |
 
 The file's schema metadata holds `rigpose.skeleton`, `rigpose.joint_names` (JSON), `rigpose.mode`,
-`rigpose.model` and `rigpose.split`. The batch helpers here are shared with `rigpose.evaluate_run`.
+`rigpose.model` and `rigpose.split`. The batch helpers here are shared with `rigpose.inference.evaluate`.
 Shape letters: B frames, V views, J joints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
-from rigpose.data.schema import ARROW_SCHEMA, Frames, frames_from_table
-from rigpose.data.store import Dataset
-from rigpose.model.batch import prepare_arrays
+from rigpose.data.schema import Frames
+from rigpose.data.store import Dataset, iter_frames
+from rigpose.model.checkpoint import load_lifter
+from rigpose.model.fuse import lift_single
+from rigpose.model.inputs import prepare_arrays
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton
-from rigpose.storage import url_to_fs
-from rigpose.train.checkpoint import load_lifter
-from rigpose.train.step import lift_views
+from rigpose.storage import published_parquet
 
 MULTI_MODES = ("fusion", "refinement", "adaptation")
 DEFAULT_BATCH_SIZE = 512
@@ -77,29 +70,6 @@ def open_dataset(data_url: str, skeleton: Skeleton, *, split: str, model: str) -
     return ds
 
 
-def iter_frames(ds: Dataset, *, split: str, batch_size: int, max_rows: int | None = None,
-                with_3d: bool = False) -> Iterator[Frames]:
-    """Blocks of at most `batch_size` rows of `split`, one shard in memory at a time, at most `max_rows` in all.
-
-    `with_3d=False` never reads the `joints_3d` column (prediction); evaluation asks for it for metrics only.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_rows is not None and max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-    columns = None if with_3d else [f.name for f in ARROW_SCHEMA if f.name != "joints_3d"]
-    left = max_rows if max_rows is not None else float("inf")
-    for _, table in ds.iter_tables(columns=columns, splits=split):
-        frames = frames_from_table(table, num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
-                                   with_3d=with_3d)
-        for i in range(0, len(frames), batch_size):
-            n = int(min(batch_size, left, len(frames) - i))
-            if n <= 0:
-                return
-            yield frames.take(slice(i, i + n))
-            left -= n
-        if left <= 0:
-            return
 
 
 def model_batch(frames: Frames, skeleton: Skeleton, *, device: str = "cpu", pseudo_3d: bool = True
@@ -114,16 +84,6 @@ def model_batch(frames: Frames, skeleton: Skeleton, *, device: str = "cpu", pseu
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
-@torch.no_grad()
-def lift_single(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """Every view lifted alone: (rel [B, V, J, 3] root-relative camera-frame metres, root [B, V, 3]); NaN for
-    views with no 2D keypoint (or padding)."""
-    model.eval()
-    out = lift_views(model, batch["xy"], batch["w"])
-    ok = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).cpu().numpy()
-    rel = np.where(ok[..., None, None], out.rel.cpu().double().numpy(), np.nan)
-    root = np.where(ok[..., None], out.root.cpu().double().numpy(), np.nan)
-    return rel, root
 
 
 def adapt_steps_for(multi_mode: str | None, adapt_steps: int) -> int:
@@ -218,28 +178,6 @@ def multi_table(frames: Frames, X_world: np.ndarray, root_ok: np.ndarray, num_vi
     ], schema=MULTI_SCHEMA)
 
 
-@contextlib.contextmanager
-def _published_parquet(out_url: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A ParquetWriter on a temp file that becomes `out_url` only when the block finishes without error."""
-    fs, path = url_to_fs(out_url)
-    if fs.isdir(path):
-        raise ValueError(f"out: {out_url} is a directory; give a file name such as {out_url.rstrip('/')}/lift.parquet")
-    local = isinstance(fs, LocalFileSystem)
-    folder = Path(path).parent if local else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{Path(path).name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            yield writer
-        if local:
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600
-            os.replace(tmp, path)
-        else:
-            fs.put_file(tmp, path)  # one (multipart) upload: the object appears only when it completes
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def output_schema(mode: str, *, skeleton: Skeleton, model: str, split: str) -> pa.Schema:
@@ -256,7 +194,7 @@ def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
                 adapt_steps: int = 0, device: str = "cpu") -> pa.Table:
     """One batch of `frames` lifted: rows of `mode` (see the module docstring), without the file metadata.
 
-    The per-batch body of `lift_dataset`, shared with the Ray Data path (`rigpose.batch_lift`). Adaptation
+    The per-batch body of `lift_dataset`, shared with the Ray Data path (`rigpose.inference.lift_ray`). Adaptation
     (`adapt_steps_for`) fine-tunes a copy of the model on this batch, and refinement groups frames by sequence
     within it, so those two depend on how the frames are batched; single-view lifts and fusion do not.
     """
@@ -290,7 +228,7 @@ def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mo
     adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)  # bad values fail before any output
     rows = frames_read = 0
     schema = output_schema(mode, skeleton=skeleton, model=str(model_path), split=split)
-    with _published_parquet(out_url, schema) as writer:
+    with published_parquet(out_url, schema) as writer:
         for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows):
             table = lift_frames(model, skeleton, frames, mode=mode, multi_mode=multi_mode, adapt_steps=adapt_steps,
                                 device=device)

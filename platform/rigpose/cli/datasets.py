@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from rigpose import ui
+from rigpose.cli import ui
 
 app = typer.Typer(no_args_is_help=True, help="Datasets: build from recipes, ingest real formats, validate, describe.")
 console = ui.console()
@@ -28,7 +28,7 @@ def build(
 ) -> None:
     """Build a synthetic dataset from real motion capture through calibrated rigs, as a recipe describes."""
     from rigpose.data.store import DatasetError
-    from rigpose.data.synth import build_dataset
+    from rigpose.data.synth.build import build_dataset
 
     try:
         manifest = build_dataset(str(recipe), out, progress=progress, replace=replace)
@@ -96,7 +96,7 @@ def describe(
 
 def _register() -> None:
     try:
-        from rigpose.data.ingest_cli import app as ingest_app
+        from rigpose.cli.ingest import app as ingest_app
     except ImportError:  # pragma: no cover - only while the ingest module is being written
         return
     app.add_typer(ingest_app, name="ingest", help="Ingest real formats: npz, h36m, humaneva, coco.")

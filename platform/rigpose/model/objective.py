@@ -14,7 +14,7 @@ import torch
 
 from rigpose.geometry import CameraArrays
 from rigpose.model import losses
-from rigpose.model.lifter import Lifter, LiftOutput
+from rigpose.model.lifter import lift_views
 from rigpose.skeleton import Skeleton
 
 
@@ -32,11 +32,6 @@ class LossWeights:
     hide_joint_prob: float = 0.05  # hide visible joints from the input so the lifter learns to fill them in
 
 
-def lift_views(model: Lifter | torch.nn.Module, xy_BVJ2: torch.Tensor, w_BVJ: torch.Tensor) -> LiftOutput:
-    """Lift every view of every frame: the lifter on [B*V] rows, reshaped back to [B, V, ...]."""
-    B, V, J, _ = xy_BVJ2.shape
-    out = model(xy_BVJ2.reshape(B * V, J, 2), w_BVJ.reshape(B * V, J))
-    return LiftOutput(*(x.reshape(B, V, *x.shape[1:]) for x in out))
 
 
 def batch_cameras(batch: dict[str, torch.Tensor]) -> CameraArrays:

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from rigpose import geometry as g
-from rigpose import ui
+from rigpose.cli import ui
 from rigpose.rig import RigError, load_rig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 RIGS_DIR = REPO / "datasets" / "rigs"
 DEMO_RECIPE = REPO / "datasets" / "recipes" / "demo.yaml"
 DEMO_JOB = REPO / "jobs" / "train.yaml"
@@ -30,7 +30,7 @@ DEMO_JOB = REPO / "jobs" / "train.yaml"
 def demo_motion(num_frames: int = 120) -> tuple[str, np.ndarray]:
     """(description, joints [T, J, 3] metres, root-centred) of real motion capture, or a synthetic fallback."""
     try:
-        from rigpose.data.motion import clip_joints
+        from rigpose.data.synth.mocap import clip_joints
 
         joints = clip_joints("walk")[:num_frames]
         return "DeepMimic 'walk' clip (pybullet)", joints - joints[:, :1]
@@ -91,7 +91,7 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
     data_url = str(output_dir / "datasets" / "demo")
     if train:
         from rigpose.data.store import read_manifest
-        from rigpose.data.synth import build_dataset
+        from rigpose.data.synth.build import build_dataset
 
         console.rule("[bold]1/5 dataset")
         if read_manifest(data_url) is None:
@@ -116,8 +116,8 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
     console.print(f"trained {int(last['epoch']) + 1} epochs: val held-out-view reprojection "
                   f"{last.get('val/reprojection_px', float('nan')):.2f} px; model {out['model']}")
     console.rule("[bold]4/5 evaluate")
-    from rigpose.eval_cli import print_results
-    from rigpose.evaluate import evaluate
+    from rigpose.cli.evaluate import print_results
+    from rigpose.inference.evaluate import evaluate
 
     report = evaluate(out["model"], data_url, split="test", json_path=str(Path(out["run_dir"]) / "evaluation.json"))
     print_results(report, console=console)
@@ -128,7 +128,7 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
 
 def registry_step(out: dict, data_url: str, *, console: Console) -> int:
     """Gate the new @candidate against @champion and print where the MLflow UI opens."""
-    from rigpose.registry import champion_gate
+    from rigpose.retrain.gate import champion_gate
 
     tracked = out.get("tracking")
     if not tracked:

@@ -20,7 +20,7 @@ import numpy as np
 from rigpose.skeleton import DEEPMIMIC16
 
 SKELETON = DEEPMIMIC16
-URDF_SCALE = 0.25  # pybullet's DeepMimic setup, as rigpose.data.motion.URDF_SCALE
+URDF_SCALE = 0.25  # pybullet's DeepMimic setup, as rigpose.data.synth.mocap.URDF_SCALE
 # Rest pose of pybullet's DeepMimic humanoid (every joint rotation identity) in RigPose's z-up world, facing +x
 # with its left on +y: each joint's offset from its parent, metres (URDF joint origins x 0.25). Equal to
 # `motion.forward_kinematics` of the identity frame (tests/unit/test_synth.py checks it), so procedural motion
@@ -82,7 +82,7 @@ class MotionBank:
 
 def deepmimic_bank(names: list[str], fps: float) -> MotionBank:
     """The named DeepMimic clips resampled to `fps` (needs pybullet, rigpose's `mocap` extra)."""
-    from rigpose.data.motion import clip_joints
+    from rigpose.data.synth.mocap import clip_joints
 
     return MotionBank.from_clips(names, [clip_joints(n, fps=fps) for n in names], fps)
 

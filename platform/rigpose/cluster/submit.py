@@ -29,13 +29,13 @@ from urllib.parse import urlparse
 import yaml
 
 from rigpose.config import TrainJob, load_job
+from rigpose.tracking.secrets import SECRET_ENV
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = Path("jobs") / "runtime_env.yaml"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_EXPERIMENT_NAME")
-CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
-                  "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+CREDENTIAL_ENV = tuple(k for k in SECRET_ENV if k.startswith(("AWS_", "MLFLOW_TRACKING_")))
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 

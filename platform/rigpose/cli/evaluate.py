@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rigpose import ui
+from rigpose.cli import ui
 
 DEFAULT_BATCH_SIZE = 512  # rows per batch; memory grows linearly with it
 
@@ -69,7 +69,7 @@ def evaluate_command(
 ) -> None:
     """Score a lifter: MPJPE / PA / N-MPJPE / PCK@150mm (where the data has 3D), held-out-view reprojection px,
     and weighted-DLT and robust-triangulation baselines in the same table."""
-    from rigpose.evaluate_run import evaluate
+    from rigpose.inference.evaluate import evaluate
 
     modes = ("single", "multi") if mode is Mode.both else (mode.value,)
     try:
@@ -106,24 +106,25 @@ def lift_command(
         "--ray-address", help="Ray: cluster to run on, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a new "
         "local Ray).")] = None,
 ) -> None:
-    """Lift a dataset split and write the 3D poses as Parquet (columns: see rigpose.predict).
+    """Lift a dataset split and write the 3D poses as Parquet (columns: see rigpose.inference.lift).
 
-    A registry model runs as Ray Data batch inference (rigpose.batch_lift); the file is the same either way.
+    A registry model runs as Ray Data batch inference (rigpose.inference.lift_ray); the file is the same either way.
     """
-    from rigpose.registry import is_model_uri
+    from rigpose.tracking.registry import is_model_uri
 
     use_ray = force_ray or is_model_uri(model)
     if not use_ray and (concurrency is not None or ray_address is not None):
         _fail("--concurrency and --ray-address are for Ray runs: give a registry model URI or add --ray")
     try:
         if use_ray:
-            from rigpose.batch_lift import lift_dataset_ray
+            from rigpose.cluster.connect import init_ray
+            from rigpose.inference.lift_ray import lift_dataset_ray
 
             info = lift_dataset_ray(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
                                     adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows,
-                                    concurrency=concurrency, ray_address=ray_address)
+                                    concurrency=concurrency, connect=lambda: init_ray(ray_address))
         else:
-            from rigpose.predict import lift_dataset
+            from rigpose.inference.lift import lift_dataset
 
             info = lift_dataset(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
                                 adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows)

@@ -1,0 +1,1 @@
+"""The `rigpose` command line (Typer): one module per command group, gathered in `rigpose.cli.main`."""

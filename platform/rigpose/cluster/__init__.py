@@ -1,0 +1,1 @@
+"""Ray clusters: connecting to one and submitting jobs to it."""

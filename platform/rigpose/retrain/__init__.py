@@ -1,0 +1,1 @@
+"""Retraining: new rigs in, a label-free gate decides promotion."""
