@@ -6,6 +6,6 @@ needs the `rigpose` package installed beside MLflow (the model's pip requirement
 
 from mlflow.models import set_model
 
-from rigpose.tracking.registry import LifterModel
+from rigpose.tracking.pyfunc import LifterModel
 
 set_model(LifterModel())
