@@ -31,25 +31,27 @@ console = Console(width=140)
 
 
 def build(recipe_overrides: dict[str, Any], out: Path, *, frames: int | None = None) -> str:
-    """Build datasets/recipes/demo.yaml with `recipe_overrides` (top-level keys replaced) into `out` once."""
-    from rigpose.data.store import read_manifest
+    """Build the shipped demo recipe with `recipe_overrides` (top-level keys replaced) into `out` once."""
+    from rigpose.data.manifest import read_manifest
     from rigpose.data.synth.build import build_dataset
     from rigpose.data.synth.recipe import parse_recipe
+    from rigpose.resources import recipe_path
 
     if read_manifest(str(out)) is not None:
         return str(out)
-    raw = yaml.safe_load((REPO / "datasets" / "recipes" / "demo.yaml").read_text())
+    raw = yaml.safe_load(recipe_path("demo").read_text())
     raw.update(recipe_overrides)
     if frames is not None:
         raw["frames"] = frames
-    raw["rigs"] = [str(REPO / r) for r in raw["rigs"]]
     build_dataset(parse_recipe(raw), str(out), progress=False, command="bench/accuracy_bench.py")
     return str(out)
 
 
 def drop_one_view(src: str, dst: Path, *, split: str, seed: int = 0) -> str:
     """Copy `split` of `src` to `dst` with one random view per frame removed (NaN keypoints, score 0)."""
-    from rigpose.data.store import Dataset, DatasetWriter, read_manifest
+    from rigpose.data.manifest import read_manifest
+    from rigpose.data.reader import Dataset
+    from rigpose.data.writer import DatasetWriter
 
     if read_manifest(str(dst)) is not None:
         return str(dst)
@@ -83,10 +85,14 @@ def train(data: str, supervision: str, out: Path, *, epochs: int, keep_all: bool
     return result
 
 
-def evaluate(model: str, data: str, split: str, **kw: Any) -> dict[str, Any]:
+def evaluate(model: str, data: str, split: str, *, multi_mode: str = "fusion", adapt_steps: int = 0,
+             **kw: Any) -> dict[str, Any]:
+    """`rigpose.inference.evaluate.evaluate` with the multi-view method `multi_mode` (this benchmark compares them;
+    its reference row is fusion) and `adapt_steps`."""
+    from rigpose.config import MultiViewConfig
     from rigpose.inference.evaluate import evaluate as ev
 
-    return ev(model, data, split=split, **kw)
+    return ev(model, data, split=split, multi_view=MultiViewConfig(method=multi_mode, adapt_steps=adapt_steps), **kw)
 
 
 def _mm(section: dict[str, Any] | None, key: str = "mpjpe_mm") -> float:
@@ -115,7 +121,7 @@ def checkpoint_ranking(run: dict[str, Any], data: str, *, max_rows: int) -> dict
     rows = []
     for ckpt in sorted(p for p in ckpt_root.glob("checkpoint_*") if p.is_dir()):
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-        model = Lifter(base.config)
+        model = Lifter(base.config, num_joints=base.num_joints, root_joints=base.root_joints)
         model.load_state_dict(state["model"])
         with tempfile.TemporaryDirectory() as d:
             save_lifter(Path(d) / "model.pt", model, skeleton, meta=meta)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "clean": build(zero_noise, out / "demo_clean", frames=frames),
     }
     transfer_rig = "studio-8"
-    transfer = build({"rigs": [f"datasets/rigs/{transfer_rig}.json"], "seed": 1}, out / "transfer_studio8",
+    transfer = build({"rigs": [transfer_rig], "seed": 1}, out / "transfer_studio8",
                      frames=frames)
     dropped = drop_one_view(data["noisy"], out / "demo_noisy_drop1", split="test")
 

@@ -1,6 +1,6 @@
 """Throughput of `rigpose datasets build` and `Dataset.read_frames`, as ratios to bare pyarrow.parquet on the same data.
 
-Builds a recipe (default datasets/recipes/scale.yaml: 1M frames, 4 views, 16 joints) into a temp dir with
+Builds a recipe (default the shipped `scale` recipe: 1M frames, 4 views, 16 joints) into a temp dir with
 `rigpose.data.synth.build.build_dataset`, then in the same process:
 
 - bare write: the committed shards read back as Arrow tables, then timed `pq.write_table` of those tables
@@ -14,7 +14,7 @@ printed too, since on a busy shared machine they move less than wall time.
 
 Ratios are what to compare across machines; frames/s depend on the machine (it is printed).
 
-    .venv/bin/python bench/dataset_bench.py [--recipe datasets/recipes/scale.yaml] [--frames N] [--json OUT]
+    .venv/bin/python bench/dataset_bench.py [--recipe RECIPE.yaml] [--frames N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -54,13 +54,14 @@ def machine_info() -> dict[str, Any]:
 
 
 def load(recipe_path: Path, frames: int | None) -> Any:
-    """The recipe, with `frames` overridden when given, and rig paths made absolute."""
+    """The recipe, with `frames` overridden when given, and rig files relative to the repository made absolute
+    (shipped rig names stay as they are)."""
     from rigpose.data.synth.recipe import parse_recipe
 
     raw = yaml.safe_load(recipe_path.read_text())
     if frames is not None:
         raw["frames"] = frames
-    raw["rigs"] = [str(REPO / r) if not Path(r).is_absolute() else r for r in raw["rigs"]]
+    raw["rigs"] = [str(REPO / r) if (REPO / r).is_file() else r for r in raw["rigs"]]
     return parse_recipe(raw)
 
 
@@ -97,8 +98,8 @@ def time_generation(recipe: Any) -> tuple[Timer, list[Any]]:
 def time_write_only(recipe: Any, batches: list[Any], out: Path) -> Timer:
     """Time of the writer alone: `DatasetWriter` add + commit of already generated batches, as build_dataset
     calls it (checks, quarantine, shards, hashes, manifest)."""
-    from rigpose.data.store import DatasetWriter
     from rigpose.data.synth.motion_bank import SKELETON
+    from rigpose.data.writer import DatasetWriter
 
     with Timer() as t, DatasetWriter(str(out), skeleton=SKELETON, command="bench/dataset_bench.py",
                                      max_bad_fraction=recipe.max_invalid_fraction) as writer:
@@ -131,7 +132,7 @@ def time_bare_write(files: list[Path], out: Path, compression: str) -> tuple[Tim
 def time_read(root: Path, files: list[Path], *, repeat: int = 2) -> tuple[Timer, Timer]:
     """Best time of `Dataset(root).read_frames()` and of bare `pq.read_table` of the same files, alternated
     `repeat` times (the files are in the page cache for both)."""
-    from rigpose.data.store import Dataset
+    from rigpose.data.reader import Dataset
 
     best: dict[str, Timer] = {}
     for _ in range(repeat):
@@ -149,8 +150,10 @@ def time_read(root: Path, files: list[Path], *, repeat: int = 2) -> tuple[Timer,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rigpose.resources import recipe_path
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", type=Path, default=REPO / "datasets" / "recipes" / "scale.yaml")
+    ap.add_argument("--recipe", type=Path, default=recipe_path("scale"))
     ap.add_argument("--frames", type=int, default=None, help="override the recipe's frame count (quick runs)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     ap.add_argument("--tmp", type=Path, default=None, help="temp dir parent (default: the system's)")

@@ -1,6 +1,6 @@
 """Batch inference throughput: the registry model on Ray Data against the bare PyTorch model on the same arrays.
 
-One run, one process, one dataset: `datasets/recipes/scale.yaml` (procedural motion, two 4-camera Human3.6M rigs,
+One run, one process, one dataset: the shipped `scale` recipe (procedural motion, two 4-camera Human3.6M rigs,
 16 joints) with `--frames` frames (default 1,000,000), all in one split, built once and cached under
 outputs/bench/inference-data/ (building 1M frames takes ~1-3 min here). The model: a lifter of the default
 architecture (512 wide, 2 residual blocks, ~1.1 M parameters, random weights: speed does not depend on them),
@@ -54,18 +54,18 @@ console = Console(width=130)
 def ensure_dataset(frames: int, cache: Path) -> tuple[str, float | None]:
     """The scale recipe with `frames` frames, all in split `SPLIT`, under `cache` (built when missing); and the
     build seconds (None when it was cached)."""
-    from rigpose.data.store import read_manifest
+    from rigpose.data.manifest import read_manifest
     from rigpose.data.synth.build import build_dataset
     from rigpose.data.synth.recipe import parse_recipe
+    from rigpose.resources import recipe_path
 
     root = cache / f"scale-{frames}"
     manifest = read_manifest(str(root))
     if manifest is not None and sum(s.rows for s in manifest.shards) > 0:
         return str(root), None
-    raw = yaml.safe_load((REPO / "datasets" / "recipes" / "scale.yaml").read_text())
+    raw = yaml.safe_load(recipe_path("scale").read_text())
     raw["frames"] = frames
     raw["splits"] = {"by": "placement", "fractions": {SPLIT: 1.0}}
-    raw["rigs"] = [str(REPO / r) for r in raw["rigs"]]
     console.print(f"building {root} ({frames:,} frames, once) ...")
     t = time.perf_counter()
     build_dataset(parse_recipe(raw), str(root), progress=False, command="bench/inference_bench.py")
@@ -78,17 +78,17 @@ def register_model(folder: Path, data: str) -> tuple[str, str]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from rigpose.data.store import Dataset
-    from rigpose.inference.lift import iter_frames
+    from rigpose.config import ModelConfig
+    from rigpose.data.reader import Dataset, iter_frames
     from rigpose.model.checkpoint import save_lifter
-    from rigpose.model.lifter import Lifter, LifterConfig
+    from rigpose.model.lifter import Lifter
     from rigpose.tracking.pyfunc import example_input
     from rigpose.tracking.registry import register
     from rigpose.tracking.runs import TrackingTarget
 
     ds = Dataset(data)
     torch.manual_seed(0)
-    model = Lifter(LifterConfig(num_joints=ds.skeleton.num_joints, root_joints=tuple(ds.skeleton.root_joints)))
+    model = Lifter(ModelConfig(), num_joints=ds.skeleton.num_joints, root_joints=tuple(ds.skeleton.root_joints))
     model_file = str(folder / "model.pt")
     save_lifter(model_file, model, ds.skeleton)
     target = TrackingTarget(uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="bench",
@@ -109,7 +109,7 @@ def bare(data: str, model_file: str, *, batch_size: int, threads: list[int]) -> 
 
     Returns {"frames", "batch_size", "read_into_memory_s", "by_threads": {threads: timings}} and the first
     batch's output rows (to check (b) against)."""
-    from rigpose.data.store import Dataset
+    from rigpose.data.reader import Dataset
     from rigpose.inference.lift import lift_single, model_batch, single_table
     from rigpose.model.checkpoint import load_lifter
 

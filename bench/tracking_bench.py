@@ -1,7 +1,7 @@
 """MLflow tracking overhead of training: seconds rank 0 spends logging each epoch, against the epoch's own time.
 
 One run of `rigpose train` (jobs/train.yaml, 1 worker, local Ray) on the demo dataset (built from
-datasets/recipes/demo.yaml into outputs/datasets/demo when missing), tracked to a real `mlflow server` started here
+the shipped demo recipe into outputs/datasets/demo when missing), tracked to a real `mlflow server` started here
 on 127.0.0.1 (sqlite backend, local artifacts), and a second run tracked to the embedded sqlite default. Each
 epoch's metrics carry `tracking_s`: rank 0's wall time logging the previous epoch (`RunLogger.log_metrics`,
 one `log_batch` call), next to `epoch_s` (the training epoch's wall time). Reported per target: the median of

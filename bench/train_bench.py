@@ -1,6 +1,6 @@
 """Training throughput of `rigpose train` on Ray against a bare PyTorch loop, and of the Ray Data path alone.
 
-All in one process, one run, on one dataset (default: the demo dataset, built from datasets/recipes/demo.yaml into
+All in one process, one run, on one dataset (default: the demo dataset, built from the shipped demo recipe into
 outputs/datasets/demo when missing), lifter and batch of jobs/train.yaml (512 wide, 2 blocks, batch 256 frames of
 4 views):
 
@@ -40,18 +40,19 @@ console = Console(width=120)
 
 
 def ensure_dataset(url: str) -> None:
-    from rigpose.data.store import read_manifest
+    from rigpose.data.manifest import read_manifest
     from rigpose.data.synth.build import build_dataset
+    from rigpose.resources import recipe_path
 
     if read_manifest(url) is None:
-        console.print(f"building {url} from datasets/recipes/demo.yaml")
-        build_dataset(str(REPO / "datasets" / "recipes" / "demo.yaml"), url, progress=False)
+        console.print(f"building {url} from the shipped demo recipe")
+        build_dataset(str(recipe_path("demo")), url, progress=False)
 
 
 def in_memory_batches(url: str) -> tuple[dict[str, torch.Tensor], Any]:
     """The training split, preprocessed once, as float32 tensors; and the dataset's skeleton."""
     from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess
-    from rigpose.data.store import Dataset
+    from rigpose.data.reader import Dataset
 
     ds = Dataset(url)
     table = ds.read_table(columns=list(MODEL_COLUMNS), splits=["train"])
@@ -64,16 +65,14 @@ def in_memory_batches(url: str) -> tuple[dict[str, torch.Tensor], Any]:
 def bare_loop(url: str, *, steps: int, batch: int) -> dict[str, Any]:
     """(a): frames/s of the training step alone over in-memory tensors."""
     from rigpose.config import load_job
-    from rigpose.model.lifter import Lifter
-    from rigpose.model.objective import LossWeights, loss_terms, total_loss
-    from rigpose.train.worker import lifter_config
+    from rigpose.model.objective import loss_terms, total_loss
+    from rigpose.train.worker import build_lifter
 
     data, skeleton = in_memory_batches(url)
     job = load_job(REPO / "jobs" / "train.yaml")
     torch.manual_seed(0)
-    model = Lifter(lifter_config(job, skeleton))
+    model = build_lifter(job, skeleton)
     opt = torch.optim.Adam(model.parameters(), lr=job.optim.lr)
-    weights = LossWeights(**job.loss.model_dump())
     n = data["kp"].shape[0]
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(n, generator=gen)  # shuffled once, outside the timing: batches are contiguous slices
@@ -82,7 +81,7 @@ def bare_loop(url: str, *, steps: int, batch: int) -> dict[str, Any]:
     def step(i: int) -> None:
         start = (i * batch) % (n - batch)
         b = {k: v[start:start + batch] for k, v in data.items()}
-        loss, _ = total_loss(loss_terms(model, b, skeleton, weights=weights, step=i, generator=gen), weights)
+        loss, _ = total_loss(loss_terms(model, b, skeleton, loss_cfg=job.loss, step=i, generator=gen), job.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), job.optim.grad_clip)
@@ -100,7 +99,7 @@ def bare_loop(url: str, *, steps: int, batch: int) -> dict[str, Any]:
 def data_path(url: str, *, batch: int) -> dict[str, Any]:
     """Data path alone: Ray Data iterator (streaming / cached) vs bare read_table, and preprocessing per core."""
     from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess, read_split
-    from rigpose.data.store import Dataset
+    from rigpose.data.reader import Dataset
 
     ds = Dataset(url)
     urls = ds.shard_urls(splits=["train"])

@@ -1,4 +1,7 @@
-"""Typed job configuration: `jobs/train.yaml` loads (yaml.safe_load) into `TrainJob`; unknown keys fail loudly.
+"""Typed configuration, one pydantic class per component: `jobs/train.yaml` loads (yaml.safe_load) into `TrainJob`,
+`jobs/evaluate.yaml` into `EvaluateJob`; unknown keys fail loudly. Each setting has its one default and its one
+description here; the model code takes these classes (`Lifter(ModelConfig, ...)`, the losses `LossConfig`, multi-view
+inference `MultiViewConfig`).
 
 `--set key.path=value` overrides are parsed as YAML scalars and applied before validation, so a bad override is
 reported with the same field path as a bad file entry.
@@ -8,17 +11,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Strict(BaseModel):
+    """Base of every config class: unknown keys are errors, and a validated config is read-only (and hashable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Strict):
+Config = TypeVar("Config", bound=Strict)
+
+
+class DataConfig(Strict):
     """Where the training data comes from."""
 
     url: str = Field("outputs/datasets/demo", description="Dataset root: local path, file:// or s3://bucket/prefix.")
@@ -35,8 +43,8 @@ class DataConfig(_Strict):
     max_rows: int | None = Field(None, ge=1, description="Use at most this many training rows (quick runs).")
 
 
-class ModelConfig(_Strict):
-    """Lifter architecture (rigpose.model.lifter.LifterConfig)."""
+class ModelConfig(Strict):
+    """Lifter architecture (rigpose.model.lifter.Lifter); the joints come from the dataset's skeleton."""
 
     width: int = Field(512, ge=8, description="Hidden width of the residual MLP.")
     num_blocks: int = Field(2, ge=0, description="Residual blocks.")
@@ -47,8 +55,8 @@ class ModelConfig(_Strict):
         "ray", description="'ray': depths along each joint's camera ray; 'free': free 3D offsets.")
 
 
-class LossConfig(_Strict):
-    """Loss weights and robustness (rigpose.model.objective.LossWeights)."""
+class LossConfig(Strict):
+    """Loss weights and robustness (rigpose.model.objective); a weight of 0 skips the term."""
 
     cross_view: float = Field(1.0, ge=0, description="Cross-view reprojection (pixels, Huber).")
     root_depth: float = Field(20.0, ge=0, description="Root depth vs the triangulated root (metres, Huber).")
@@ -60,7 +68,7 @@ class LossConfig(_Strict):
     hide_joint_prob: float = Field(0.05, ge=0, lt=1, description="Probability of hiding a visible input joint.")
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     """Optimiser and schedule."""
 
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (1e-3 diverged in measurements).")
@@ -71,7 +79,7 @@ class OptimConfig(_Strict):
     seed: int = Field(0, description="Seed for initialisation and augmentation.")
 
 
-class ScalingConfigModel(_Strict):
+class ScalingConfigModel(Strict):
     """Ray Train scaling (ray.train.ScalingConfig)."""
 
     num_workers: int = Field(1, ge=1, description="Training workers (DDP ranks); the effective batch is "
@@ -86,7 +94,7 @@ class ScalingConfigModel(_Strict):
                                               "num_workers-times larger effective batch).")
 
 
-class RunSection(_Strict):
+class RunSection(Strict):
     """Where and under what name a run writes its outputs."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -99,7 +107,7 @@ class RunSection(_Strict):
     checkpoints_to_keep: int = Field(2, ge=1, description="Best checkpoints kept, by the validation metric.")
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     """MLflow tracking and registration (rigpose.tracking.runs, rigpose.tracking.registry)."""
 
     enabled: bool = Field(True, description="Track the run in MLflow (params, per-epoch metrics, artifacts, model).")
@@ -113,7 +121,7 @@ class TrackingConfig(_Strict):
     eval_max_rows: int = Field(2000, ge=1, description="Rows of eval_split evaluated after training.")
 
 
-class TrainJob(_Strict):
+class TrainJob(Strict):
     """A training job: `rigpose train jobs/train.yaml [--set key=value ...]`."""
 
     supervision: Literal["2d", "3d"] = Field(
@@ -131,6 +139,73 @@ class TrainJob(_Strict):
         if self.data.val_split is not None and self.data.val_split == self.data.train_split:
             raise ValueError("data.val_split must differ from data.train_split")
         return self
+
+
+MultiViewMethod = Literal["fusion", "refinement", "adaptation"]
+MULTI_VIEW_METHODS: tuple[str, ...] = get_args(MultiViewMethod)
+FusionWeighting = Literal["confidence", "uniform"]
+ViewMode = Literal["single", "multi"]
+VIEW_MODES: tuple[str, ...] = get_args(ViewMode)
+EvaluateMode = Literal["single", "multi", "both"]
+EVALUATE_MODES: tuple[str, ...] = get_args(EvaluateMode)
+ADAPTATION_STEPS = 100  # method "adaptation" with adapt_steps 0: this many fine-tuning steps
+
+
+class MultiViewConfig(Strict):
+    """Multi-view inference (rigpose.model.multiview.lift_multiview): what is done beyond lifting each view."""
+
+    method: MultiViewMethod = Field(
+        "fusion", description="'fusion': the views' lifts averaged in the world frame; 'refinement': fusion, then "
+                                  "optimised against every view's 2D; 'adaptation': the lifter fine-tuned on the test "
+                                  "2D first (adapt_*), then fusion and refinement.")
+    weighting: FusionWeighting = Field(
+        "confidence", description="Fusion weights: 'confidence' (detector scores) or 'uniform' (one per view).")
+    refine_steps: int = Field(100, ge=0, description="L-BFGS iterations of the refinement (methods refinement and "
+                                                     "adaptation); 0 = none.")
+    prior_weight: float | None = Field(None, gt=0, description="Weight of the fused-pose prior vs the 2D in the "
+                                                               "refinement; null = from the 2D noise (MAP balance).")
+    bone_weight: float = Field(3.0, ge=0, description="Refinement: bone lengths constant within a sequence.")
+    symmetry_weight: float = Field(0.1, ge=0, description="Refinement: left/right bone lengths equal.")
+    adapt_steps: int = Field(0, ge=0, description=f"Test-time adaptation steps per batch (Adam on the batch's own "
+                                                  f"multi-view 2D); the adapted lifter serves every lift of the run, "
+                                                  f"single-view too. 0 = none, except that method 'adaptation' then "
+                                                  f"takes {ADAPTATION_STEPS}.")
+    adapt_lr: float = Field(1e-4, gt=0, description="Adaptation: Adam learning rate.")
+    adapt_batch_size: int | None = Field(1024, ge=1, description="Adaptation: frames per step (null = the whole "
+                                                                 "batch).")
+
+    def steps_to_adapt(self, *, multi: bool = True) -> int:
+        """Adaptation steps of a run: `adapt_steps`, or ADAPTATION_STEPS for method adaptation when it is 0 and the
+        run lifts multi-view (`multi`)."""
+        if self.adapt_steps == 0 and multi and self.method == "adaptation":
+            return ADAPTATION_STEPS
+        return self.adapt_steps
+
+
+class EvaluateOptions(Strict):
+    """What `rigpose evaluate` runs."""
+
+    mode: EvaluateMode = Field("both", description="Single-view, multi-view, or both.")
+    multi_heldout: bool = Field(True, description="Multi-view held-out-view px (re-runs the multi-view method once "
+                                                  "per left-out view).")
+
+
+class LiftOptions(Strict):
+    """What `rigpose lift` writes."""
+
+    mode: ViewMode = Field("single", description="'single': per-view camera-frame poses; 'multi': fused world poses.")
+
+
+class EvaluateJob(Strict):
+    """Scoring or lifting a model: `rigpose evaluate|lift --model M --config jobs/evaluate.yaml [--set key=value]`."""
+
+    data: str | None = Field(None, description="Dataset root: local path, file:// or s3:// URL (or --data).")
+    split: str = Field("test", description="Dataset split to use.")
+    batch_size: int = Field(512, ge=1, description="Frames per batch (bounds memory: it grows linearly with it).")
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N frames (null = all).")
+    multi_view: MultiViewConfig = Field(default_factory=MultiViewConfig)
+    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
+    lift: LiftOptions = Field(default_factory=LiftOptions)
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -155,8 +230,10 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     return out
 
 
-def load_job(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> TrainJob:
-    """Read a job YAML (or the defaults when `path` is None), apply `--set` overrides, validate."""
+def load_config(cls: type[Config], path: str | os.PathLike[str] | None, overrides: list[str] | None = None, *,
+                options: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file into `cls` (the defaults when `path` is None), apply `--set` overrides, then `options`
+    ({dotted path: value}, e.g. the command line's own options, which win), validate once."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -169,17 +246,22 @@ def load_job(path: str | os.PathLike[str] | None, overrides: list[str] | None = 
             raise ValueError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a job file is a mapping of sections, got {type(raw).__name__}")
-    for key, value in parse_overrides(overrides):
+    for key, value in [*parse_overrides(overrides), *(options or {}).items()]:
         _set_path(raw, key, value)
     try:
-        return TrainJob.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"]) or "(root)"
         raise ValueError(f"{source}: field {loc}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-def flatten(job: TrainJob) -> dict[str, Any]:
+def load_job(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> TrainJob:
+    """Read a training job YAML (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    return load_config(TrainJob, path, overrides)
+
+
+def flatten(job: Strict) -> dict[str, Any]:
     """{'optim.lr': 0.0003, ...}: the job as flat params (for tracking)."""
     out: dict[str, Any] = {}
 

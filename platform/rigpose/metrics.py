@@ -7,7 +7,9 @@ Shape letters: B frames, V views (S source, T target), J joints.
 
 The label-free metric (`heldout_view_errors`) needs no 3D labels: lift from view s, place the lift at the root
 triangulated from the *other* views' 2D (never s's own), project into those other views and compare with their
-2D. Unlike the training loss it never lets view s's 2D decide where its own lift sits.
+2D. Unlike the training loss it never lets view s's 2D decide where its own lift sits. `heldout_view_px` is the
+one definition of that figure: training validation (`val/reprojection_px`), `rigpose evaluate`'s single-view
+`heldout_px`, the champion gate and the registered version's tags all report `finite_mean` of it.
 
 `evaluate(...)` (the whole-dataset evaluator) lives in `rigpose.inference.evaluate`; it is re-exported here.
 """
@@ -152,3 +154,29 @@ def reprojection_errors(X_world_BJ3: np.ndarray, kp_BJ2: np.ndarray, w_BJ: np.nd
         pix = g.project_camera(Xc, np.asarray(cam.K, np.float64), np.asarray(cam.dist, np.float64))
     err = np.linalg.norm(pix - np.asarray(kp_BJ2, np.float64), axis=-1)
     return np.where((np.asarray(w_BJ) > 0) & (Xc[..., 2] > 0), err, np.nan)
+
+
+def heldout_view_px(rel_cam_BSJ3: np.ndarray, kp_BVJ2: np.ndarray, w_BVJ: np.ndarray, cams: g.CameraArrays,
+                    root_joints: tuple[int, ...]) -> np.ndarray:
+    """The held-out-view reprojection error, pixels [B, S, T, J]: NaN where undefined (see `heldout_view_errors`).
+
+    rel_cam [B, S=V, J, 3]: every view's root-relative lift in its own camera frame, metres, NaN for views that
+    were not lifted (no 2D, padding); each is placed at the root triangulated from the other views
+    (`leave_one_out_roots`) and projected into them. The reported figure is `finite_mean` of this array: every
+    observed (frame, source, target, joint) counts once, whatever its detector score.
+    """
+    root_BS3 = leave_one_out_roots(kp_BVJ2, w_BVJ, cams, root_joints)
+    return heldout_view_errors(rel_cam_BSJ3, root_BS3, kp_BVJ2, w_BVJ, cams)
+
+
+def finite_sum_count(values: np.ndarray) -> tuple[float, int]:
+    """(sum, count) of the finite entries of `values`: what streaming and all-reduced means add up."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    return float(v[ok].sum()), int(ok.sum())
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries of `values`; NaN when there are none."""
+    s, n = finite_sum_count(values)
+    return s / n if n else float("nan")

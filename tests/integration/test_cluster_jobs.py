@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pytest
 from rigpose_testing import free_port as _free_port
+from rigpose_testing import processes_with, stop_processes
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
+from rigpose.resources import recipes_dir
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "rigpose-jobs"
@@ -49,9 +51,8 @@ def s3_data(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 1,200-frame dataset built straight onto the S3 endpoint; its s3:// URL."""
     from rigpose.data.synth.build import build_dataset
 
-    recipe = (REPO / "datasets" / "recipes" / "tiny.yaml").read_text()
-    recipe = recipe.replace("frames: 400", "frames: 1200").replace(
-        "datasets/rigs/h36m-s1.json", str(REPO / "datasets" / "rigs" / "h36m-s1.json"))
+    recipe = (recipes_dir() / "tiny.yaml").read_text()
+    recipe = recipe.replace("frames: 400", "frames: 1200")
     path = tmp_path_factory.mktemp("recipe") / "jobs.yaml"
     path.write_text(recipe)
     _s3fs().mkdir(BUCKET)
@@ -81,8 +82,12 @@ def cluster(s3_server: str, ray_token_auth: str) -> Iterator[str]:
         _wait_for_jobs_api(address)
         yield address
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # Only this head's processes: `ray stop --force` kills every Ray on the machine (other people's tests and
+        # clusters too). Ours are the ones naming its temp folder or its GCS address, and their children (workers,
+        # job drivers); found now, at the end, so that processes it started during the tests are included.
+        left = stop_processes(processes_with(temp_dir, f"--address=127.0.0.1:{ports['--port']}"))
         shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"Ray head processes still running after SIGKILL: {sorted(left)}"
 
 
 def _wait_for_jobs_api(address: str, timeout: float = 90.0) -> None:

@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rigpose.data.manifest import DatasetError, read_manifest
+from rigpose.data.reader import Dataset
 from rigpose.data.schema import frames_for_rig
-from rigpose.data.store import Dataset, DatasetError, DatasetWriter, read_manifest
 from rigpose.data.validate import describe_dataset, validate_dataset
+from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import project
+from rigpose.resources import recipes_dir, rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import H36M17
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
@@ -26,7 +28,7 @@ def _frames(rig, seq: str, T: int = 30, seed: int = 0):
 
 
 def test_dataset_round_trips_through_s3_and_validates(s3_bucket: str) -> None:
-    rig = load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+    rig = load_rig(rigs_dir() / "h36m-s1.json")
     root = f"{s3_bucket}/datasets/demo"
     with DatasetWriter(root, skeleton=H36M17, command="test", shard_rows=16) as w:
         w.add(_frames(rig, "a"), rig, split="train")
@@ -44,7 +46,7 @@ def test_dataset_round_trips_through_s3_and_validates(s3_bucket: str) -> None:
 
 
 def test_an_aborted_write_to_s3_leaves_no_dataset(s3_bucket: str) -> None:
-    rig = load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+    rig = load_rig(rigs_dir() / "h36m-s1.json")
     root = f"{s3_bucket}/datasets/broken"
     with pytest.raises(RuntimeError), DatasetWriter(root, skeleton=H36M17, command="test", shard_rows=8) as w:
         w.add(_frames(rig, "a"), rig, split="train")
@@ -64,16 +66,16 @@ def test_cli_build_ingest_validate_describe_on_s3(s3_bucket: str, tmp_path: Path
 
     runner = CliRunner()
     built = f"{s3_bucket}/built"
-    r = runner.invoke(app, ["datasets", "build", str(REPO / "datasets" / "recipes" / "tiny.yaml"), "--out", built,
+    r = runner.invoke(app, ["datasets", "build", str(recipes_dir() / "tiny.yaml"), "--out", built,
                             "--no-progress"])
     assert r.exit_code == 0, r.output
-    rig = load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+    rig = load_rig(rigs_dir() / "h36m-s1.json")
     f = _frames(rig, "take1", T=40)
     write_interchange_npz(str(tmp_path / "take1.npz"), keypoints=f.keypoints, joint_names=H36M17.joint_names,
                           camera_names=rig.camera_names, joints_3d=f.joints_3d)
     ingested = f"{s3_bucket}/ingested"
     r = runner.invoke(app, ["datasets", "ingest", "npz", str(tmp_path / "take1.npz"), "--rig",
-                            str(REPO / "datasets" / "rigs" / "h36m-s1.json"), "--out", ingested, "--split", "train",
+                            str(rigs_dir() / "h36m-s1.json"), "--out", ingested, "--split", "train",
                             "--no-progress"])
     assert r.exit_code == 0, r.output
     for url, rows in ((built, 400), (ingested, 40)):
@@ -94,7 +96,7 @@ def test_cli_h36m_and_coco_ingest_write_to_s3(s3_bucket: str, tmp_path: Path) ->
     from rigpose.skeleton import COCO17
 
     runner = CliRunner()
-    rigs = REPO / "datasets" / "rigs"
+    rigs = rigs_dir()
     pos2d = {}
     for subject in ("S1", "S9"):
         rig = load_rig(rigs / f"h36m-{subject.lower()}.json")

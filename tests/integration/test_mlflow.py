@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rigpose_testing import free_port
+from rigpose_testing import descendants, free_port, stop_processes
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
 from rigpose.config import load_job
+from rigpose.resources import recipes_dir
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -70,12 +71,16 @@ def start_mlflow_server(folder: Path, artifacts: str, port: int) -> subprocess.P
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """Stop `proc` and the processes it started (`mlflow server` / `models serve` run uvicorn as a child, which
+    would outlive its parent); only those: found from its pid, never by name."""
+    children = descendants(proc.pid)
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    stop_processes(children, timeout_s=20)
     if getattr(proc, "log", None) is not None:
         proc.log.close()
 
@@ -113,7 +118,7 @@ def dataset(bucket: str) -> str:
     from rigpose.data.synth.build import build_dataset
 
     url = f"{bucket}/datasets/tiny"
-    build_dataset(str(REPO / "datasets" / "recipes" / "tiny.yaml"), url, progress=False)
+    build_dataset(str(recipes_dir() / "tiny.yaml"), url, progress=False)
     return url
 
 
@@ -229,8 +234,7 @@ def test_no_credential_reaches_params_tags_artifacts_or_logs(trained: dict, serv
 def test_model_loads_by_alias_and_matches_the_trained_weights(trained: dict, server: str, dataset: str) -> None:
     import mlflow
 
-    from rigpose.data.store import Dataset
-    from rigpose.inference.lift import iter_frames
+    from rigpose.data.reader import Dataset, iter_frames
     from rigpose.model.checkpoint import load_lifter
     from rigpose.tracking.pyfunc import example_input, lift_arrays
     from rigpose.tracking.runs import mlflow_uri
@@ -267,7 +271,7 @@ def test_batch_inference_from_the_registry_writes_predictions(trained: dict, ser
     import pyarrow.parquet as pq
     import s3fs
 
-    from rigpose.data.store import Dataset
+    from rigpose.data.reader import Dataset
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     version = trained["tracking"]["registered"].version
@@ -305,8 +309,7 @@ def test_onnx_export_from_the_registry_agrees_with_pytorch(trained: dict, server
 
 
 def test_mlflow_models_serve_answers_a_rest_request(trained: dict, server: str, dataset: str) -> None:
-    from rigpose.data.store import Dataset
-    from rigpose.inference.lift import iter_frames
+    from rigpose.data.reader import Dataset, iter_frames
     from rigpose.tracking.pyfunc import example_input
 
     port = free_port()

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from rigpose.cli.main import app
 from rigpose.config import load_job
 from rigpose.model.checkpoint import load_lifter
+from rigpose.resources import recipes_dir
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -20,7 +21,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     from rigpose.data.synth.build import build_dataset
 
     out = str(tmp_path_factory.mktemp("data") / "tiny")
-    build_dataset(str(REPO / "datasets" / "recipes" / "tiny.yaml"), out, progress=False)
+    build_dataset(str(recipes_dir() / "tiny.yaml"), out, progress=False)
     return out
 
 
@@ -70,10 +71,8 @@ def two_rig_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Rigs with 4 (h36m-s1) and 8 (studio-8) cameras in one dataset: rows are padded to 8 views."""
     from rigpose.data.synth.build import build_dataset
 
-    rigs = REPO / "datasets" / "rigs"
-    recipe = (REPO / "datasets" / "recipes" / "tiny.yaml").read_text()
-    recipe = recipe.replace("frames: 400", "frames: 900").replace(
-        "rigs: [datasets/rigs/h36m-s1.json]", f"rigs: [{rigs / 'h36m-s1.json'}, {rigs / 'studio-8.json'}]")
+    recipe = (recipes_dir() / "tiny.yaml").read_text()
+    recipe = recipe.replace("frames: 400", "frames: 900").replace("rigs: [h36m-s1]", "rigs: [h36m-s1, studio-8]")
     path = tmp_path_factory.mktemp("recipe") / "two_rigs.yaml"
     path.write_text(recipe)
     out = str(tmp_path_factory.mktemp("data") / "two_rigs")
@@ -84,7 +83,7 @@ def two_rig_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_one_and_two_workers_train_rigs_of_4_and_8_cameras_to_the_same_result(two_rig_dataset: str,
                                                                                 local_ray: None,
                                                                                 tmp_path: Path) -> None:
-    from rigpose.data.store import Dataset
+    from rigpose.data.reader import Dataset
     from rigpose.train.trainer import train
 
     ds = Dataset(two_rig_dataset)

@@ -16,16 +16,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from rigpose_testing import REPO
 from typer.testing import CliRunner
 
-from rigpose.data.store import Dataset
+from rigpose.config import ModelConfig
+from rigpose.data.reader import Dataset, iter_frames
 from rigpose.data.synth.build import build_dataset, load_recipe
 from rigpose.data.synth.recipe import ProceduralMotion
-from rigpose.inference.lift import iter_frames, lift_dataset
+from rigpose.inference.lift import lift_dataset
 from rigpose.inference.lift_ray import absolute_mlflow_uri, lift_dataset_ray, pin_model_uri
 from rigpose.model.checkpoint import save_lifter
-from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.model.lifter import Lifter
+from rigpose.resources import recipes_dir
 from rigpose.skeleton import DEEPMIMIC16
 
 NAME = "bl-lifter"
@@ -54,14 +55,14 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     from rigpose.tracking.runs import TrackingTarget, mlflow_uri
 
     root = tmp_path_factory.mktemp("batch_lift")
-    recipe = load_recipe(REPO / "datasets" / "recipes" / "tiny.yaml")
+    recipe = load_recipe(recipes_dir() / "tiny.yaml")
     if importlib.util.find_spec("pybullet_data") is None:  # no mocap clips here: procedural motion instead
         recipe = recipe.model_copy(update={
             "motion": ProceduralMotion(source="procedural", num_sequences=4, seconds=4),
             "splits": recipe.splits.model_copy(update={"held_out_clips": []})})
     build_dataset(recipe, str(root / "tiny"), progress=False)
     torch.manual_seed(0)
-    model = Lifter(LifterConfig(num_joints=16, root_joints=(0,), width=32, num_blocks=1))
+    model = Lifter(ModelConfig(width=32, num_blocks=1), num_joints=16, root_joints=(0,))
     save_lifter(root / "model.pt", model, DEEPMIMIC16)
 
     target = TrackingTarget(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="t",
@@ -185,12 +186,7 @@ def test_relative_sqlite_uris_are_made_absolute_for_the_actors(tmp_path: Path,
 def test_lift_cli_names_a_bad_registry_model_and_keeps_ray_options_for_ray_runs(registered: dict[str, str],
                                                                                tmp_path: Path) -> None:
     """(A successful `rigpose lift --model models:/...` run: tests/integration/test_mlflow.py, S3 to S3.)"""
-    import typer
-
-    from rigpose.cli.evaluate import register
-
-    app = typer.Typer()
-    register(app)
+    from rigpose.cli.evaluate import app
     out = tmp_path / "cli.parquet"
     r = CliRunner().invoke(app, ["lift", "--model", "models:/nope@x", "--data", registered["data"],
                                  "--out", str(out)])

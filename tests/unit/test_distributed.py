@@ -9,18 +9,18 @@ import torch
 import torch.multiprocessing as mp
 from rigpose_testing import synthetic_batch, to_torch
 
-from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.model.objective import LossWeights
+from rigpose.config import LossConfig, ModelConfig
+from rigpose.model.lifter import Lifter
 from rigpose.skeleton import DEEPMIMIC16
 from rigpose.train.loop import train_epoch
 
-WEIGHTS = LossWeights(hide_joint_prob=0.0)  # no random input masking: the two runs must see identical inputs
+WEIGHTS = LossConfig(hide_joint_prob=0.0)  # no random input masking: the two runs must see identical inputs
 STEPS = 3
 
 
 def _model() -> Lifter:
     torch.manual_seed(0)
-    return Lifter(LifterConfig(num_joints=16, width=32, num_blocks=1, dropout=0.0))
+    return Lifter(ModelConfig(width=32, num_blocks=1, dropout=0.0), num_joints=16)
 
 
 def _batches() -> list[dict[str, torch.Tensor]]:
@@ -30,7 +30,7 @@ def _batches() -> list[dict[str, torch.Tensor]]:
 def _epoch(model: torch.nn.Module, batches: list, *, reduce=lambda x: x, num_replicas: int = 1) -> dict:
     # plain SGD without clipping: a gradient off by any factor (e.g. DDP's 1/world averaging) changes the weights
     opt = torch.optim.SGD(model.parameters(), lr=1e-5)
-    _, _, means = train_epoch(model, opt, batches, DEEPMIMIC16, weights=WEIGHTS, supervision="2d", step0=0,
+    _, _, means = train_epoch(model, opt, batches, DEEPMIMIC16, loss_cfg=WEIGHTS, supervision="2d", step0=0,
                               grad_clip=1e9, reduce=reduce, num_replicas=num_replicas)
     return means
 

@@ -13,20 +13,22 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import typer
-from rigpose_testing import REPO, rest_pose_deepmimic16
+from rigpose_testing import rest_pose_deepmimic16
 from typer.testing import CliRunner
 
 from rigpose import geometry as g
 from rigpose import metrics as ev
-from rigpose.cli.evaluate import register
-from rigpose.data.store import Dataset, DatasetWriter
+from rigpose.cli.evaluate import app as evaluate_app
+from rigpose.config import ModelConfig, MultiViewConfig
+from rigpose.data.reader import Dataset
 from rigpose.data.synth.build import build_dataset, load_recipe
 from rigpose.data.synth.recipe import ProceduralMotion, Recipe
+from rigpose.data.writer import DatasetWriter
 from rigpose.inference.evaluate import evaluate
 from rigpose.inference.lift import lift_dataset
 from rigpose.model.checkpoint import save_lifter
-from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.model.lifter import Lifter
+from rigpose.resources import recipes_dir, rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import DEEPMIMIC16
 
@@ -101,7 +103,7 @@ def root_rel(X: np.ndarray) -> np.ndarray:
 def oracle_views(num_frames: int = 6) -> tuple[np.ndarray, np.ndarray, g.CameraArrays, np.ndarray]:
     """(kp [B, V, J, 2] exact projections, w, cameras [B, V, ...], perfect root-relative lifts [B, V, J, 3])."""
     rng = np.random.default_rng(1)
-    rig = load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+    rig = load_rig(rigs_dir() / "h36m-s1.json")
     X = np.stack([rest_pose_deepmimic16() @ rot_z(a).T for a in rng.uniform(0, 6.28, num_frames)])
     X = X + np.c_[rng.uniform(-0.5, 0.5, (num_frames, 2)), np.zeros(num_frames)][:, None]
     cams1 = rig.arrays()
@@ -152,7 +154,7 @@ def test_heldout_root_never_uses_the_source_view() -> None:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The tiny dataset, a copy of its test split without 3D labels, and a tiny untrained model."""
     root = tmp_path_factory.mktemp("evaluate")
-    recipe = load_recipe(REPO / "datasets" / "recipes" / "tiny.yaml")
+    recipe = load_recipe(recipes_dir() / "tiny.yaml")
     if importlib.util.find_spec("pybullet_data") is None:  # no mocap clips here: procedural motion instead
         recipe = _procedural(recipe)
     build_dataset(recipe, str(root / "tiny"), progress=False)
@@ -162,7 +164,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         writer.add(dataclasses.replace(frames, joints_3d=None), ds.rig(str(frames.rig_id[0])), split="test")
         writer.commit()
     torch.manual_seed(0)
-    model = Lifter(LifterConfig(num_joints=16, root_joints=(0,), width=32, num_blocks=1))
+    model = Lifter(ModelConfig(width=32, num_blocks=1), num_joints=16, root_joints=(0,))
     save_lifter(root / "model.pt", model, DEEPMIMIC16, meta={"test": True})
     return {"data": str(root / "tiny"), "no3d": str(root / "no3d"), "model": str(root / "model.pt"),
             "dir": str(root)}
@@ -191,7 +193,9 @@ def test_evaluate_reports_every_section_with_finite_numbers(tiny: dict[str, str]
     metrics = {"mpjpe_mm", "pa_mpjpe_mm", "n_mpjpe_mm", "pck150", "mpjpe_abs_mm", "heldout_px"}
     assert metrics <= set(res["single"]["overall"])
     assert len(res["single"]["per_camera"]) == 4
-    assert set(res["multi"]) == {"fusion", "dlt", "robust"}
+    assert res["multi_mode"] == MultiViewConfig().method  # the one default
+    assert set(res["multi"]) == {res["multi_mode"], "dlt", "robust"}
+    assert res["multi_view"] == MultiViewConfig().model_dump(exclude_none=True)
     for method in res["multi"].values():
         assert metrics | {"coverage"} <= set(method["overall"])
         assert all("heldout_px" in cam for cam in method["per_camera"].values())
@@ -203,7 +207,8 @@ def test_evaluate_reports_every_section_with_finite_numbers(tiny: dict[str, str]
 
 
 def test_evaluate_without_3d_labels_reports_the_label_free_metric_only(tiny: dict[str, str]) -> None:
-    res = evaluate(tiny["model"], tiny["no3d"], split="test", max_rows=20, batch_size=8)
+    res = evaluate(tiny["model"], tiny["no3d"], split="test", max_rows=20, batch_size=8,
+                   multi_view=MultiViewConfig(method="fusion"))  # the metrics, not the method: the fast one
     assert not res["has_3d"] and res["num_frames"] == 20
     assert set(res["single"]["overall"]) == {"heldout_px", "num_heldout"}
     for method in res["multi"].values():
@@ -213,7 +218,8 @@ def test_evaluate_without_3d_labels_reports_the_label_free_metric_only(tiny: dic
 
 def test_evaluate_with_test_time_adaptation_leaves_the_saved_model_untouched(tiny: dict[str, str]) -> None:
     before = Path(tiny["model"]).read_bytes()
-    res = evaluate(tiny["model"], tiny["data"], split="test", multi_mode="adaptation", adapt_steps=2, max_rows=8)
+    res = evaluate(tiny["model"], tiny["data"], split="test", multi_view=MultiViewConfig(method="adaptation",
+                                                                                        adapt_steps=2), max_rows=8)
     assert res["adapt_steps"] == 2 and set(res["multi"]) == {"adaptation", "dlt", "robust"}
     assert finite_numbers(res) and res["multi"]["adaptation"]["overall"]["mpjpe_mm"] is not None
     assert Path(tiny["model"]).read_bytes() == before
@@ -254,12 +260,11 @@ def test_lift_dataset_leaves_no_file_when_it_fails(tiny: dict[str, str]) -> None
 
 
 def test_cli_evaluate_and_lift(tiny: dict[str, str]) -> None:
-    app = typer.Typer()
-    register(app)
+    app = evaluate_app
     runner = CliRunner(env={"COLUMNS": "200"})  # rich sizes the table to the terminal
     out = str(Path(tiny["dir"]) / "cli.json")
     r = runner.invoke(app, ["evaluate", "--model", tiny["model"], "--data", tiny["data"], "--split", "test",
-                            "--mode", "multi", "--max-rows", "16", "--json", out])
+                            "--mode", "multi", "--multi", "fusion", "--max-rows", "16", "--json", out])
     assert r.exit_code == 0, r.output
     assert "baseline: dlt" in r.output and json.loads(Path(out).read_text())["num_frames"] == 16
     pq_out = str(Path(tiny["dir"]) / "cli.parquet")
@@ -269,13 +274,43 @@ def test_cli_evaluate_and_lift(tiny: dict[str, str]) -> None:
     assert pq.read_table(pq_out).num_rows == 20
 
 
+def test_cli_takes_a_job_file_with_set_overrides_and_options_that_override_both(tiny: dict[str, str],
+                                                                                tmp_path: Path) -> None:
+    job = tmp_path / "evaluate.yaml"
+    job.write_text(f"data: {tiny['data']}\nsplit: nope\nmulti_view: {{method: fusion}}\nevaluate: {{mode: multi}}\n")
+    out = tmp_path / "e.json"
+    runner = CliRunner(env={"COLUMNS": "200"})
+    r = runner.invoke(evaluate_app, ["evaluate", "--model", tiny["model"], "--config", str(job), "--split", "test",
+                                     "--set", "max_rows=8", "--set", "multi_view.refine_steps=0", "--json", str(out),
+                                     "--no-multi-heldout"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert (res["data"], res["split"], res["num_frames"], res["modes"]) == (tiny["data"], "test", 8, ["multi"])
+    assert res["multi_mode"] == "fusion" and res["multi_view"]["refine_steps"] == 0
+    r = runner.invoke(evaluate_app, ["evaluate", "--model", tiny["model"], "--config", str(job), "--split", "test",
+                                     "--set", "max_rows=4", "--multi", "refinement", "--json", str(out),
+                                     "--no-multi-heldout", "--set", "multi_view.refine_steps=2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["multi_mode"] == "refinement"
+    pq_out = tmp_path / "lift.parquet"
+    r = runner.invoke(evaluate_app, ["lift", "--model", tiny["model"], "--config", str(job), "--out", str(pq_out),
+                                     "--split", "test", "--set", "lift.mode=multi", "--max-rows", "3"])
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(pq_out).schema.metadata[b"rigpose.mode"] == b"multi"
+    for args, message in ((["--set", "multi_view.method=median"], "field multi_view.method"),
+                          (["--config", str(tmp_path / "none.yaml")], "no such job file")):
+        r = runner.invoke(evaluate_app, ["evaluate", "--model", tiny["model"], "--data", tiny["data"], *args])
+        assert r.exit_code == 1 and message in r.output, r.output
+    r = runner.invoke(evaluate_app, ["evaluate", "--model", tiny["model"]])
+    assert r.exit_code == 1 and "--data" in r.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "/nonexistent/model.pt"], "no such model file"),
     (["--split", "nope"], "no split 'nope'"),
 ])
 def test_cli_errors_print_one_line_and_exit_1(tiny: dict[str, str], args: list[str], message: str) -> None:
-    app = typer.Typer()
-    register(app)
+    app = evaluate_app
     base = {"--model": tiny["model"], "--data": tiny["data"], "--split": "test"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     r = CliRunner().invoke(app, ["evaluate", *[x for kv in base.items() for x in kv]])

@@ -12,9 +12,10 @@ import torch
 from rigpose_testing import synthetic_batch
 
 import rigpose.inference.export as export_module
+from rigpose.config import ModelConfig
 from rigpose.inference.export import INPUT_NAMES, OUTPUT_NAMES, export_onnx, onnx_lift
 from rigpose.model.checkpoint import load_lifter, save_lifter
-from rigpose.model.lifter import Lifter, LifterConfig, LiftOutput
+from rigpose.model.lifter import Lifter, LiftOutput
 from rigpose.skeleton import DEEPMIMIC16, H36M17
 
 J = DEEPMIMIC16.num_joints
@@ -25,8 +26,8 @@ def _lifter(output: str, seed: int = 0) -> Lifter:
     """A small random lifter whose output layer matters: the shipped init (std 1e-3) makes the pose nearly constant,
     which would hide a wrong graph, so the last layer is redrawn larger."""
     torch.manual_seed(seed)
-    model = Lifter(LifterConfig(num_joints=J, root_joints=DEEPMIMIC16.root_joints, width=32, num_blocks=2,
-                                output=output))
+    model = Lifter(ModelConfig(width=32, num_blocks=2, output=output), num_joints=J,
+                   root_joints=DEEPMIMIC16.root_joints)
     torch.nn.init.normal_(model.out.weight, std=0.05)
     torch.nn.init.normal_(model.out.bias, std=0.05)
     return model.eval()

@@ -1,4 +1,5 @@
-"""Multi-view inference (rigpose.model.fuse) on a synthetic 4-camera rig, with an oracle lifter as the model double."""
+"""Multi-view inference (rigpose.model.fusion, .refine, .adapt, .multiview) on a synthetic 4-camera rig, with an
+oracle lifter as the model double."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import torch
 from torch import nn
 
 from rigpose import geometry as g
-from rigpose.model import fuse as mv
+from rigpose.config import MULTI_VIEW_METHODS, LossConfig, ModelConfig, MultiViewConfig
+from rigpose.model.adapt import adapt
+from rigpose.model.fusion import fuse
 from rigpose.model.inputs import prepare_arrays
-from rigpose.model.lifter import Lifter, LifterConfig, LiftOutput
-from rigpose.model.objective import LossWeights, loss_terms, total_loss
+from rigpose.model.lifter import Lifter, LiftOutput
+from rigpose.model.multiview import lift_multiview
+from rigpose.model.objective import loss_terms, total_loss
+from rigpose.model.refine import estimate_noise, refine, reprojection_residuals
 from rigpose.skeleton import DEEPMIMIC16 as SK
 
 NUM_FRAMES, NUM_VIEWS = 8, 4
@@ -98,7 +103,7 @@ def _mpjpe(P: torch.Tensor, X: np.ndarray) -> float:
 @pytest.mark.parametrize("weighting", ["confidence", "uniform"])
 def test_fuse_with_oracle_lifter_returns_ground_truth(weighting: str) -> None:
     scene = Scene()
-    fused = mv.fuse(OracleLifter(scene.camera_poses()), scene.batch(), SK, weighting=weighting)
+    fused = fuse(OracleLifter(scene.camera_poses()), scene.batch(), SK, MultiViewConfig(weighting=weighting))
     torch.testing.assert_close(fused, torch.as_tensor(scene.X, dtype=torch.float32), atol=1e-4, rtol=0)
 
 
@@ -112,7 +117,7 @@ def test_fuse_ignores_a_missing_view(how: str) -> None:
         scene.scores[:, 1] = 0
     X_cam = scene.camera_poses()
     X_cam[:, 1] += 5.0  # whatever the lifter says about the missing view must not matter
-    fused = mv.fuse(OracleLifter(X_cam), scene.batch(), SK)
+    fused = fuse(OracleLifter(X_cam), scene.batch(), SK)
     torch.testing.assert_close(fused, torch.as_tensor(scene.X, dtype=torch.float32), atol=1e-4, rtol=0)
 
 
@@ -121,14 +126,14 @@ def test_fuse_with_one_view_places_the_pose_at_the_views_own_root() -> None:
     scene.view_mask[:, 1:] = False
     batch = scene.batch()
     assert not batch["root_ok"].any()  # one view: no triangulated root
-    fused = mv.fuse(OracleLifter(scene.camera_poses()), batch, SK)
+    fused = fuse(OracleLifter(scene.camera_poses()), batch, SK)
     torch.testing.assert_close(fused, torch.as_tensor(scene.X, dtype=torch.float32), atol=1e-4, rtol=0)
 
 
 def test_fuse_returns_nan_for_a_frame_without_any_view() -> None:
     scene = Scene()
     scene.view_mask[0] = False
-    fused = mv.fuse(OracleLifter(scene.camera_poses()), scene.batch(), SK)
+    fused = fuse(OracleLifter(scene.camera_poses()), scene.batch(), SK)
     assert torch.isnan(fused[0]).all()
     assert torch.isfinite(fused[1:]).all()
 
@@ -139,15 +144,15 @@ def test_confidence_weighting_downweights_a_corrupted_low_score_view() -> None:
     X_cam = scene.camera_poses()
     X_cam[:, 2, 1:] += torch.tensor([0.15, -0.1, 0.1])  # a bad lift of every joint but the root
     oracle, batch = OracleLifter(X_cam), scene.batch()
-    err_conf = _mpjpe(mv.fuse(oracle, batch, SK, weighting="confidence"), scene.X)
-    err_unif = _mpjpe(mv.fuse(oracle, batch, SK, weighting="uniform"), scene.X)
+    err_conf = _mpjpe(fuse(oracle, batch, SK, MultiViewConfig(weighting="confidence")), scene.X)
+    err_unif = _mpjpe(fuse(oracle, batch, SK, MultiViewConfig(weighting="uniform")), scene.X)
     assert err_conf < 0.1 * err_unif
 
 
 def test_fuse_restores_the_models_training_mode() -> None:
-    model = Lifter(LifterConfig(num_joints=SK.num_joints, width=16, num_blocks=1))
+    model = Lifter(ModelConfig(width=16, num_blocks=1), num_joints=SK.num_joints)
     model.train()
-    mv.fuse(model, Scene(2).batch(), SK)
+    fuse(model, Scene(2).batch(), SK)
     assert model.training
 
 
@@ -155,9 +160,9 @@ def test_fuse_rejects_bad_input() -> None:
     batch = Scene(2).batch()
     model = OracleLifter(Scene(2).camera_poses())
     with pytest.raises(ValueError, match="weighting"):
-        mv.fuse(model, batch, SK, weighting="median")
+        fuse(model, batch, SK, MultiViewConfig(weighting="median"))
     with pytest.raises(ValueError, match="root_world"):
-        mv.fuse(model, {k: v for k, v in batch.items() if k != "root_world"}, SK)
+        fuse(model, {k: v for k, v in batch.items() if k != "root_world"}, SK)
 
 
 # ---------------------------------------------------------------------------------------------- refinement
@@ -166,7 +171,7 @@ def test_fuse_rejects_bad_input() -> None:
 def test_estimate_noise_recovers_the_pixel_noise_of_the_2d() -> None:
     scene = Scene(64, pixel_noise=3.0)
     batch = scene.batch()
-    noise = mv.estimate_noise(torch.as_tensor(scene.X, dtype=torch.float32), batch)
+    noise = estimate_noise(torch.as_tensor(scene.X, dtype=torch.float32), batch)
     assert 2.4 < noise.sigma_2d_px < 3.6
 
 
@@ -175,9 +180,9 @@ def test_refine_reduces_reprojection_and_3d_error_of_noisy_fused_poses() -> None
     batch = scene.batch()
     noisy = torch.as_tensor(scene.X, dtype=torch.float32) + 0.03 * torch.randn(scene.X.shape,
                                                                                 generator=torch.Generator().manual_seed(0))
-    refined = mv.refine(noisy, batch, SK, steps=30)
-    before, obs = mv.reprojection_residuals(noisy, batch)
-    after, _ = mv.reprojection_residuals(refined, batch)
+    refined = refine(noisy, batch, SK, MultiViewConfig(refine_steps=30))
+    before, obs = reprojection_residuals(noisy, batch)
+    after, _ = reprojection_residuals(refined, batch)
     assert after[obs].mean() < 0.2 * before[obs].mean()
     assert _mpjpe(refined, scene.X) < 0.3 * _mpjpe(noisy, scene.X)
 
@@ -186,14 +191,22 @@ def test_refine_keeps_nan_frames_nan_and_zero_steps_is_identity() -> None:
     scene = Scene()
     poses = torch.as_tensor(scene.X, dtype=torch.float32).clone()
     poses[0] = float("nan")
-    refined = mv.refine(poses, scene.batch(), SK, steps=5)
+    refined = refine(poses, scene.batch(), SK, MultiViewConfig(refine_steps=5))
     assert torch.isnan(refined[0]).all() and torch.isfinite(refined[1:]).all()
-    torch.testing.assert_close(mv.refine(poses, scene.batch(), SK, steps=0), poses, equal_nan=True)
+    torch.testing.assert_close(refine(poses, scene.batch(), SK, MultiViewConfig(refine_steps=0)), poses, equal_nan=True)
+
+
+def test_refine_optimises_even_when_called_under_no_grad() -> None:
+    scene = Scene()
+    noisy = torch.as_tensor(scene.X, dtype=torch.float32) + 0.03
+    want = refine(noisy, scene.batch(), SK, MultiViewConfig(refine_steps=5))
+    with torch.no_grad():
+        torch.testing.assert_close(refine(noisy, scene.batch(), SK, MultiViewConfig(refine_steps=5)), want)
 
 
 def test_refine_rejects_poses_of_the_wrong_shape() -> None:
     with pytest.raises(ValueError, match="poses"):
-        mv.refine(torch.zeros(3, SK.num_joints, 3), Scene(2).batch(), SK)
+        refine(torch.zeros(3, SK.num_joints, 3), Scene(2).batch(), SK)
 
 
 # ---------------------------------------------------------------------------------------------- adaptation
@@ -201,20 +214,20 @@ def test_refine_rejects_poses_of_the_wrong_shape() -> None:
 
 def _tiny_lifter() -> Lifter:
     torch.manual_seed(0)
-    return Lifter(LifterConfig(num_joints=SK.num_joints, width=32, num_blocks=1, dropout=0.0))
+    return Lifter(ModelConfig(width=32, num_blocks=1, dropout=0.0), num_joints=SK.num_joints)
 
 
 def _loss_2d(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
-    weights = LossWeights()
+    weights = LossConfig()
     with torch.no_grad():
-        return float(total_loss(loss_terms(model, batch, SK, weights=weights, train=False), weights)[0])
+        return float(total_loss(loss_terms(model, batch, SK, loss_cfg=weights, train=False), weights)[0])
 
 
 def test_adapt_reduces_the_2d_loss_and_leaves_the_original_model_untouched() -> None:
     model = _tiny_lifter()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = Scene(32, pixel_noise=1.0).batch()
-    tuned = mv.adapt(model, batch, SK, steps=40, lr=3e-3)
+    tuned = adapt(model, batch, SK, steps=40, lr=3e-3, batch_size=None)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], atol=0, rtol=0)
     assert tuned is not model and not tuned.training
@@ -226,8 +239,8 @@ def test_adapt_never_reads_joints_3d() -> None:
     labelled = scene.batch(joints_3d=np.full_like(scene.X, np.nan))  # poisoned labels: any use would show
     unlabelled = scene.batch()
     assert "joints_3d" not in unlabelled
-    a = mv.adapt(_tiny_lifter(), labelled, SK, steps=5, lr=1e-3)
-    b = mv.adapt(_tiny_lifter(), unlabelled, SK, steps=5, lr=1e-3)
+    a = adapt(_tiny_lifter(), labelled, SK, steps=5, lr=1e-3, batch_size=None)
+    b = adapt(_tiny_lifter(), unlabelled, SK, steps=5, lr=1e-3, batch_size=None)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.isfinite(va).all(), k
         torch.testing.assert_close(va, vb)
@@ -235,23 +248,23 @@ def test_adapt_never_reads_joints_3d() -> None:
 
 def test_adapt_accepts_an_iterable_of_batches() -> None:
     batches = [Scene(8, seed=s).batch() for s in range(2)]
-    tuned = mv.adapt(_tiny_lifter(), batches, SK, steps=3, lr=1e-3, batch_size=None)
+    tuned = adapt(_tiny_lifter(), batches, SK, steps=3, lr=1e-3, batch_size=None)
     assert isinstance(tuned, Lifter)
 
 
 # ---------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("mode", list(mv.MultiViewMode))
-def test_lift_multiview_runs_every_mode(mode: mv.MultiViewMode) -> None:
+@pytest.mark.parametrize("method", MULTI_VIEW_METHODS)
+def test_lift_multiview_runs_every_method(method: str) -> None:
     scene = Scene(8)
-    cfg = mv.MultiViewConfig(mode=mode, refine_steps=3, adapt_steps=2)
-    poses = mv.lift_multiview(_tiny_lifter(), scene.batch(), SK, cfg)
+    cfg = MultiViewConfig(method=method, refine_steps=3, adapt_steps=2)
+    poses = lift_multiview(_tiny_lifter(), scene.batch(), SK, cfg)
     assert poses.shape == (8, SK.num_joints, 3) and torch.isfinite(poses).all()
 
 
-@pytest.mark.parametrize("bad", [{"mode": "triangulate"}, {"weighting": "max"}, {"refine_steps": -1},
+@pytest.mark.parametrize("bad", [{"method": "triangulate"}, {"weighting": "max"}, {"refine_steps": -1},
                                  {"prior_weight": 0.0}, {"adapt_lr": 0.0}, {"adapt_batch_size": 0}])
 def test_multiview_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
-        mv.MultiViewConfig(**bad)
+        MultiViewConfig(**bad)

@@ -20,13 +20,14 @@ from rigpose.data.ingest import (
     split_for,
     write_interchange_npz,
 )
-from rigpose.data.store import Dataset, DatasetError, read_manifest
+from rigpose.data.manifest import DatasetError, read_manifest
+from rigpose.data.reader import Dataset
 from rigpose.geometry import project
+from rigpose.resources import rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import COCO17, H36M17, HUMANEVA15, h36m32_to_h36m17
 
-REPO = Path(__file__).resolve().parents[2]
-RIGS = REPO / "datasets" / "rigs"
+RIGS = rigs_dir()
 
 
 @pytest.fixture

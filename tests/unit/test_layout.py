@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "rigpose"
 
 # Lowest first. A module may import its own layer and the layers before it, never one after it.
 LAYERS: list[set[str]] = [
-    {"__init__", "config", "geometry", "skeleton", "rig", "storage"},
+    {"__init__", "config", "geometry", "skeleton", "rig", "storage", "resources"},
     {"metrics"},
     {"model"},
     {"data"},

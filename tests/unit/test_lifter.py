@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rigpose.model.lifter import Lifter, LifterConfig, dropout_schedule, normalise_2d
+from rigpose.config import ModelConfig
+from rigpose.model.lifter import Lifter, dropout_schedule, normalise_2d
 
 
 def _inputs(B: int = 8, J: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,7 +17,7 @@ def _inputs(B: int = 8, J: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch
 
 @pytest.mark.parametrize("output", ["ray", "free"])
 def test_lifter_outputs_root_relative_camera_frame_poses(output: str) -> None:
-    model = Lifter(LifterConfig(num_joints=16, width=32, num_blocks=1, output=output)).eval()
+    model = Lifter(ModelConfig(width=32, num_blocks=1, output=output), num_joints=16).eval()
     out = model(*_inputs())
     assert out.X.shape == (8, 16, 3) and out.rel.shape == (8, 16, 3) and out.root.shape == (8, 3)
     torch.testing.assert_close(out.rel[:, 0], torch.zeros(8, 3), atol=1e-6, rtol=0)  # root joint 0
@@ -24,14 +25,14 @@ def test_lifter_outputs_root_relative_camera_frame_poses(output: str) -> None:
 
 
 def test_ray_output_reprojects_exactly_onto_the_visible_input_joints() -> None:
-    model = Lifter(LifterConfig(num_joints=16, width=32, num_blocks=1, output="ray")).eval()
+    model = Lifter(ModelConfig(width=32, num_blocks=1, output="ray"), num_joints=16).eval()
     xy, scores = _inputs()
     out = model(xy, scores)
     torch.testing.assert_close(out.X[..., :2] / out.X[..., 2:], xy, atol=1e-5, rtol=0)
 
 
 def test_missing_joints_are_masked_not_read() -> None:
-    model = Lifter(LifterConfig(num_joints=16, width=32, num_blocks=1)).eval()
+    model = Lifter(ModelConfig(width=32, num_blocks=1), num_joints=16).eval()
     xy, scores = _inputs()
     scores[:, 5] = 0.0
     a = model(xy, scores)
@@ -57,18 +58,47 @@ def test_normalise_2d_centres_and_scales_visible_joints() -> None:
 
 def test_lifter_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="dropout"):
-        LifterConfig(num_joints=16, dropout=1.5)
+        ModelConfig(dropout=1.5)
     with pytest.raises(ValueError, match="output"):
-        LifterConfig(num_joints=16, output="mesh")  # type: ignore[arg-type]
+        ModelConfig(output="mesh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="root_joints"):
-        LifterConfig(num_joints=16, root_joints=(20,))
-    model = Lifter(LifterConfig(num_joints=16, width=32, num_blocks=1))
+        Lifter(ModelConfig(), num_joints=16, root_joints=(20,))
+    with pytest.raises(ValueError, match="num_joints"):
+        Lifter(ModelConfig(), num_joints=1)
+    with pytest.raises(TypeError, match="ModelConfig"):
+        Lifter({"width": 32}, num_joints=16)  # type: ignore[arg-type]
+    model = Lifter(ModelConfig(width=32, num_blocks=1), num_joints=16)
     with pytest.raises(ValueError, match="xy: expected"):
         model(torch.zeros(2, 17, 2), torch.ones(2, 17))
 
 
 def test_dropout_is_on_for_the_first_half_only() -> None:
     assert [dropout_schedule(e, 4, start=0.5) for e in range(4)] == [0.5, 0.5, 0.0, 0.0]
-    model = Lifter(LifterConfig(num_joints=16, width=32, num_blocks=1, dropout=0.5))
+    model = Lifter(ModelConfig(width=32, num_blocks=1, dropout=0.5), num_joints=16)
     model.set_dropout(0.0)
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_a_model_file_written_before_model_config_still_loads(tmp_path) -> None:
+    import io
+
+    from rigpose.model.checkpoint import FORMAT, VERSION, load_lifter, save_lifter
+    from rigpose.skeleton import DEEPMIMIC16
+
+    torch.manual_seed(0)
+    model = Lifter(ModelConfig(width=32, num_blocks=1, dropout=0.25, output="free"), num_joints=16)
+    old = {"format": FORMAT, "version": VERSION, "skeleton": DEEPMIMIC16.name, "meta": {"steps": 3},
+           "config": {"num_joints": 16, "root_joints": (0,), "width": 32, "num_blocks": 1, "dropout": 0.25,
+                      "output": "free", "extra": {}},  # the LifterConfig dataclass's fields
+           "state_dict": model.state_dict()}
+    buf = io.BytesIO()
+    torch.save(old, buf)
+    (tmp_path / "old.pt").write_bytes(buf.getvalue())
+    loaded, skeleton, meta = load_lifter(str(tmp_path / "old.pt"))
+    assert (loaded.config, loaded.num_joints, loaded.root_joints) == (model.config, 16, (0,))
+    assert skeleton is DEEPMIMIC16 and meta == {"steps": 3}
+    xy, scores = torch.randn(3, 16, 2) * 0.1, torch.ones(3, 16)
+    torch.testing.assert_close(loaded(xy, scores).X, model.eval()(xy, scores).X)
+    save_lifter(str(tmp_path / "new.pt"), loaded, skeleton)
+    again, _, _ = load_lifter(str(tmp_path / "new.pt"))
+    assert again.config == model.config and again.root_joints == (0,)

@@ -6,13 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from rigpose_testing import REPO
 
 from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess, check_rig_ids
+from rigpose.data.reader import Dataset
 from rigpose.data.schema import Frames, frames_for_rig
-from rigpose.data.store import Dataset, DatasetWriter
+from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import project
 from rigpose.model.inputs import prepare_arrays
+from rigpose.resources import rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import H36M17
 
@@ -36,7 +37,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     root = str(tmp_path_factory.mktemp("pipeline") / "ds")
     with DatasetWriter(root, skeleton=H36M17, command="test_pipeline") as w:
         for seed, rig_id in enumerate(RIG_VIEWS):
-            rig = load_rig(REPO / "datasets" / "rigs" / f"{rig_id}.json")
+            rig = load_rig(rigs_dir() / f"{rig_id}.json")
             w.add(_frames(rig, seed=seed), rig, split="train")
         w.commit()
     return Dataset(root)

@@ -13,17 +13,18 @@ import pytest
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from rigpose_testing import REPO, rest_pose_deepmimic16
+from rigpose_testing import rest_pose_deepmimic16
 
+from rigpose.config import ModelConfig
+from rigpose.data.reader import Dataset, iter_frames
 from rigpose.data.schema import Frames
-from rigpose.data.store import Dataset
 from rigpose.data.synth.build import build_dataset, load_recipe
 from rigpose.data.synth.recipe import ProceduralMotion
 from rigpose.inference import plots
 from rigpose.inference.evaluate import evaluate
-from rigpose.inference.lift import iter_frames
 from rigpose.model.checkpoint import save_lifter
-from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.model.lifter import Lifter
+from rigpose.resources import recipes_dir
 from rigpose.skeleton import DEEPMIMIC16, H36M17
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -165,7 +166,7 @@ def test_skeletons_refuse_bad_shapes(change: dict, match: str) -> None:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny recipe with procedural motion (no mocap clips needed), its test split, a tiny untrained model."""
     root = tmp_path_factory.mktemp("plots")
-    recipe = load_recipe(REPO / "datasets" / "recipes" / "tiny.yaml")
+    recipe = load_recipe(recipes_dir() / "tiny.yaml")
     recipe = recipe.model_copy(update={
         "frames": 160,
         "motion": ProceduralMotion(source="procedural", num_sequences=4, seconds=4),
@@ -175,7 +176,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     frames = Frames.concat(list(iter_frames(Dataset(str(root / "tiny")), split="test", batch_size=10_000,
                                             with_3d=True)))
     torch.manual_seed(0)
-    model = Lifter(LifterConfig(num_joints=J, width=32, num_blocks=1))
+    model = Lifter(ModelConfig(width=32, num_blocks=1), num_joints=J)
     save_lifter(root / "model.pt", model, DEEPMIMIC16, meta={"test": True})
     return {"data": str(root / "tiny"), "model_path": str(root / "model.pt"), "model": model, "frames": frames}
 

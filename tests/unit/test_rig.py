@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rigpose.geometry import look_at
+from rigpose.resources import rigs_dir
 from rigpose.rig import (
     Camera,
     Rig,
@@ -414,5 +415,5 @@ def test_import_calibration_toml_needs_two_camera_sections(tmp_path: Path, rng: 
 def test_capture_center_is_where_the_h36m_cameras_look() -> None:
     from rigpose.rig import load_rig
 
-    centre = load_rig(Path(__file__).resolve().parents[2] / "datasets" / "rigs" / "h36m-s1.json").capture_center()
+    centre = load_rig(rigs_dir() / "h36m-s1.json").capture_center()
     assert np.linalg.norm(centre[:2]) < 1.0 and 0.0 < centre[2] < 2.0  # near the origin, below the cameras

@@ -1,4 +1,4 @@
-"""rigpose.data.synth.rigs_builtin and datasets/rigs/*.json: the shipped rigs regenerate from the published
+"""rigpose.data.synth.rigs_builtin and rigpose/resources/rigs/*.json: the shipped rigs regenerate from the published
 calibrations."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 
 from rigpose import geometry as g
 from rigpose.data.synth import rigs_builtin as rb
+from rigpose.resources import rigs_dir
 from rigpose.rig import Camera, Rig, RigError, load_rig, validate_rig
 
-REPO = Path(__file__).resolve().parents[2]
-RIGS_DIR = REPO / "datasets" / "rigs"
+RIGS_DIR = rigs_dir()
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 EXPECTED_RIG_IDS = {*(f"h36m-s{s}" for s in (1, 5, 6, 7, 8, 9, 11)), "humaneva-s1", "humaneva-s2", "humaneva-s3",
                     "studio-8"}

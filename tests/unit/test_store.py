@@ -1,4 +1,4 @@
-"""rigpose.data.store / schema: round trips, atomic commits, appends, replacement, quarantine and refusals."""
+"""Datasets (rigpose.data writer, reader, manifest): round trips, atomic commits, appends, replacement, quarantine."""
 
 from __future__ import annotations
 
@@ -8,23 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rigpose.data.manifest import DatasetError, read_manifest
+from rigpose.data.reader import Dataset
 from rigpose.data.schema import ARROW_SCHEMA, Frames, frames_for_rig
-from rigpose.data.store import Dataset, DatasetError, DatasetWriter, read_manifest
+from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import project
+from rigpose.resources import rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import H36M17
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def rig4():
-    return load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+    return load_rig(rigs_dir() / "h36m-s1.json")
 
 
 @pytest.fixture
 def rig3():
-    return load_rig(REPO / "datasets" / "rigs" / "humaneva-s1.json")
+    return load_rig(rigs_dir() / "humaneva-s1.json")
 
 
 def make_frames(rig, rng: np.random.Generator, *, sequence: str = "walk", T: int = 20, start: int = 0) -> Frames:

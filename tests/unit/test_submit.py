@@ -157,7 +157,7 @@ def test_rays_packer_keeps_every_source_file_of_the_package_including_its_data_f
     package = REPO / "platform" / "rigpose"
     sources = {f"rigpose/{p.relative_to(package).as_posix()}" for p in package.rglob("*")
                if p.is_file() and "__pycache__" not in p.parts}
-    assert {"rigpose/data/store.py", "rigpose/data/pipeline.py", "rigpose/train/worker.py"} <= sources
+    assert {"rigpose/data/writer.py", "rigpose/data/pipeline.py", "rigpose/train/worker.py"} <= sources
     assert _zip_names(package, excludes, include_parent_dir=True, out=tmp_path / "py_module.zip") == sources
 
 
@@ -167,12 +167,13 @@ def test_rays_packer_leaves_environments_outputs_and_data_files_out_of_the_worki
     root = tmp_path / "project"
     shutil.copytree(REPO / "jobs", root / "jobs")
     (root / "pyproject.toml").write_text("[project]\nname = 'fake'\n")
-    kept = ["pyproject.toml", "jobs/train.yaml", "jobs/runtime_env.yaml", "platform/rigpose/__init__.py",
-            "platform/rigpose/data/store.py", "platform/rigpose/train/worker.py", "data/README.md",
+    kept = ["pyproject.toml", "jobs/train.yaml", "jobs/evaluate.yaml", "jobs/runtime_env.yaml",
+            "platform/rigpose/__init__.py",
+            "platform/rigpose/data/writer.py", "platform/rigpose/train/worker.py", "data/README.md",
             "datasets/rigs/h36m-s1.json"]
     dropped = [".venv/lib/python3.11/site-packages/torch/__init__.py", "outputs/runs/demo/model.pt",
                "outputs/datasets/demo/manifest.json", "x.parquet", "datasets/demo/part-00000.parquet",
-               "platform/rigpose/__pycache__/store.cpython-311.pyc", "mlruns/0/meta.yaml", ".git/HEAD", "poses.npz",
+               "platform/rigpose/__pycache__/writer.cpython-311.pyc", "mlruns/0/meta.yaml", ".git/HEAD", "poses.npz",
                "build/lib/rigpose/__init__.py"]
     for name in kept + dropped:
         (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rigpose.data.reader import Dataset
 from rigpose.data.schema import Frames
-from rigpose.data.store import Dataset
 from rigpose.data.synth import motion_bank as sm
 from rigpose.data.synth.build import Recipe, Synthesis, build_dataset, load_recipe, parse_recipe
 from rigpose.data.synth.detector import DetectorNoise, detect, limb_pairs
 from rigpose.geometry import project
+from rigpose.resources import recipes_dir, rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import DEEPMIMIC16, bone_lengths
 
-REPO = Path(__file__).resolve().parents[2]
-RIG = str(REPO / "datasets" / "rigs" / "h36m-s1.json")
+RIG = str(rigs_dir() / "h36m-s1.json")
 needs_pybullet = pytest.mark.skipif(importlib.util.find_spec("pybullet_data") is None,
                                     reason="DeepMimic clips need pybullet (the mocap extra)")
 
@@ -42,9 +42,9 @@ def generate(r: Recipe) -> Frames:
 @needs_pybullet
 def test_tiny_recipe_builds_and_reads_back(tmp_path: Path) -> None:
     out = str(tmp_path / "tiny")
-    manifest = build_dataset(REPO / "datasets" / "recipes" / "tiny.yaml", out, progress=False)
+    manifest = build_dataset(recipes_dir() / "tiny.yaml", out, progress=False)
     frames = Dataset(out).read_frames()
-    assert len(frames) == load_recipe(REPO / "datasets" / "recipes" / "tiny.yaml").frames
+    assert len(frames) == load_recipe(recipes_dir() / "tiny.yaml").frames
     assert frames.keypoints.shape[1:] == (4, DEEPMIMIC16.num_joints, 2)
     assert frames.joints_3d is not None and np.isfinite(frames.joints_3d).all()
     assert set(manifest.splits()) == {"train", "test", "test_clips"}
@@ -231,7 +231,7 @@ def test_bad_recipe_keys_fail_naming_the_key_path(data: dict[str, Any], path: st
 
 def test_shipped_recipes_parse() -> None:
     for name in ("tiny", "demo", "scale"):
-        r = load_recipe(REPO / "datasets" / "recipes" / f"{name}.yaml")
+        r = load_recipe(recipes_dir() / f"{name}.yaml")
         assert r.name == name
 
 
@@ -279,7 +279,7 @@ def test_a_build_where_cameras_see_nobody_fails_and_leaves_no_dataset(tmp_path: 
 
 
 def test_procedural_recipe_generates_every_frame_across_two_rigs() -> None:
-    rigs = [RIG, str(REPO / "datasets" / "rigs" / "h36m-s5.json")]
+    rigs = [RIG, str(rigs_dir() / "h36m-s5.json")]
     r = parse_recipe({"frames": 2000, "rigs": rigs, "noise": {"pixel_std": 2},
                       "motion": {"source": "procedural", "num_sequences": 4, "seconds": 3},
                       "splits": {"by": "clip", "fractions": {"train": 0.75, "test": 0.25}}})

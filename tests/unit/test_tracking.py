@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from rigpose_testing import REPO, free_port
+from rigpose_testing import free_port
 
-from rigpose.config import TrainJob
-from rigpose.data.store import Dataset
-from rigpose.inference.lift import iter_frames
+from rigpose.config import ModelConfig, MultiViewConfig, TrainJob
+from rigpose.data.reader import Dataset, iter_frames
 from rigpose.model.checkpoint import save_lifter
-from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.model.lifter import Lifter
+from rigpose.resources import recipes_dir
 from rigpose.retrain.gate import champion_gate
 from rigpose.tracking import runs as tr
 from rigpose.tracking.pyfunc import example_input, lift_arrays
@@ -62,6 +62,24 @@ def test_environment_uri_beats_the_default_and_the_job_file_beats_both(tmp_path:
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
     assert tr.resolve_target(_job(tmp_path), env).uri == "http://127.0.0.1:5000"
     assert tr.resolve_target(_job(tmp_path, uri="http://mlflow:80"), env).uri == "http://mlflow:80"
+
+
+def test_a_sqlite_uri_keeps_artifacts_beside_its_database_not_in_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's own default would be ./mlruns here
+    db = tmp_path / "store" / "mlflow.db"
+    for job, env in ((_job(tmp_path, uri=f"sqlite:///{db}"), {}), (_job(tmp_path), {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})):
+        t = tr.resolve_target(job, env)
+        assert t.uri == f"sqlite:///{db}" and t.artifact_location == (db.parent / "artifacts").as_uri()
+    assert tr.resolve_target(_job(tmp_path, uri="http://mlflow:80"), {}).artifact_location is None  # the server's
+    t = tr.resolve_target(_job(tmp_path, uri=f"sqlite:///{db}", experiment="beside"), {})
+    run_id = tr.RunLogger(_spec(tmp_path, t), warn=lambda s: None).ensure_run()
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(t.uri).get_run(run_id).info.artifact_uri.startswith((db.parent / "artifacts").as_uri())
+    assert not (elsewhere / "mlruns").exists()
 
 
 def test_a_relative_sqlite_uri_is_refused(tmp_path: Path) -> None:
@@ -172,7 +190,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     from rigpose.data.synth.build import build_dataset
 
     out = str(tmp_path_factory.mktemp("data") / "tiny")
-    build_dataset(str(REPO / "datasets" / "recipes" / "tiny.yaml"), out, progress=False)
+    build_dataset(str(recipes_dir() / "tiny.yaml"), out, progress=False)
     return Dataset(out)
 
 
@@ -181,8 +199,7 @@ def _model_file(ds: Dataset, path: Path, seed: int) -> str:
 
     torch.manual_seed(seed)
     sk = ds.skeleton
-    model = Lifter(LifterConfig(num_joints=sk.num_joints, root_joints=tuple(sk.root_joints), width=32,
-                                num_blocks=1))
+    model = Lifter(ModelConfig(width=32, num_blocks=1), num_joints=sk.num_joints, root_joints=tuple(sk.root_joints))
     save_lifter(str(path), model, sk)
     return str(path)
 
@@ -216,10 +233,13 @@ def test_pyfunc_predicts_what_the_lifter_gives_on_raw_detector_rows(tiny: Datase
     want = lift_arrays(model.model, model.skeleton, f.keypoints, scores, f.cameras, vm)
     np.testing.assert_allclose(np.stack([np.asarray(x) for x in out["joints_3d"]]), want["joints_3d"], atol=1e-5)
     assert out["num_views"][0] == 1 and len(out["joints_cam"][0]) == 1
-    # one view: the world pose is that view's camera-frame lift moved into the world frame
+    assert model.multi_view == MultiViewConfig()  # the one default multi-view method
+    # one view, fused: the world pose is that view's camera-frame lift moved into the world frame
+    fused = lift_arrays(model.model, model.skeleton, f.keypoints, scores, f.cameras, vm,
+                        multi_view=MultiViewConfig(method="fusion"))
     R, t = cams.R[0, 0], cams.t[0, 0]
     cam = np.asarray(out["joints_cam"][0][0])
-    np.testing.assert_allclose(np.asarray(out["joints_3d"][0]), (cam - t) @ R, atol=1e-4)
+    np.testing.assert_allclose(fused["joints_3d"][0], (cam - t) @ R, atol=1e-4)
 
 
 def test_pyfunc_names_a_missing_column_and_a_bad_row(tiny: Dataset, tmp_path: Path) -> None:
@@ -278,6 +298,20 @@ def test_register_alias_list_promote_and_load_by_alias(tiny: Dataset, tmp_path: 
     assert isinstance(mlflow.pyfunc.load_model("models:/lifter/2").predict(example), pd.DataFrame)
 
 
+def test_a_first_registration_prints_nothing_of_mlflow_s(tiny: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    target, example = _sqlite_registry(tiny, tmp_path, monkeypatch)
+    run_id = _registered_run(target, tmp_path, "q")
+    capfd.readouterr()
+    warned: list[str] = []
+    reg = register(target, run_id=run_id, model_file=_model_file(tiny, tmp_path / "q.pt", 0), example=example,
+                   name="quiet-first", tags={}, warn=warned.append)
+    out, err = capfd.readouterr()
+    assert reg.version == "1"
+    assert "already exists" not in out + err and "Registered model" not in out + err, out + err
+    assert "Created version" not in out + err and not warned
+
+
 def test_champion_gate_promotes_only_a_better_candidate(tiny: Dataset, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
@@ -287,11 +321,26 @@ def test_champion_gate_promotes_only_a_better_candidate(tiny: Dataset, tmp_path:
         tiny, tmp_path / "a.pt", 0), example=example, name="gated", tags={}, warn=lambda s: None)
     first = champion_gate("gated", v1.version, data_url=tiny.root, split="test", uri=target.uri, max_rows=40)
     assert first.promoted and first.champion_version is None
+    tags = mlflow.tracking.MlflowClient(target.uri).get_model_version("gated", v1.version).tags
+    assert float(tags["rigpose.gate.heldout_px"]) == pytest.approx(first.candidate_px, rel=1e-5)
+    assert (tags["rigpose.gate.split"], tags["rigpose.gate.max_rows"], tags["rigpose.gate.champion_version"],
+            tags["rigpose.gate.promoted"]) == ("test", "40", "none", "true")
+    # the gate's figure is `rigpose evaluate`'s single-view heldout_px on the same rows (one definition)
+    from rigpose.inference.evaluate import evaluate
+
+    report = evaluate(_model_file(tiny, tmp_path / "a.pt", 0), tiny.root, split="test", modes=("single",), max_rows=40)
+    assert report["single"]["overall"]["heldout_px"] == pytest.approx(first.candidate_px, rel=1e-6)
     v2 = register(target, run_id=_registered_run(target, tmp_path, "b"), model_file=_model_file(
         tiny, tmp_path / "b.pt", 1), example=example, name="gated", tags={}, warn=lambda s: None)
     second = champion_gate("gated", v2.version, data_url=tiny.root, split="test", uri=target.uri, max_rows=40)
     assert second.champion_version == "1" and second.champion_px is not None
     assert second.promoted == (second.candidate_px < second.champion_px)
+    tags = mlflow.tracking.MlflowClient(target.uri).get_model_version("gated", v2.version).tags
+    assert tags["rigpose.gate.champion_version"] == "1"
+    assert float(tags["rigpose.gate.champion_heldout_px"]) == pytest.approx(second.champion_px, rel=1e-5)
+    assert tags["rigpose.gate.promoted"] == str(second.promoted).lower()
+    shown = {v["version"]: v["metrics"]["gate.heldout_px"] for v in list_versions("gated", uri=target.uri)}
+    assert shown == pytest.approx({"1": first.candidate_px, "2": second.candidate_px}, rel=1e-5)
     champion = mlflow.tracking.MlflowClient(target.uri).get_model_version_by_alias("gated", "champion").version
     assert str(champion) == ("2" if second.promoted else "1")
 

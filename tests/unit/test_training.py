@@ -8,10 +8,10 @@ import pytest
 import torch
 from rigpose_testing import REPO, synthetic_batch, to_torch
 
-from rigpose.config import flatten, load_job
+from rigpose.config import LossConfig, ModelConfig, flatten, load_job
 from rigpose.data.schema import TRAINING_COLUMNS
-from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.model.objective import LossWeights, loss_terms, total_loss
+from rigpose.model.lifter import Lifter
+from rigpose.model.objective import loss_terms, total_loss
 from rigpose.skeleton import DEEPMIMIC16
 from rigpose.train.loop import fit, validate
 
@@ -27,18 +27,18 @@ class NoLabels(dict):
 
 def _model(seed: int = 0) -> Lifter:
     torch.manual_seed(seed)
-    return Lifter(LifterConfig(num_joints=16, width=64, num_blocks=1, dropout=0.0))
+    return Lifter(ModelConfig(width=64, num_blocks=1, dropout=0.0), num_joints=16)
 
 
 def test_the_2d_supervised_path_never_reads_joints_3d() -> None:
     assert "joints_3d" not in TRAINING_COLUMNS
     batch = NoLabels(to_torch(synthetic_batch(num_frames=8)))
-    terms = loss_terms(_model(), batch, DEEPMIMIC16, weights=LossWeights(), supervision="2d")
+    terms = loss_terms(_model(), batch, DEEPMIMIC16, loss_cfg=LossConfig(), supervision="2d")
     assert {"cross_view", "root_depth", "bone_symmetry", "inpainting"} <= set(terms)
-    loss, _ = total_loss(terms, LossWeights())
+    loss, _ = total_loss(terms, LossConfig())
     loss.backward()
     with pytest.raises(AssertionError, match="read joints_3d"):
-        loss_terms(_model(), batch, DEEPMIMIC16, weights=LossWeights(), supervision="3d")
+        loss_terms(_model(), batch, DEEPMIMIC16, loss_cfg=LossConfig(), supervision="3d")
 
 
 def _fit(supervision: str, epochs: int = 12) -> list[dict]:
@@ -49,7 +49,7 @@ def _fit(supervision: str, epochs: int = 12) -> list[dict]:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     history: list[dict] = []
     fit(model, opt, None, DEEPMIMIC16, train_batches=lambda e: data, val_batches=lambda: val, epochs=epochs,
-        weights=LossWeights(), supervision=supervision, dropout=0.0, dropout_mode="constant", grad_clip=1.0,
+        loss_cfg=LossConfig(), supervision=supervision, dropout=0.0, dropout_mode="constant", grad_clip=1.0,
         on_epoch=lambda r, step: history.append(r.metrics()))
     return history
 

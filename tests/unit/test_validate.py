@@ -12,18 +12,17 @@ from typer.testing import CliRunner
 
 from rigpose.cli.main import app
 from rigpose.data.schema import frames_for_rig
-from rigpose.data.store import DatasetWriter
 from rigpose.data.validate import describe_dataset, validate_dataset
+from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import project
+from rigpose.resources import rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import H36M17
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def rig():
-    return load_rig(REPO / "datasets" / "rigs" / "h36m-s1.json")
+    return load_rig(rigs_dir() / "h36m-s1.json")
 
 
 def _write(root: Path, rig, *, observed_by=None, seed: int = 0) -> None:

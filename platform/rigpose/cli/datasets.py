@@ -10,9 +10,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from rigpose import resources
 from rigpose.cli import ui
 
-app = typer.Typer(no_args_is_help=True, help="Datasets: build from recipes, ingest real formats, validate, describe.")
+app = typer.Typer(help="Datasets: build, ingest, validate, describe.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 console = ui.console()
 err_console = ui.console(stderr=True)
 _fail = ui.fail
@@ -20,21 +22,29 @@ _fail = ui.fail
 
 @app.command()
 def build(
-    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. datasets/recipes/demo.yaml.", exists=True,
-                                  dir_okay=False),
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, or a shipped recipe's name: tiny, demo, scale."),
     out: str = typer.Option(..., "--out", help="Dataset root: a local path, file:// or s3://bucket/prefix."),
     replace: bool = typer.Option(False, help="Replace sequences that are already in the dataset."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Build a synthetic dataset from real motion capture through calibrated rigs, as a recipe describes."""
-    from rigpose.data.store import DatasetError
+    from rigpose.data.manifest import DatasetError
     from rigpose.data.synth.build import build_dataset
 
     try:
-        manifest = build_dataset(str(recipe), out, progress=progress, replace=replace)
+        manifest = build_dataset(str(recipe_file(recipe)), out, progress=progress, replace=replace)
     except (ValueError, DatasetError) as e:
         _fail(str(e))
     _print_splits(out, manifest.splits())
+
+
+def recipe_file(recipe: Path) -> Path:
+    """`recipe` when it is a file, else the shipped recipe of that name (`tiny`); ValueError when neither."""
+    if recipe.is_file():
+        return recipe
+    if recipe.suffix or len(recipe.parts) != 1:
+        raise ValueError(f"{recipe}: no such recipe file")
+    return resources.recipe_path(recipe.name)
 
 
 def _print_splits(root: str, splits: dict) -> None:
@@ -68,7 +78,7 @@ def describe(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Rows per rig/split, views, missing rates, and per-camera reprojection consistency (bad calibration shows)."""
-    from rigpose.data.store import DatasetError
+    from rigpose.data.manifest import DatasetError
     from rigpose.data.validate import describe_dataset
 
     try:
@@ -93,13 +103,3 @@ def describe(
                       f"{r.get('missing_view_rate', float('nan')):.1%}", cams)
     console.print(table)
 
-
-def _register() -> None:
-    try:
-        from rigpose.cli.ingest import app as ingest_app
-    except ImportError:  # pragma: no cover - only while the ingest module is being written
-        return
-    app.add_typer(ingest_app, name="ingest", help="Ingest real formats: npz, h36m, humaneva, coco.")
-
-
-_register()

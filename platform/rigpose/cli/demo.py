@@ -1,9 +1,10 @@
 """`rigpose demo`: the main job end to end on embedded defaults (what `make demo` runs).
 
-1. data: build `outputs/datasets/demo` from `datasets/recipes/demo.yaml` (skipped when it already exists).
+1. data: build `outputs/datasets/demo` from the shipped `demo` recipe (skipped when it already exists).
 2. rigs: validate every shipped rig; project real motion capture (pybullet's DeepMimic clips) through each with
    detector-like noise and triangulate it back (weighted and robust DLT): a table of 3D and reprojection errors.
-3. train: `jobs/train.yaml` (2D supervision only) on a local Ray; the model lands in `outputs/runs/demo/model.pt`.
+3. train: the job defaults (`TrainJob()`, which `jobs/train.yaml` spells out; 2D supervision only) on a local Ray;
+   the model lands in `outputs/runs/demo/model.pt`.
 4. evaluate: the trained lifter on the test split against triangulation baselines; a table and a JSON file.
 5. registry: training logged the run to MLflow and registered the model as `rigpose-lifter@candidate`; it becomes
    `@champion` when its held-out-view error on the test split beats the current champion's (or there is none).
@@ -18,13 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from rigpose import geometry as g
+from rigpose import resources
 from rigpose.cli import ui
 from rigpose.rig import RigError, load_rig
 
-REPO = Path(__file__).resolve().parents[3]
-RIGS_DIR = REPO / "datasets" / "rigs"
-DEMO_RECIPE = REPO / "datasets" / "recipes" / "demo.yaml"
-DEMO_JOB = REPO / "jobs" / "train.yaml"
+# Package data, so the demo runs from an installed wheel too; the job is the code's defaults (no file needed).
+RIGS_DIR = resources.rigs_dir()
+DEMO_RECIPE = resources.recipe_path("demo")
 
 
 def demo_motion(num_frames: int = 120) -> tuple[str, np.ndarray]:
@@ -90,7 +91,7 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
     console = console or ui.console()
     data_url = str(output_dir / "datasets" / "demo")
     if train:
-        from rigpose.data.store import read_manifest
+        from rigpose.data.manifest import read_manifest
         from rigpose.data.synth.build import build_dataset
 
         console.rule("[bold]1/5 dataset")
@@ -111,7 +112,7 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
     overrides = [f"data.url={data_url}", f"run.output_dir={output_dir / 'runs'}", "run.name=demo"]
     if epochs is not None:
         overrides.append(f"optim.epochs={epochs}")
-    out = run_training(load_job(DEMO_JOB, overrides))
+    out = run_training(load_job(None, overrides))
     last = out["history"][-1]
     console.print(f"trained {int(last['epoch']) + 1} epochs: val held-out-view reprojection "
                   f"{last.get('val/reprojection_px', float('nan')):.2f} px; model {out['model']}")

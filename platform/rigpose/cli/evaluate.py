@@ -1,12 +1,13 @@
 """`rigpose evaluate` and `rigpose lift`: score a saved lifter on a dataset split, or write its predictions.
 
-The commands are plain functions; `register(app)` adds them to a Typer app (the `rigpose` CLI does that).
+The commands are plain functions on this module's `app`, which `rigpose.cli.main` merges into `rigpose`.
 Bad input (model path, dataset URL, split, option values) prints one red line on stderr and exits 1.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,68 +15,91 @@ from rich.console import Console
 from rich.table import Table
 
 from rigpose.cli import ui
+from rigpose.config import EVALUATE_MODES, MULTI_VIEW_METHODS, VIEW_MODES, EvaluateJob, load_config
 
-DEFAULT_BATCH_SIZE = 512  # rows per batch; memory grows linearly with it
+DEFAULTS = EvaluateJob()  # the options' defaults are the job's: one default per setting (rigpose.config)
 
-
-class Mode(StrEnum):
-    """Which evaluations to run."""
-
-    single = "single"
-    multi = "multi"
-    both = "both"
-
-
-class LiftMode(StrEnum):
-    """What `rigpose lift` writes: per-view camera-frame poses, or fused world poses."""
-
-    single = "single"
-    multi = "multi"
-
-
-class MultiMode(StrEnum):
-    """The lifter's multi-view answer: fused lifts, fused + refined against all 2D, or test-time adapted + fused."""
-
-    fusion = "fusion"
-    refinement = "refinement"
-    adaptation = "adaptation"
+#: Which evaluations to run (`EvaluateOptions.mode`).
+Mode = StrEnum("Mode", [(m, m) for m in EVALUATE_MODES])
+#: What `rigpose lift` writes: per-view camera-frame poses, or fused world poses (`LiftOptions.mode`).
+LiftMode = StrEnum("LiftMode", [(m, m) for m in VIEW_MODES])
+#: The lifter's multi-view answer (`MultiViewConfig.method`).
+MultiMode = StrEnum("MultiMode", [(m, m) for m in MULTI_VIEW_METHODS])
 
 
 _fail = ui.fail
 
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model file (model.pt) or a run folder holding one.")]
-DataOpt = Annotated[str, typer.Option("--data", help="Dataset root: local path, file:// or s3:// URL.")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="Dataset root: local path, file:// or s3:// URL "
+                                                            "(required unless the --config file gives data).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split to use.")]
 MultiOpt = Annotated[MultiMode, typer.Option("--multi", help="Multi-view method of the lifter.")]
 AdaptOpt = Annotated[int, typer.Option("--adapt-steps", min=0, help="Test-time adaptation steps per batch (0 = off).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Frames per batch (bounds memory).")]
 MaxRowsOpt = Annotated[int | None, typer.Option("--max-rows", min=1, help="Use only the first N frames.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help=(
+    "Evaluation job YAML (jobs/evaluate.yaml: data, split, multi_view, ...); options given on the command line "
+    "override it."))]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help=(
+    "Override a key of the job, e.g. --set multi_view.method=fusion (repeatable; options given override it)."))]
+
+
+def _job(ctx: typer.Context, config: Path | None, sets: list[str] | None, options: dict[str, tuple[str, Any]]
+         ) -> EvaluateJob:
+    """The job: its defaults < the --config file < --set < the options given on the command line.
+
+    `options`: {parameter name: (job key, value)}; only parameters the user gave count (not their defaults).
+    """
+    sources = {name: ctx.get_parameter_source(name) for name in options}  # click's ParameterSource (Typer's copy)
+    given = {key: value for name, (key, value) in options.items()
+             if sources[name] is not None and sources[name].name not in ("DEFAULT", "DEFAULT_MAP")}
+    try:
+        job = load_config(EvaluateJob, config, sets, options=given)
+    except ValueError as e:
+        _fail(str(e))
+    if job.data is None:
+        _fail("no dataset: give --data, or data: in the --config file")
+    return job
+
+
+def _value(x: Any) -> Any:
+    return x.value if isinstance(x, StrEnum) else x
 
 
 def evaluate_command(
+    ctx: typer.Context,
     model: ModelOpt,
-    data: DataOpt,
-    split: SplitOpt = "test",
+    data: DataOpt = None,
+    split: SplitOpt = DEFAULTS.split,
     json_out: Annotated[str | None, typer.Option("--json", help="Also write the results as JSON (path or URL).")]
     = None,
-    mode: Annotated[Mode, typer.Option("--mode", help="single-view, multi-view, or both.")] = Mode.both,
-    multi: MultiOpt = MultiMode.fusion,
-    adapt_steps: AdaptOpt = 0,
-    max_rows: MaxRowsOpt = None,
-    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    mode: Annotated[Mode, typer.Option("--mode", help="single-view, multi-view, or both.")] = Mode(
+        DEFAULTS.evaluate.mode),
+    multi: MultiOpt = MultiMode(DEFAULTS.multi_view.method),
+    adapt_steps: AdaptOpt = DEFAULTS.multi_view.adapt_steps,
+    max_rows: MaxRowsOpt = DEFAULTS.max_rows,
+    batch_size: BatchOpt = DEFAULTS.batch_size,
     multi_heldout: Annotated[bool, typer.Option(
-        help="Multi-view held-out-view px (re-runs the multi-view method once per left-out view).")] = True,
+        help="Multi-view held-out-view px (re-runs the multi-view method once per left-out view).")]
+    = DEFAULTS.evaluate.multi_heldout,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Score a lifter: MPJPE / PA / N-MPJPE / PCK@150mm (where the data has 3D), held-out-view reprojection px,
     and weighted-DLT and robust-triangulation baselines in the same table."""
     from rigpose.inference.evaluate import evaluate
 
-    modes = ("single", "multi") if mode is Mode.both else (mode.value,)
+    job = _job(ctx, config, set_, {
+        "data": ("data", data), "split": ("split", split), "mode": ("evaluate.mode", _value(mode)),
+        "multi": ("multi_view.method", _value(multi)), "adapt_steps": ("multi_view.adapt_steps", adapt_steps),
+        "max_rows": ("max_rows", max_rows), "batch_size": ("batch_size", batch_size),
+        "multi_heldout": ("evaluate.multi_heldout", multi_heldout)})
+    modes = VIEW_MODES if job.evaluate.mode == "both" else (job.evaluate.mode,)
     try:
-        result = evaluate(model, data, split=split, modes=modes, multi_mode=multi.value, adapt_steps=adapt_steps,
-                          batch_size=batch_size, max_rows=max_rows, json_path=json_out,
-                          multi_heldout=multi_heldout)
+        result = evaluate(model, job.data, split=job.split, modes=modes, multi_view=job.multi_view,
+                          batch_size=job.batch_size, max_rows=job.max_rows, json_path=json_out,
+                          multi_heldout=job.evaluate.multi_heldout)
     except (ValueError, OSError) as e:
         _fail(str(e))
     print_results(result)
@@ -84,19 +108,20 @@ def evaluate_command(
 
 
 def lift_command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", help=(
         "Model file (model.pt) or a run folder holding one (lifted in this process), or an MLflow registry URI: "
         "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model (batch inference on Ray Data; the "
         "registry is $MLFLOW_TRACKING_URI)."))],
-    data: DataOpt,
-    out: Annotated[str, typer.Option("--out", help="Parquet file to write (path or URL).")],
-    split: SplitOpt = "test",
+    data: DataOpt = None,
+    out: Annotated[str, typer.Option("--out", help="Parquet file to write (path or URL).")] = ...,  # required
+    split: SplitOpt = DEFAULTS.split,
     mode: Annotated[LiftMode, typer.Option("--mode", help="Per-view (single) or fused (multi) poses.")]
-    = LiftMode.single,
-    multi: MultiOpt = MultiMode.fusion,
-    adapt_steps: AdaptOpt = 0,
-    max_rows: MaxRowsOpt = None,
-    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    = LiftMode(DEFAULTS.lift.mode),
+    multi: MultiOpt = MultiMode(DEFAULTS.multi_view.method),
+    adapt_steps: AdaptOpt = DEFAULTS.multi_view.adapt_steps,
+    max_rows: MaxRowsOpt = DEFAULTS.max_rows,
+    batch_size: BatchOpt = DEFAULTS.batch_size,
     force_ray: Annotated[bool, typer.Option(
         "--ray", help="Run a local model file on Ray Data too (registry URIs always run there).")] = False,
     concurrency: Annotated[int | None, typer.Option(
@@ -105,6 +130,8 @@ def lift_command(
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Ray: cluster to run on, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a new "
         "local Ray).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Lift a dataset split and write the 3D poses as Parquet (columns: see rigpose.inference.lift).
 
@@ -115,19 +142,23 @@ def lift_command(
     use_ray = force_ray or is_model_uri(model)
     if not use_ray and (concurrency is not None or ray_address is not None):
         _fail("--concurrency and --ray-address are for Ray runs: give a registry model URI or add --ray")
+    job = _job(ctx, config, set_, {
+        "data": ("data", data), "split": ("split", split), "mode": ("lift.mode", _value(mode)),
+        "multi": ("multi_view.method", _value(multi)), "adapt_steps": ("multi_view.adapt_steps", adapt_steps),
+        "max_rows": ("max_rows", max_rows), "batch_size": ("batch_size", batch_size)})
+    common = {"split": job.split, "out_url": out, "mode": job.lift.mode, "multi_view": job.multi_view,
+              "batch_size": job.batch_size, "max_rows": job.max_rows}
     try:
         if use_ray:
             from rigpose.cluster.connect import init_ray
             from rigpose.inference.lift_ray import lift_dataset_ray
 
-            info = lift_dataset_ray(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
-                                    adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows,
-                                    concurrency=concurrency, connect=lambda: init_ray(ray_address))
+            info = lift_dataset_ray(model, job.data, **common, concurrency=concurrency,
+                                    connect=lambda: init_ray(ray_address))
         else:
             from rigpose.inference.lift import lift_dataset
 
-            info = lift_dataset(model, data, split=split, out_url=out, mode=mode.value, multi_mode=multi.value,
-                                adapt_steps=adapt_steps, batch_size=batch_size, max_rows=max_rows)
+            info = lift_dataset(model, job.data, **common)
     except (ValueError, OSError) as e:
         _fail(str(e))
     how = f" (model {info['model']}, Ray Data, {info['concurrency']} actors)" if use_ray else ""
@@ -169,7 +200,6 @@ def print_results(result: dict[str, Any], *, console: Console | None = None) -> 
     (console or ui.console()).print(table)
 
 
-def register(app: typer.Typer) -> None:
-    """Add `evaluate` and `lift` to `app`."""
-    app.command("evaluate")(evaluate_command)
-    app.command("lift")(lift_command)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command("evaluate")(evaluate_command)
+app.command("lift")(lift_command)

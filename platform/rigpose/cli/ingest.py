@@ -1,4 +1,10 @@
-"""`rigpose datasets ingest ...`: convert interchange npz, Human3.6M, HumanEva-I and COCO files into a dataset."""
+"""`rigpose datasets ingest ...`: convert interchange npz, Human3.6M, HumanEva-I and COCO files into a dataset.
+
+Each command ingests 2D (and optional 3D) pose files into a RigPose dataset (Parquet shards + manifest). Nothing is
+visible until the whole ingest succeeds: bad rows go to <out>/_quarantine/ with their reason, and the ingest commits
+only when their fraction is at most --max-bad-fraction. Sequences already in the dataset are refused unless
+--replace.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help=(
-        "Ingest 2D (and optional 3D) pose files into a RigPose dataset (Parquet shards + manifest).\n\n"
-        "Nothing is visible until the whole ingest succeeds: bad rows go to <out>/_quarantine/ with their reason, "
-        "and the ingest commits only when their fraction is at most --max-bad-fraction. Sequences already in the "
-        "dataset are refused unless --replace."
-    ),
-)
+from rigpose.resources import resolve_rig
+
+app = typer.Typer(help="Ingest real formats: npz, h36m, humaneva, coco.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 
 _OUT_HELP = "Dataset root: a local path, file:// or s3://bucket/prefix (created or appended to)."
 _SPLIT_HELP = "Put every sequence in this split (train, val, test, ...)."
@@ -38,7 +37,8 @@ _REPLACE = typer.Option(False, "--replace", help="Overwrite sequences that are a
 _MAX_BAD = typer.Option(0.01, "--max-bad-fraction", min=0.0, max=1.0,
                         help="Abort (ingest nothing) when more than this fraction of rows is bad.")
 _NO_PROGRESS = typer.Option(False, "--no-progress", help="Do not show progress bars.")
-_RIGS_DIR = typer.Option("datasets/rigs", "--rigs-dir", help="Folder with the per-subject rig JSON files.")
+_RIGS_DIR = typer.Option(None, "--rigs-dir",
+                         help="Folder with the per-subject rig JSON files (default: the shipped rigs).")
 _NPZ_INPUTS = typer.Argument(..., help="Interchange .npz files or folders of them (one file per sequence).")
 _COCO_FILES = typer.Argument(
     ..., help="One COCO-keypoints JSON per camera, in the rig's camera order (the i-th file = camera i).")
@@ -80,7 +80,7 @@ def print_summary(summary: Any, console: Console | None = None) -> None:
 def npz(
     inputs: list[str] = _NPZ_INPUTS,
     out: str = typer.Option(..., "--out", help=_OUT_HELP),
-    rig: str = typer.Option(..., "--rig", help="Rig JSON file of the cameras the keypoints are in."),
+    rig: str = typer.Option(..., "--rig", help="Rig JSON file (or shipped rig name) of the keypoints' cameras."),
     split: str | None = typer.Option(None, "--split", help=_SPLIT_HELP),
     split_by: str | None = typer.Option(None, "--split-by", help=_SPLIT_BY_HELP),
     skeleton: str | None = typer.Option(None, "--skeleton",
@@ -93,7 +93,7 @@ def npz(
     optional scores, frame, sequence, subject, joints_3d (DESIGN.md). Give --split or --split-by."""
     from rigpose.data.ingest import ingest_npz
 
-    _run(ingest_npz, inputs=inputs, out=out, rig=rig, split=split, split_by=split_by, skeleton=skeleton,
+    _run(ingest_npz, inputs=inputs, out=out, rig=resolve_rig(rig), split=split, split_by=split_by, skeleton=skeleton,
          **_common(replace, max_bad_fraction, no_progress))
 
 
@@ -103,7 +103,7 @@ def h36m(
     data_3d: str | None = typer.Option(None, "--data-3d",
                                        help="VideoPose3D data_3d_h36m.npz (evaluation 3D; optional)."),
     out: str = typer.Option(..., "--out", help=_OUT_HELP),
-    rigs_dir: str = _RIGS_DIR,
+    rigs_dir: str | None = _RIGS_DIR,
     subject: list[str] | None = _SUBJECTS,
     replace: bool = _REPLACE,
     max_bad_fraction: float = _MAX_BAD,
@@ -123,7 +123,7 @@ def humaneva(
     data_3d: str | None = typer.Option(None, "--data-3d",
                                        help="VideoPose3D data_3d_humaneva15.npz (evaluation 3D; optional)."),
     out: str = typer.Option(..., "--out", help=_OUT_HELP),
-    rigs_dir: str = _RIGS_DIR,
+    rigs_dir: str | None = _RIGS_DIR,
     subject: list[str] | None = _SUBJECTS,
     include_unlabeled: bool = typer.Option(False, "--include-unlabeled",
                                            help="Also ingest Unlabeled/* (2D only) into split 'unlabeled'."),
@@ -143,7 +143,7 @@ def humaneva(
 def coco(
     json_files: list[str] = _COCO_FILES,
     out: str = typer.Option(..., "--out", help=_OUT_HELP),
-    rig: str = typer.Option(..., "--rig", help="Rig JSON file of the cameras."),
+    rig: str = typer.Option(..., "--rig", help="Rig JSON file (or shipped rig name) of the cameras."),
     sequence: str = typer.Option(..., "--sequence", help="Sequence name (unique within the rig)."),
     subject: str = typer.Option("unknown", "--subject", help="Subject (actor) name."),
     split: str | None = typer.Option(None, "--split", help=_SPLIT_HELP),
@@ -157,5 +157,5 @@ def coco(
     person per image is kept."""
     from rigpose.data.ingest import ingest_coco
 
-    _run(ingest_coco, json_files=json_files, out=out, rig=rig, sequence=sequence, subject=subject, split=split,
-         split_by=split_by, **_common(replace, max_bad_fraction, no_progress))
+    _run(ingest_coco, json_files=json_files, out=out, rig=resolve_rig(rig), sequence=sequence, subject=subject,
+         split=split, split_by=split_by, **_common(replace, max_bad_fraction, no_progress))

@@ -11,7 +11,8 @@ import typer
 
 from rigpose.cli.ui import fail
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(help="MLflow model registry: list, promote, export to ONNX.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
 
 UriOpt = Annotated[str | None, typer.Option(
     "--tracking-uri", help="MLflow tracking/registry URI; default $MLFLOW_TRACKING_URI, else the embedded "

@@ -1,4 +1,7 @@
-"""`rigpose rig ...`: validate rig files, show a rig's cameras, import an OpenCV/anipose calibration TOML."""
+"""`rigpose rig ...`: validate rig files, show a rig's cameras, import an OpenCV/anipose calibration TOML.
+
+Where a rig file is read, a shipped rig's name (`h36m-s1`, rigpose.resources) works too.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from rigpose.resources import resolve_rig
 from rigpose.rig import Rig, RigError, import_calibration_toml, load_rig, save_rig
 
 app = typer.Typer(
-    help="Camera rigs: validate, show, import calibrations. Rig files are JSON in metres (see DESIGN.md).",
+    help="Camera rigs: validate, show, import calibrations.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -36,7 +40,8 @@ def _fail(message: str) -> None:
 
 @app.command()
 def validate(
-    files: Annotated[list[str], typer.Argument(help="Rig JSON files (local paths or fsspec URLs).")],
+    files: Annotated[list[str], typer.Argument(
+        help="Rig JSON files (local paths or fsspec URLs) or shipped rig names (h36m-s1, studio-8, ...).")],
     min_cameras: Annotated[int, typer.Option(help="Fewest cameras accepted (2D-supervised training needs 2).")] = 2,
 ) -> None:
     """Check rig files: rotations, focal lengths, principal points, finite numbers, unique camera names.
@@ -47,7 +52,7 @@ def validate(
     num_failed = 0
     for path in files:
         try:
-            rig = load_rig(path, min_cameras=min_cameras)
+            rig = load_rig(resolve_rig(path), min_cameras=min_cameras)
         except RigError as e:
             _fail(str(e))
             num_failed += 1
@@ -101,10 +106,12 @@ def rig_table(rig: Rig) -> Table:
 
 
 @app.command()
-def show(file: Annotated[str, typer.Argument(help="Rig JSON file (local path or fsspec URL).")]) -> None:
+def show(
+    file: Annotated[str, typer.Argument(help="Rig JSON file (local path or fsspec URL) or shipped rig name.")],
+) -> None:
     """Print a rig's cameras as a table: resolution, focal length, position, viewing direction, distance."""
     try:
-        rig = load_rig(file, min_cameras=1)
+        rig = load_rig(resolve_rig(file), min_cameras=1)
     except RigError as e:
         _fail(str(e))
         raise typer.Exit(1) from e

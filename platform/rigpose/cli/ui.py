@@ -18,6 +18,27 @@ def console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else PIPED_WIDTH)
 
 
+def configure_output(*, verbose: bool) -> None:
+    """What of other libraries' output the commands show (`rigpose --verbose`): by default rigpose's own lines only.
+
+    Quiet: MLflow's INFO logs off (DB migrations, signature checks), Ray's driver-side notices off, and once Ray
+    is up `rigpose.cluster.connect.init_ray` forwards only rigpose's lines from the Ray workers (Ray Train's and
+    Ray Data's logs stay in the Ray session's log files). Verbose: all of it, as the libraries print it. Set
+    through the environment so that Ray workers started from this process inherit the choice.
+    """
+    import logging
+    import os
+
+    from rigpose.cluster.connect import VERBOSE_ENV
+
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if verbose:
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (here or in workers)
+    for name in ("mlflow", "alembic", "ray"):  # already imported: their loggers directly
+        logging.getLogger(name).setLevel(logging.WARNING if name == "mlflow" else logging.ERROR)
+
+
 def fail(message: str) -> NoReturn:
     """Print `error: message` in red on stderr as one line (no traceback) and exit with status 1."""
     console(stderr=True).print(Text(f"error: {message}", style="red"), soft_wrap=True)

@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rigpose.data.reader import Dataset
 from rigpose.data.schema import EVAL_ONLY_COLUMNS, joints_3d_from_table, observations_from_table
-from rigpose.data.store import Dataset
 from rigpose.model.inputs import prepare_arrays
 
 if TYPE_CHECKING:

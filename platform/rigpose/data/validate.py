@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rigpose import geometry as g
+from rigpose.data.manifest import MANIFEST, DatasetError, ShardInfo
+from rigpose.data.reader import Dataset
 from rigpose.data.schema import ARROW_SCHEMA, frames_from_table
-from rigpose.data.store import MANIFEST, Dataset, DatasetError, ShardInfo
 from rigpose.rig import RigError, validate_rig
 
 

@@ -7,17 +7,19 @@ is read for metrics and nothing else: the model, the fusion and the baselines se
   pck150; mpjpe_abs_mm uses the lifter's own metric root. heldout_px: the lift from view s placed at the root
   triangulated from the other views, projected into the other views, vs their 2D (per source camera).
 - "multi": world frame, root-relative (mpjpe_mm, pa_mpjpe_mm, n_mpjpe_mm, pck150) and absolute (mpjpe_abs_mm),
-  for the lifter's multi-view answer (`multi_mode`) and, as baselines, weighted DLT ("dlt") and robust
+  for the lifter's multi-view answer (`MultiViewConfig.method`) and, as baselines, weighted DLT ("dlt") and robust
   triangulation ("robust"). heldout_px: leave view t out entirely (the batch is rebuilt without it, so even the
   triangulated anchors never see it), answer from the rest, project into t, compare with t's 2D (per camera t).
   coverage: the fraction of labelled joints the method gave a finite answer for (DLT needs two views per joint).
 
-With adapt_steps > 0 the lifter is fine-tuned per batch on that batch's own multi-view 2D (test-time adaptation)
-before lifting; for the multi-view held-out metric it is adapted again without the held-out view.
+With adaptation (`MultiViewConfig.steps_to_adapt` > 0) the lifter is fine-tuned per batch on that batch's own
+multi-view 2D (test-time adaptation) before lifting; for the multi-view held-out metric it is adapted again
+without the held-out view.
 
-JSON layout: {"model", "data", "split", "skeleton", "num_frames", "has_3d", "modes", "multi_mode",
-"adapt_steps", "single": {"overall": {metric: value}, "per_camera": {"<rig_id>/<camera>": {metric: value}}},
-"multi": {"<multi_mode>" | "dlt" | "robust": {"overall": {...}, "per_camera": {...}}}}; a metric with nothing to
+JSON layout: {"model", "data", "split", "skeleton", "num_frames", "has_3d", "modes", "multi_mode" (the method),
+"adapt_steps" (as run), "multi_view" (the rigpose.config.MultiViewConfig settings, null ones left out), "single":
+{"overall": {metric: value}, "per_camera": {"<rig_id>/<camera>": {metric: value}}}, "multi": {"<multi_mode>" |
+"dlt" | "robust": {"overall": {...}, "per_camera": {...}}}}; a metric with nothing to
 average is null; `num_poses` and `num_heldout` count what was averaged. Shape letters: B frames, V views, J joints.
 """
 
@@ -33,11 +35,10 @@ import torch
 
 from rigpose import geometry as g
 from rigpose import metrics as ev
+from rigpose.config import VIEW_MODES, MultiViewConfig
 from rigpose.data.schema import Frames
 from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
-    adapt_steps_for,
-    adapted,
     iter_frames,
     lift_multi,
     lift_single,
@@ -46,10 +47,11 @@ from rigpose.inference.lift import (
     sequence_groups,
 )
 from rigpose.model.lifter import Lifter
+from rigpose.model.multiview import adapt_for
 from rigpose.skeleton import Skeleton
 from rigpose.storage import url_to_fs, write_bytes_atomic
 
-MODES = ("single", "multi")
+MODES = VIEW_MODES
 OVERALL = "overall"
 
 
@@ -112,8 +114,7 @@ def _single_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], m
     rel, root = lift_single(model, batch)  # [B, V, J, 3], [B, V, 3]
     keys = _camera_keys(frames)
     kp, w, cams = _np(batch, "kp"), _np(batch, "w"), _cams(batch)
-    loo_root = ev.leave_one_out_roots(kp, w, cams, roots)  # [B, S, 3]
-    err = ev.heldout_view_errors(rel, loo_root, kp, w, cams)  # [B, S, T, J]
+    err = ev.heldout_view_px(rel, kp, w, cams, roots)  # [B, S, T, J]: the one definition (rigpose.metrics)
     acc.add("single", "heldout_px", err, keys[:, :, None, None])
     if frames.joints_3d is None:
         return
@@ -124,9 +125,10 @@ def _single_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], m
 
 
 def _answers(method: str, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
-             groups: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+             groups: torch.Tensor, multi_view: MultiViewConfig) -> tuple[np.ndarray, np.ndarray]:
     """(world poses [B, J, 3] metres, NaN = no answer; root known [B] bool) of one multi-view method, computed
-    from a 2D-only batch (`model` already adapted to it where adaptation is on)."""
+    from a 2D-only batch (`model` already adapted to it where adaptation is on); `method` is "dlt", "robust" or
+    `multi_view.method`."""
     roots = list(skeleton.root_joints)
     if method in ("dlt", "robust"):
         if method == "dlt":
@@ -135,7 +137,7 @@ def _answers(method: str, batch: dict[str, torch.Tensor], model: Lifter, skeleto
         else:
             X = np.where(_np(batch, "pseudo_ok")[..., None] > 0, _np(batch, "pseudo_world"), np.nan)
         return X, np.isfinite(X[:, roots]).all((-1, -2))
-    X = lift_multi(model, batch, skeleton, multi_mode=method, groups=groups)
+    X = lift_multi(model, batch, skeleton, multi_view, groups=groups)
     seen = (_np(batch, "w").sum(-1) > 0).any(-1)  # a frame with no 2D at all has no answer
     return np.where(seen[:, None, None], X, np.nan), _np(batch, "root_ok") > 0
 
@@ -150,13 +152,13 @@ def _multi_3d(acc: _Means, section: str, X: np.ndarray, root_ok: np.ndarray, gt:
 
 
 def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
-                 *, model_adapted: Lifter, methods: tuple[str, ...], adapt_steps: int, device: str,
-                 heldout: bool = True) -> None:
+                 *, model_adapted: Lifter, multi_view: MultiViewConfig, device: str, heldout: bool = True) -> None:
     roots = tuple(skeleton.root_joints)
     groups = sequence_groups(frames)
+    methods = (multi_view.method, "dlt", "robust")
     if frames.joints_3d is not None:
         for method in methods:
-            X, root_ok = _answers(method, batch, model_adapted, skeleton, groups)
+            X, root_ok = _answers(method, batch, model_adapted, skeleton, groups, multi_view)
             _multi_3d(acc, method, X, root_ok, frames.joints_3d.astype(np.float64), roots)
     if not heldout:
         return
@@ -170,9 +172,9 @@ def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], mo
         without = dataclasses.replace(frames, view_mask=frames.view_mask & (np.arange(frames.num_views) != v))
         batch_v = model_batch(without, skeleton, device=device)
         cam_v = g.CameraArrays(*(a[:, v] for a in cams))
-        model_v = adapted(model, batch_v, skeleton, adapt_steps)
+        model_v = adapt_for(model, batch_v, skeleton, multi_view)
         for method in methods:
-            X, _ = _answers(method, batch_v, model_v, skeleton, groups)
+            X, _ = _answers(method, batch_v, model_v, skeleton, groups, multi_view)
             err = ev.reprojection_errors(X, kp[:, v], w[:, v], cam_v)  # [B, J]
             err[~real] = np.nan
             acc.add(method, "heldout_px", err, np.broadcast_to(keys[:, v, None], err.shape))
@@ -188,47 +190,47 @@ def _clean(x: Any) -> Any:
 
 
 def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ...] = MODES,
-             multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+             multi_view: MultiViewConfig | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
              max_rows: int | None = None, json_path: str | None = None, device: str = "cpu",
              multi_heldout: bool = True) -> dict[str, Any]:
     """Evaluate the lifter at `model_path` on `split` of the dataset at `data_url`; see the module docstring.
 
-    modes: any of "single", "multi"; multi_mode: fusion | refinement | adaptation (the lifter's multi-view
-    answer; DLT and robust triangulation are always reported beside it); adapt_steps: test-time adaptation steps
-    per batch (0 = none, or the adaptation mode's default with multi_mode "adaptation"; the adapted lifter serves
-    every lift); max_rows: evaluate only the first rows; json_path: also write the result there;
+    modes: any of "single", "multi"; multi_view: the lifter's multi-view answer (default `MultiViewConfig()`; DLT
+    and robust triangulation are always reported beside it); its test-time adaptation
+    (`MultiViewConfig.steps_to_adapt`) runs per batch, and the adapted lifter serves every lift, single-view too;
+    max_rows: evaluate only the first rows; json_path: also write the result there;
     multi_heldout=False skips the multi-view held-out-view metric (it re-runs every method once per view).
     """
     modes = tuple(modes)
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be a non-empty subset of {MODES}, got {modes!r}")
-    adapt_steps = adapt_steps_for(multi_mode, adapt_steps)
+    multi_view = multi_view or MultiViewConfig()
     model, skeleton, ds = open_inputs(model_path, data_url, split=split)
     model.to(device)
     acc = _Means()
     num_frames, has_3d = 0, False
-    methods = (multi_mode, "dlt", "robust")
     for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows, with_3d=True):
         if frames.joints_3d is not None and not np.isfinite(frames.joints_3d).all(-1).any():
             frames = dataclasses.replace(frames, joints_3d=None)  # rows without labels: label-free metrics only
         has_3d |= frames.joints_3d is not None
         batch = model_batch(frames, skeleton, device=device)  # 2D only: joints_3d stays in `frames`
-        model_adapted = adapted(model, batch, skeleton, adapt_steps)
+        model_adapted = adapt_for(model, batch, skeleton, multi_view)
         if "single" in modes:
             _single_batch(acc, frames, batch, model_adapted, skeleton)
         if "multi" in modes:
-            _multi_batch(acc, frames, batch, model, skeleton, model_adapted=model_adapted, methods=methods,
-                         adapt_steps=adapt_steps, device=device, heldout=multi_heldout)
+            _multi_batch(acc, frames, batch, model, skeleton, model_adapted=model_adapted, multi_view=multi_view,
+                         device=device, heldout=multi_heldout)
         num_frames += len(frames)
     sections = acc.result()
     result: dict[str, Any] = {
         "model": str(model_path), "data": str(data_url), "split": split, "skeleton": skeleton.name,
-        "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes), "multi_mode": multi_mode,
-        "adapt_steps": adapt_steps,
+        "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes), "multi_mode": multi_view.method,
+        "adapt_steps": multi_view.steps_to_adapt(), "multi_view": multi_view.model_dump(exclude_none=True),
     }
     if "single" in modes:
         result["single"] = sections.get("single", {OVERALL: {}, "per_camera": {}})
     if "multi" in modes:
+        methods = (multi_view.method, "dlt", "robust")
         result["multi"] = {m: sections.get(m, {OVERALL: {}, "per_camera": {}}) for m in methods}
     result = _clean(result)
     if json_path is not None:

@@ -23,7 +23,6 @@ drops it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 import os
@@ -34,6 +33,7 @@ import numpy as np
 import onnx
 import torch
 
+from rigpose.model.checkpoint import architecture
 from rigpose.model.lifter import Lifter, LiftOutput
 from rigpose.skeleton import Skeleton
 from rigpose.storage import url_to_fs, write_bytes_atomic
@@ -79,7 +79,7 @@ def export_onnx(model: Lifter, path: str | os.PathLike[str], *, skeleton: Skelet
     opset = DEFAULT_OPSET if opset is None else opset
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be an int in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
-    J = model.config.num_joints
+    J = model.num_joints
     if skeleton is not None and skeleton.num_joints != J:
         raise ValueError(f"skeleton {skeleton.name!r} has {skeleton.num_joints} joints, the model {J}")
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
@@ -139,7 +139,7 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
 
 def _trace(net: Lifter, opset: int) -> onnx.ModelProto:
     """Trace `net` (CPU, eval) into an ONNX model in memory, batch axis named B."""
-    J = net.config.num_joints
+    J = net.num_joints
     # any finite example works (the graph has no value-dependent branches); B = 2 so no size-1 axis is specialised
     xy_BJ2 = torch.linspace(-0.2, 0.2, 2 * J * 2).reshape(2, J, 2)
     scores_BJ = torch.ones(2, J)
@@ -172,10 +172,10 @@ def _describe(proto: onnx.ModelProto, model: Lifter, skeleton: Skeleton | None, 
         "rigpose.format_version": str(VERSION),
         "rigpose.input_contract": INPUT_CONTRACT,
         "rigpose.opset": str(opset),
-        "rigpose.lifter_config": json.dumps(dataclasses.asdict(model.config), default=str),
-        "rigpose.num_joints": str(model.config.num_joints),
+        "rigpose.lifter_config": json.dumps(architecture(model)),
+        "rigpose.num_joints": str(model.num_joints),
         "rigpose.output": model.config.output,
-        "rigpose.root_joints": json.dumps(list(model.config.root_joints)),
+        "rigpose.root_joints": json.dumps(list(model.root_joints)),
     }
     if skeleton is not None:
         meta |= {

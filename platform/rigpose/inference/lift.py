@@ -40,17 +40,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rigpose.config import VIEW_MODES, EvaluateJob, MultiViewConfig
+from rigpose.data.reader import Dataset, iter_frames
 from rigpose.data.schema import Frames
-from rigpose.data.store import Dataset, iter_frames
 from rigpose.model.checkpoint import load_lifter
-from rigpose.model.fuse import lift_single
+from rigpose.model.fusion import lift_single
 from rigpose.model.inputs import prepare_arrays
 from rigpose.model.lifter import Lifter
+from rigpose.model.multiview import adapt_for, fuse_and_refine
 from rigpose.skeleton import Skeleton
 from rigpose.storage import published_parquet
 
-MULTI_MODES = ("fusion", "refinement", "adaptation")
-DEFAULT_BATCH_SIZE = 512
+DEFAULT_BATCH_SIZE: int = EvaluateJob.model_fields["batch_size"].default
 
 
 def open_inputs(model_path: str, data_url: str, *, split: str) -> tuple[Lifter, Skeleton, Dataset]:
@@ -86,52 +87,22 @@ def model_batch(frames: Frames, skeleton: Skeleton, *, device: str = "cpu", pseu
 
 
 
-def adapt_steps_for(multi_mode: str | None, adapt_steps: int) -> int:
-    """Test-time adaptation steps a run uses: `adapt_steps`, or the adaptation mode's default when that mode is
-    asked for with adapt_steps == 0; the adapted lifter then serves every lift of the run (single and multi)."""
-    if adapt_steps < 0:
-        raise ValueError(f"adapt_steps must be >= 0, got {adapt_steps}")
-    if multi_mode is not None and multi_mode not in MULTI_MODES:
-        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
-    if adapt_steps == 0 and multi_mode == "adaptation":
-        from rigpose.model.fuse import MultiViewConfig
-
-        return MultiViewConfig().adapt_steps
-    return adapt_steps
-
-
-def adapted(model: Lifter, batch: dict[str, torch.Tensor], skeleton: Skeleton, adapt_steps: int) -> Lifter:
-    """`model` itself when adapt_steps == 0, else a copy fine-tuned on this batch's own multi-view 2D."""
-    if adapt_steps == 0:
-        return model
-    from rigpose.model.fuse import MultiViewConfig, adapt  # lazy: single-view users need no multi-view code
-
-    cfg = MultiViewConfig()
-    with torch.enable_grad():
-        return adapt(model, batch, skeleton, steps=adapt_steps, lr=cfg.adapt_lr, batch_size=cfg.adapt_batch_size)
-
-
 def sequence_groups(frames: Frames) -> torch.Tensor:
     """[B] int64 id per (rig, sequence): frames of one sequence share a skeleton in the refinement."""
     keys = np.char.add(np.char.add(frames.rig_id.astype(str), "\x00"), frames.sequence.astype(str))
     return torch.from_numpy(np.unique(keys, return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
-def lift_multi(model: Lifter, batch: dict[str, torch.Tensor], skeleton: Skeleton, *, multi_mode: str,
+def lift_multi(model: Lifter, batch: dict[str, torch.Tensor], skeleton: Skeleton, multi_view: MultiViewConfig, *,
                groups: torch.Tensor | None = None) -> np.ndarray:
-    """World poses [B, J, 3] metres (NaN for frames with no usable view) by `rigpose.model.fuse.lift_multiview`.
-
-    "fusion" fuses the per-view lifts; "refinement" and "adaptation" also refine them against every view's 2D.
-    Adaptation itself is the caller's (`adapted`), so one adapted lifter serves the single- and multi-view lifts.
+    """World poses [B, J, 3] metres (NaN for frames with no usable view) by `multi_view.method`
+    (`rigpose.model.multiview.fuse_and_refine`): "fusion" fuses the per-view lifts; "refinement" and "adaptation"
+    also refine them against every view's 2D. Adaptation itself is the caller's (`adapt_for`), so one adapted
+    lifter serves the single- and multi-view lifts.
     """
-    if multi_mode not in MULTI_MODES:
-        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
-    from rigpose.model.fuse import MultiViewConfig, MultiViewMode, lift_multiview
-
-    mode = MultiViewMode.FUSION if multi_mode == "fusion" else MultiViewMode.REFINEMENT
     if groups is not None:
         groups = groups.to(batch["w"].device)
-    X = lift_multiview(model, batch, skeleton, MultiViewConfig(mode=mode), groups=groups)
+    X = fuse_and_refine(model, batch, skeleton, multi_view, groups=groups)
     return X.detach().cpu().double().numpy()
 
 
@@ -180,58 +151,58 @@ def multi_table(frames: Frames, X_world: np.ndarray, root_ok: np.ndarray, num_vi
 
 
 
+def check_mode(mode: str) -> None:
+    """ValueError unless `mode` is one of rigpose.config.VIEW_MODES ("single", "multi")."""
+    if mode not in VIEW_MODES:
+        raise ValueError(f"mode must be one of {VIEW_MODES}, got {mode!r}")
+
+
 def output_schema(mode: str, *, skeleton: Skeleton, model: str, split: str) -> pa.Schema:
     """The Parquet schema of `mode` ("single" | "multi") with the file metadata of the module docstring."""
-    if mode not in ("single", "multi"):
-        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+    check_mode(mode)
     meta = {"skeleton": skeleton.name, "joint_names": json.dumps(list(skeleton.joint_names)), "mode": mode,
             "model": str(model), "split": split}
     return (SINGLE_SCHEMA if mode == "single" else MULTI_SCHEMA).with_metadata(
         {f"rigpose.{k}".encode(): v.encode() for k, v in meta.items()})
 
 
-def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str, multi_mode: str = "fusion",
-                adapt_steps: int = 0, device: str = "cpu") -> pa.Table:
+def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
+                multi_view: MultiViewConfig | None = None, device: str = "cpu") -> pa.Table:
     """One batch of `frames` lifted: rows of `mode` (see the module docstring), without the file metadata.
 
     The per-batch body of `lift_dataset`, shared with the Ray Data path (`rigpose.inference.lift_ray`). Adaptation
-    (`adapt_steps_for`) fine-tunes a copy of the model on this batch, and refinement groups frames by sequence
-    within it, so those two depend on how the frames are batched; single-view lifts and fusion do not.
+    (`MultiViewConfig.steps_to_adapt`) fine-tunes a copy of the model on this batch, and refinement groups frames
+    by sequence within it, so those two depend on how the frames are batched; single-view lifts and fusion do not.
     """
-    if mode not in ("single", "multi"):
-        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
-    steps = adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)
+    check_mode(mode)
+    multi_view = multi_view or MultiViewConfig()
+    steps = multi_view.steps_to_adapt(multi=mode == "multi")
     batch = model_batch(frames, skeleton, device=device, pseudo_3d=steps > 0)  # only adaptation's losses may read it
-    m = adapted(model, batch, skeleton, steps)
+    m = adapt_for(model, batch, skeleton, multi_view, multi=mode == "multi")
     if mode == "single":
         return single_table(frames, *lift_single(m, batch))
-    X = lift_multi(m, batch, skeleton, multi_mode=multi_mode, groups=sequence_groups(frames))
+    X = lift_multi(m, batch, skeleton, multi_view, groups=sequence_groups(frames))
     num_views = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
     return multi_table(frames, X, batch["root_ok"].cpu().numpy() > 0, num_views, tuple(skeleton.root_joints))
 
 
 def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
-                 multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                 multi_view: MultiViewConfig | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_rows: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """Lift `split` of the dataset at `data_url` with the model at `model_path`; write Parquet to `out_url`.
 
-    mode "single": every view on its own (adapt_steps > 0 first fine-tunes a copy of the model on each batch's
-    own multi-view 2D); mode "multi": fused world poses (`multi_mode` fusion | refinement | adaptation).
+    mode "single": every view on its own (`multi_view.adapt_steps` > 0 first fine-tunes a copy of the model on each
+    batch's own multi-view 2D); mode "multi": world poses by `multi_view` (default `MultiViewConfig()`).
     Returns {"out": out_url, "rows": rows written, "frames": frames read}.
     """
-    if mode not in ("single", "multi"):
-        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
-    if mode == "multi" and multi_mode not in MULTI_MODES:
-        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
+    check_mode(mode)
     model, skeleton, ds = open_inputs(model_path, data_url, split=split)
     model.to(device)
-    adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)  # bad values fail before any output
     rows = frames_read = 0
     schema = output_schema(mode, skeleton=skeleton, model=str(model_path), split=split)
     with published_parquet(out_url, schema) as writer:
         for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows):
-            table = lift_frames(model, skeleton, frames, mode=mode, multi_mode=multi_mode, adapt_steps=adapt_steps,
-                                device=device)
+            table = lift_frames(model, skeleton, frames, mode=mode, multi_view=multi_view, device=device)
             writer.write_table(table.replace_schema_metadata(schema.metadata))
             rows += table.num_rows
             frames_read += len(frames)

@@ -32,11 +32,11 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from rigpose.config import MultiViewConfig
 from rigpose.data.schema import ARROW_SCHEMA, EVAL_ONLY_COLUMNS, frames_from_table
 from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
-    MULTI_MODES,
-    adapt_steps_for,
+    check_mode,
     lift_frames,
     open_dataset,
     output_schema,
@@ -62,24 +62,23 @@ class LiftBatches:
     """Ray Data `map_batches` callable: one per actor, the model loaded once in `__init__`; Arrow rows of the
     dataset (without joints_3d) in, prediction rows of `mode` out (`rigpose.inference.lift.lift_frames`)."""
 
-    def __init__(self, model: str, *, mode: str, multi_mode: str, adapt_steps: int, num_joints: int,
+    def __init__(self, model: str, *, mode: str, multi_view: MultiViewConfig, num_joints: int,
                  num_views: int, num_threads: int, tracking_uri: str | None = None,
                  registry_uri: str | None = None) -> None:
         torch.set_num_threads(num_threads)
         self.model, self.skeleton, _ = load_model(model, tracking_uri=tracking_uri, registry_uri=registry_uri)
-        self.mode, self.multi_mode, self.adapt_steps = mode, multi_mode, adapt_steps
+        self.mode, self.multi_view = mode, multi_view
         self.num_joints, self.num_views = num_joints, num_views
 
     def __call__(self, table: pa.Table) -> pa.Table:
         frames = frames_from_table(table, num_joints=self.num_joints, num_views=self.num_views, with_3d=False)
-        return lift_frames(self.model, self.skeleton, frames, mode=self.mode, multi_mode=self.multi_mode,
-                           adapt_steps=self.adapt_steps)
+        return lift_frames(self.model, self.skeleton, frames, mode=self.mode, multi_view=self.multi_view)
 
 
 
 
 def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
-                     multi_mode: str = "fusion", adapt_steps: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                     multi_view: MultiViewConfig | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      max_rows: int | None = None, concurrency: int | None = None, num_threads: int = 1,
                      connect: Callable[[], None] | None = None) -> dict[str, Any]:
     """Lift `split` of the dataset at `data_url` with `model_uri` on Ray Data; write Parquet to `out_url`.
@@ -92,11 +91,8 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     Modes and the file: as `rigpose.inference.lift.lift_dataset`. Returns {"out", "rows", "frames", "model" (the pinned
     URI or the path), "concurrency"}.
     """
-    if mode not in ("single", "multi"):
-        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
-    if mode == "multi" and multi_mode not in MULTI_MODES:
-        raise ValueError(f"multi_mode must be one of {MULTI_MODES}, got {multi_mode!r}")
-    adapt_steps_for(multi_mode if mode == "multi" else None, adapt_steps)
+    check_mode(mode)
+    multi_view = multi_view or MultiViewConfig()
     for name, value in (("batch_size", batch_size), ("max_rows", max_rows), ("concurrency", concurrency),
                         ("num_threads", num_threads)):
         if value is not None and value < 1:
@@ -126,7 +122,7 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     if not ray.is_initialized():
         raise RuntimeError("lift_dataset_ray needs a connected Ray: call rigpose.cluster.connect.init_ray first")
     concurrency = concurrency or default_concurrency()
-    rd = _predictions(ds, split, model, mode=mode, multi_mode=multi_mode, adapt_steps=adapt_steps,
+    rd = _predictions(ds, split, model, mode=mode, multi_view=multi_view,
                       batch_size=batch_size, max_rows=max_rows, concurrency=concurrency, num_threads=num_threads,
                       tracking_uri=tracking_uri, registry_uri=registry_uri)
     plain = pa.schema(list(schema))  # the writer's schema without the file metadata, which the writer adds
@@ -138,7 +134,7 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     return {"out": out_url, "rows": rows, "frames": frames, "model": model, "concurrency": concurrency}
 
 
-def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_mode: str, adapt_steps: int,
+def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_view: MultiViewConfig,
                  batch_size: int, max_rows: int | None, concurrency: int, num_threads: int,
                  tracking_uri: str | None, registry_uri: str | None) -> Any:
     """The Ray dataset of prediction rows (lazy: nothing runs until iterated), in the split's row order."""
@@ -156,7 +152,7 @@ def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_mode: str,
     rd = rd.map_batches(
         LiftBatches, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
-        fn_constructor_kwargs={"model": model, "mode": mode, "multi_mode": multi_mode, "adapt_steps": adapt_steps,
+        fn_constructor_kwargs={"model": model, "mode": mode, "multi_view": multi_view,
                                "num_joints": ds.skeleton.num_joints, "num_views": ds.manifest.max_views,
                                "num_threads": num_threads, "tracking_uri": tracking_uri,
                                "registry_uri": registry_uri})

@@ -327,8 +327,7 @@ def _mean_per_joint(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _errors(lifted: _Lifted, skeleton: Skeleton) -> LifterErrors:
     roots = tuple(skeleton.root_joints)
-    loo_root = ev.leave_one_out_roots(lifted.kp, lifted.w, lifted.cams, roots)  # [B, S, 3]
-    px = ev.heldout_view_errors(lifted.rel, loo_root, lifted.kp, lifted.w, lifted.cams)  # [B, S, T, J]
+    px = ev.heldout_view_px(lifted.rel, lifted.kp, lifted.w, lifted.cams, roots)  # [B, S, T, J]
     real = lifted.frames.view_mask
     labels = tuple(sorted(set(lifted.keys[real].tolist())))
     camera_px = _group_means(px, np.broadcast_to(lifted.keys[:, :, None, None], px.shape), labels)

@@ -1,20 +1,24 @@
 """Save and load a trained lifter as one self-describing file (weights + architecture + skeleton + metadata).
 
 The file is a `torch.save` dict loaded with `weights_only=True` (no pickled code): {"format": "rigpose-lifter",
-"version": 1, "config": LifterConfig fields, "skeleton": name, "state_dict": ..., "meta": {...}}. `meta` holds
-JSON-able facts (supervision mode, dataset manifest hash, training steps, ...). Local paths or fsspec URLs.
+"version": 1, "config": `architecture(model)` (num_joints, root_joints, then the rigpose.config.ModelConfig fields),
+"skeleton": name, "state_dict": ..., "meta": {...}}. `meta` holds JSON-able facts (supervision mode, dataset
+manifest hash, training steps, ...). Local paths or fsspec URLs.
+
+Files written before the lifter took `ModelConfig` hold the same architecture keys plus an empty "extra" and no
+"dropout_schedule" (a training setting, irrelevant in eval mode): they load unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 from typing import Any
 
 import torch
 
-from rigpose.model.lifter import Lifter, LifterConfig
+from rigpose.config import ModelConfig
+from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton, get_skeleton
 from rigpose.storage import url_to_fs, write_bytes_atomic
 
@@ -30,7 +34,7 @@ def save_lifter(path: str | os.PathLike[str], model: Lifter, skeleton: Skeleton,
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "config": dataclasses.asdict(model.config),
+        "config": architecture(model),
         "skeleton": skeleton.name,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
@@ -39,6 +43,12 @@ def save_lifter(path: str | os.PathLike[str], model: Lifter, skeleton: Skeleton,
     torch.save(payload, buf)
     fs, p = url_to_fs(path)
     write_bytes_atomic(fs, p, buf.getvalue())
+
+
+def architecture(model: Lifter) -> dict[str, Any]:
+    """What a saved file (and an ONNX export's metadata) records of the lifter: {num_joints, root_joints, then the
+    `ModelConfig` fields}."""
+    return {"num_joints": model.num_joints, "root_joints": list(model.root_joints), **model.config.model_dump()}
 
 
 def load_lifter(path: str | os.PathLike[str], *, map_location: str = "cpu"
@@ -59,9 +69,20 @@ def load_lifter(path: str | os.PathLike[str], *, map_location: str = "cpu"
         raise ValueError(f"{path}: not a rigpose lifter file (format {payload.get('format')!r})")
     if payload.get("version") != VERSION:
         raise ValueError(f"{path}: model file version {payload.get('version')}, this rigpose reads {VERSION}")
-    cfg = dict(payload["config"])
-    cfg["root_joints"] = tuple(cfg["root_joints"])
-    model = Lifter(LifterConfig(**cfg))
+    config, joints = _architecture(path, payload["config"])
+    model = Lifter(config, **joints)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, get_skeleton(payload["skeleton"]), dict(payload["meta"])
+
+
+def _architecture(path: str | os.PathLike[str], stored: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
+    """(ModelConfig, the lifter's keyword arguments) from a file's "config" dict, of either layout."""
+    cfg = dict(stored)
+    joints = {"num_joints": int(cfg.pop("num_joints")), "root_joints": tuple(cfg.pop("root_joints"))}
+    if cfg.pop("extra", {}):  # the old layout's reserved field, always empty
+        raise ValueError(f"{path}: model config has 'extra' settings this rigpose does not know")
+    try:
+        return ModelConfig.model_validate(cfg), joints
+    except ValueError as e:
+        raise ValueError(f"{path}: model config {cfg}: {e}") from None

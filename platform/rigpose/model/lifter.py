@@ -6,7 +6,7 @@ Input normalisation makes one model serve any camera: keypoints arrive as normal
 (undistorted, K^-1 applied), are centred on the mean of the visible joints and divided by their RMS spread `s`, so
 the network sees the pose's shape; `s` (about body size / depth) and the centre are passed in as well.
 
-Output parameterisations (`LifterConfig.output`):
+Output parameterisations (`ModelConfig.output`):
 - "ray" (default): per joint a depth offset along its own camera ray: X_j = (x_j, y_j, 1) * (Z + dz_j), with
   (x_j, y_j) the input 2D when the joint is visible (self-view reprojection exact by construction) or the network's
   own 2D estimate when it is missing; Z = size / s from a learned size (metric scale).
@@ -18,39 +18,15 @@ The returned pose is in metres; `rel` is root-relative (root = mean of the skele
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from rigpose.config import ModelConfig
+
 BODY_SIZE_M = 0.35  # typical RMS distance of joints from their centroid, metres: sets the initial depth scale
-
-
-@dataclass
-class LifterConfig:
-    """Architecture of the lifter (a residual MLP in the spirit of Martinez et al. 2017)."""
-
-    num_joints: int
-    root_joints: tuple[int, ...] = (0,)
-    width: int = 512
-    num_blocks: int = 2
-    dropout: float = 0.25
-    output: Literal["ray", "free"] = "ray"
-    extra: dict = field(default_factory=dict)  # reserved for forward-compatible checkpoints
-
-    def __post_init__(self) -> None:
-        if self.num_joints < 2:
-            raise ValueError(f"num_joints must be >= 2, got {self.num_joints}")
-        if self.width < 8 or self.num_blocks < 0:
-            raise ValueError(f"width must be >= 8 and num_blocks >= 0, got {self.width}, {self.num_blocks}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.output not in ("ray", "free"):
-            raise ValueError(f"output must be 'ray' or 'free', got {self.output!r}")
-        if not self.root_joints or any(not 0 <= j < self.num_joints for j in self.root_joints):
-            raise ValueError(f"root_joints {self.root_joints} out of range for {self.num_joints} joints")
-        self.root_joints = tuple(int(j) for j in self.root_joints)
 
 
 class LiftOutput(NamedTuple):
@@ -93,12 +69,22 @@ def normalise_2d(xy_BJ2: torch.Tensor, valid_BJ: torch.Tensor, eps: float = 1e-6
 
 
 class Lifter(nn.Module):
-    """Residual MLP lifter; see the module docstring for the input normalisation and output parameterisation."""
+    """Residual MLP lifter (in the spirit of Martinez et al. 2017) for a skeleton of `num_joints` joints whose root is
+    the mean of `root_joints`; see the module docstring for the input normalisation and output parameterisation."""
 
-    def __init__(self, config: LifterConfig) -> None:
+    def __init__(self, config: ModelConfig, *, num_joints: int, root_joints: Sequence[int] = (0,)) -> None:
         super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a rigpose.config.ModelConfig, got {type(config).__name__}")
+        if num_joints < 2:
+            raise ValueError(f"num_joints must be >= 2, got {num_joints}")
+        root_joints = tuple(int(j) for j in root_joints)
+        if not root_joints or any(not 0 <= j < num_joints for j in root_joints):
+            raise ValueError(f"root_joints {root_joints} out of range for {num_joints} joints")
         self.config = config
-        J = config.num_joints
+        self.num_joints = num_joints
+        self.root_joints = root_joints
+        J = num_joints
         in_dim = 2 * J + J + 2 + 1  # u, scores, centre, log spread
         out_dim = (J + 2 * J + 1) if config.output == "ray" else (3 * J + 2 * J + 1)
         self.inp = nn.Sequential(nn.Linear(in_dim, config.width), nn.LayerNorm(config.width), nn.ReLU(),
@@ -116,11 +102,11 @@ class Lifter(nn.Module):
 
     def forward(self, xy_BJ2: torch.Tensor, scores_BJ: torch.Tensor) -> LiftOutput:
         """xy [B, J, 2] undistorted normalised image coordinates, scores [B, J] in [0, 1] (0 = missing)."""
-        if xy_BJ2.ndim != 3 or xy_BJ2.shape[1:] != (self.config.num_joints, 2):
-            raise ValueError(f"xy: expected [B, {self.config.num_joints}, 2], got {tuple(xy_BJ2.shape)}")
+        if xy_BJ2.ndim != 3 or xy_BJ2.shape[1:] != (self.num_joints, 2):
+            raise ValueError(f"xy: expected [B, {self.num_joints}, 2], got {tuple(xy_BJ2.shape)}")
         if scores_BJ.shape != xy_BJ2.shape[:2]:
             raise ValueError(f"scores: expected {tuple(xy_BJ2.shape[:2])}, got {tuple(scores_BJ.shape)}")
-        J = self.config.num_joints
+        J = self.num_joints
         valid = (scores_BJ > 0) & torch.isfinite(xy_BJ2).all(-1)
         scores = torch.where(valid, scores_BJ, torch.zeros_like(scores_BJ))
         c, s, u = normalise_2d(xy_BJ2, valid)
@@ -138,7 +124,7 @@ class Lifter(nn.Module):
         else:
             centre = torch.cat([c, torch.ones_like(c[:, :1])], -1) * Z[:, None]
             X = centre[:, None] + o[:, :n_pose].reshape(-1, J, 3)
-        root = X[:, list(self.config.root_joints)].mean(1)
+        root = X[:, list(self.root_joints)].mean(1)
         return LiftOutput(X=X, rel=X - root[:, None], root=root, xy=xy, xy_pred=xy_pred)
 
 

@@ -51,7 +51,8 @@ def cross_view_reprojection(
     """Sum over sources s, targets t != s, joints j of w[t, j] * [s valid] * Huber(|proj_t(world_s,j) - kp[t, j]|).
 
     rel [B, S=V, J, 3] is each view's root-relative lift in its own camera frame. Count = sum of the weights.
-    `huber_px=None` gives the plain pixel distance (the label-free held-out-view metric).
+    `huber_px=None` gives the plain pixel distance (the held-out-view metric itself, with each lift placed at the
+    root triangulated from the other views, is `rigpose.metrics.heldout_view_px`).
     """
     _B, V, _J, _ = rel_BSJ3.shape
     world = to_world(rel_BSJ3, cams.R, root_world_B3)  # [B, S, J, 3]

@@ -8,30 +8,14 @@ Shape letters: B frames, V views, J joints.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from rigpose.config import LossConfig
 from rigpose.geometry import CameraArrays
 from rigpose.model import losses
 from rigpose.model.lifter import lift_views
 from rigpose.skeleton import Skeleton
-
-
-@dataclass
-class LossWeights:
-    """Weights of the loss terms (see rigpose.model.losses); a weight of 0 skips the term."""
-
-    cross_view: float = 1.0
-    root_depth: float = 20.0
-    pseudo_3d: float = 0.0
-    pseudo_3d_steps: int = 0  # warm-up: pseudo_3d applies for this many steps, then stops (0 = whole run)
-    inpainting: float = 0.05
-    bone_symmetry: float = 10.0
-    huber_px: float = 10.0
-    hide_joint_prob: float = 0.05  # hide visible joints from the input so the lifter learns to fill them in
-
-
 
 
 def batch_cameras(batch: dict[str, torch.Tensor]) -> CameraArrays:
@@ -44,20 +28,21 @@ def loss_terms(
     batch: dict[str, torch.Tensor],
     skeleton: Skeleton,
     *,
-    weights: LossWeights,
+    loss_cfg: LossConfig,
     supervision: str = "2d",
     step: int = 0,
     train: bool = True,
     generator: torch.Generator | None = None,
 ) -> dict[str, losses.Loss]:
-    """(sum, count) per active loss term for one batch. `supervision="2d"` never touches batch["joints_3d"]."""
+    """(sum, count) per active loss term of `loss_cfg` (weight > 0) for one batch; `supervision="2d"` never touches
+    batch["joints_3d"]."""
     cams = batch_cameras(batch)
     w = batch["w"]
     inp_w = w
     hidden = torch.zeros_like(w)
-    if train and weights.hide_joint_prob > 0:
+    if train and loss_cfg.hide_joint_prob > 0:
         r = torch.rand(w.shape, generator=generator, device=w.device)
-        hidden = ((r < weights.hide_joint_prob) & (w > 0)).to(w.dtype)
+        hidden = ((r < loss_cfg.hide_joint_prob) & (w > 0)).to(w.dtype)
         inp_w = w * (1 - hidden)
     out = lift_views(model, batch["xy"], inp_w)
     view_ok = batch["view_mask"] * (inp_w.sum(-1) > 0).to(w.dtype)
@@ -68,18 +53,18 @@ def loss_terms(
         return terms
     if supervision != "2d":
         raise ValueError(f"supervision must be '2d' or '3d', got {supervision!r}")
-    if weights.cross_view:
+    if loss_cfg.cross_view:
         terms["cross_view"] = losses.cross_view_reprojection(
-            out.rel, batch["root_world"], batch["root_ok"], batch["kp"], w, cams, huber_px=weights.huber_px)
-    if weights.root_depth:
+            out.rel, batch["root_world"], batch["root_ok"], batch["kp"], w, cams, huber_px=loss_cfg.huber_px)
+    if loss_cfg.root_depth:
         terms["root_depth"] = losses.root_depth(out.root, batch["root_world"], batch["root_ok"], view_ok, cams)
-    if weights.pseudo_3d and (weights.pseudo_3d_steps == 0 or step < weights.pseudo_3d_steps):
+    if loss_cfg.pseudo_3d and (loss_cfg.pseudo_3d_steps == 0 or step < loss_cfg.pseudo_3d_steps):
         terms["pseudo_3d"] = losses.pseudo_3d(out.rel, batch["pseudo_world"], batch["pseudo_ok"], roots, view_ok, cams)
-    if weights.inpainting and train:
+    if loss_cfg.inpainting and train:
         B, V, J, _ = out.xy_pred.shape
         terms["inpainting"] = losses.inpainting_2d(out.xy_pred.reshape(B * V, J, 2), batch["xy"].reshape(B * V, J, 2),
                                               hidden.reshape(B * V, J), batch["K"].reshape(B * V, 3, 3))
-    if weights.bone_symmetry:
+    if loss_cfg.bone_symmetry:
         B, V, J, _ = out.rel.shape
         sel = view_ok.reshape(-1) > 0
         terms["bone_symmetry"] = losses.bone_symmetry(out.rel.reshape(B * V, J, 3)[sel], skeleton.bones,
@@ -89,7 +74,7 @@ def loss_terms(
 
 def total_loss(
     terms: dict[str, losses.Loss],
-    weights: LossWeights,
+    loss_cfg: LossConfig,
     *,
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -101,6 +86,6 @@ def total_loss(
     for i, n in enumerate(names):
         mean = terms[n][0] / counts[i].clamp_min(1.0)
         means[n] = mean.detach()
-        weight = 1.0 if n == "supervised_3d" else getattr(weights, n)
+        weight = 1.0 if n == "supervised_3d" else getattr(loss_cfg, n)
         loss = loss + weight * mean
     return loss, means

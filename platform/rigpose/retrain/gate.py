@@ -1,10 +1,18 @@
-"""The promotion gate: a candidate becomes @champion only if its label-free held-out-view error beats the champion's."""
+"""The promotion gate: a candidate becomes @champion only if its label-free held-out-view error beats the champion's.
+
+The figure is `rigpose.metrics.heldout_view_px` (via `rigpose evaluate`'s single-view heldout_px): the definition
+training validation reports as val/reprojection_px. What a gate measured is stored on the candidate's model version
+as tags `rigpose.gate.*` (its figure, the data, split and rows, the champion version and figure it was compared
+against, the outcome), so a promotion can be checked later.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from rigpose.tracking.registry import CHAMPION, client_for, download_lifter_file, promote
+
+GATE_TAG_PREFIX = "rigpose.gate."
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,13 @@ def champion_gate(name: str, candidate_version: str, *, data_url: str, split: st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     promoted = champion is None or (champ_px is not None and cand_px < champ_px)
+    record = {"heldout_px": f"{cand_px:.6g}", "data": data_url, "split": split,
+              "max_rows": "all" if max_rows is None else str(max_rows), "alias": alias,
+              "champion_version": champion or "none",
+              "champion_heldout_px": "none" if champ_px is None else f"{champ_px:.6g}",
+              "promoted": str(promoted).lower()}
+    for key, value in record.items():  # before the alias moves: a promoted version always carries its figure
+        client.set_model_version_tag(name, str(candidate_version), f"{GATE_TAG_PREFIX}{key}", value)
     if promoted:
         promote(name, candidate_version, alias, uri=uri)
     return GateResult(candidate_version=str(candidate_version), champion_version=champion, candidate_px=cand_px,

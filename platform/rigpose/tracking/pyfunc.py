@@ -1,4 +1,9 @@
-"""The MLflow pyfunc lifter: raw 2D keypoints + cameras per row in, world and camera-frame 3D poses out."""
+"""The MLflow pyfunc lifter: raw 2D keypoints + cameras per row in, world and camera-frame 3D poses out.
+
+The world pose is the multi-view answer of `rigpose.config.MultiViewConfig` (the one default, or the "multi_view"
+entry of the logged model's `model_config`). Every row is its own frame, with its own skeleton in the refinement;
+only the 2D noise level that weighs the refinement's prior is estimated over all of a request's rows.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pandas as pd
 import torch
 
 from rigpose import geometry as g
+from rigpose.config import MultiViewConfig
 from rigpose.model.inputs import prepare_arrays
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton
@@ -62,19 +68,21 @@ def frame_arrays(df: pd.DataFrame, num_joints: int) -> tuple[np.ndarray, np.ndar
     return kp, sc, cams, vm
 
 
-@torch.no_grad()
 def lift_arrays(model: Lifter, skeleton: Skeleton, keypoints: np.ndarray, scores: np.ndarray,
-                cameras: g.CameraArrays, view_mask: np.ndarray, *, device: str = "cpu"
-                ) -> dict[str, np.ndarray]:
-    """{"joints_3d" [N, J, 3] world m, "joints_cam" [N, V, J, 3] camera m, "num_views" [N]} for raw 2D + cameras."""
-    from rigpose.model.fuse import fuse, lift_single
+                cameras: g.CameraArrays, view_mask: np.ndarray, *, multi_view: MultiViewConfig | None = None,
+                device: str = "cpu") -> dict[str, np.ndarray]:
+    """{"joints_3d" [N, J, 3] world m (by `multi_view`, default `MultiViewConfig()`), "joints_cam" [N, V, J, 3]
+    camera m (single-view lifts), "num_views" [N]} for raw 2D + cameras; each row is its own frame."""
+    from rigpose.model.fusion import lift_single
+    from rigpose.model.multiview import lift_multiview
 
     with np.errstate(invalid="ignore", divide="ignore"):
         arrays = prepare_arrays(keypoints, scores, cameras, view_mask, root_joints=tuple(skeleton.root_joints),
                                 pseudo_3d=False)
     batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
     rel, root = lift_single(model, batch)
-    world = fuse(model, batch, skeleton).cpu().double().numpy()
+    rows = torch.arange(len(keypoints), device=device)  # one refinement group per row: rows are independent
+    world = lift_multiview(model, batch, skeleton, multi_view, groups=rows).detach().cpu().double().numpy()
     used = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
     return {"joints_3d": world, "joints_cam": rel + root[..., None, :], "num_views": used.astype(np.int64)}
 
@@ -87,11 +95,14 @@ class LifterModel(mlflow.pyfunc.PythonModel):
 
         self.model, self.skeleton, self.meta = load_lifter(context.artifacts[ARTIFACT_KEY])
         self.model.eval()
+        settings = (getattr(context, "model_config", None) or {}).get("multi_view", {})
+        self.multi_view = MultiViewConfig.model_validate(settings)
 
     def lift(self, keypoints: np.ndarray, scores: np.ndarray, cameras: g.CameraArrays, view_mask: np.ndarray
              ) -> dict[str, np.ndarray]:
         """Array fast path (batch inference): see `lift_arrays`."""
-        return lift_arrays(self.model, self.skeleton, keypoints, scores, cameras, view_mask)
+        return lift_arrays(self.model, self.skeleton, keypoints, scores, cameras, view_mask,
+                           multi_view=self.multi_view)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:

@@ -25,6 +25,8 @@ and `rigpose lift --model models:/NAME@ALIAS`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 import warnings
 from collections.abc import Callable
@@ -41,7 +43,10 @@ from rigpose.tracking.runs import TrackingTarget, first_line, mlflow_uri, quick_
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 #: metrics copied onto a registered version as tags `rigpose.metric.<name>` (shown by `rigpose models list`)
-KEY_METRICS = ("val/reprojection_px", "val/mpjpe_mm", "val/pa_mpjpe_mm", "heldout_px", "mpjpe_mm", "pa_mpjpe_mm")
+#: (val/*: training validation; eval/*: `rigpose evaluate` on tracking.eval_split when it is not the val split; the
+#: held-out-view figure has one definition, `rigpose.metrics.heldout_view_px`, in both)
+KEY_METRICS = ("val/reprojection_px", "val/mpjpe_mm", "val/pa_mpjpe_mm", "eval/heldout_px", "eval/mpjpe_mm",
+               "eval/pa_mpjpe_mm")
 
 
 
@@ -125,8 +130,14 @@ def register(target: TrackingTarget, *, run_id: str, model_file: str, example: p
         except Exception:  # the first version of this name
             client.create_registered_model(name, description="RigPose 2D->3D lifter (pyfunc: raw 2D keypoints, "
                                                              "scores and cameras in; 3D joints out)")
-        with mlflow_uri(target.uri):
+        # mlflow.register_model prints "Registered model ... already exists" (the name was created just above, with
+        # its description) and "Created version ...": our own line says it once; anything else it prints is kept
+        printed = io.StringIO()
+        with mlflow_uri(target.uri), contextlib.redirect_stderr(printed):
             mv = mlflow.register_model(model_uri, name, tags={k: scrub(str(v)) for k, v in tags.items()})
+        for line in printed.getvalue().splitlines():
+            if line.strip() and not line.startswith(("Registered model ", "Created version ")):
+                warn(line)
         client.set_registered_model_alias(name, alias, mv.version)
         return mv
 
@@ -167,8 +178,11 @@ def list_versions(name: str, *, uri: str | None = None) -> list[dict[str, Any]]:
         out.append({
             "version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
             "created": mv.creation_timestamp, "run_id": mv.run_id,
-            "metrics": {k.removeprefix("rigpose.metric."): float(v) for k, v in tags.items()
-                        if k.startswith("rigpose.metric.")},
+            "metrics": {**{k.removeprefix("rigpose.metric."): float(v) for k, v in tags.items()
+                           if k.startswith("rigpose.metric.")},
+                        # the figure the champion gate compared (rigpose.retrain.gate), when one ran
+                        **({"gate.heldout_px": float(tags["rigpose.gate.heldout_px"])}
+                           if "rigpose.gate.heldout_px" in tags else {})},
             "dataset": tags.get("rigpose.dataset"), "manifest_sha256": tags.get("rigpose.manifest_sha256"),
             "rig_ids": tags.get("rigpose.rig_ids"),
         })

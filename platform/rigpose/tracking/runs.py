@@ -38,10 +38,14 @@ Warn = Callable[[str], None]
 
 def git_commit(repo: Path | None = None) -> str:
     """The commit the code runs from: $RIGPOSE_GIT_COMMIT (set by `rigpose submit`), else `git rev-parse HEAD`
-    of the checkout holding this package, else "unknown" (e.g. inside a Ray job's uploaded copy)."""
+    of the checkout holding this package, else "unknown" (an installed wheel, a Ray job's uploaded copy)."""
     if os.environ.get("RIGPOSE_GIT_COMMIT"):
         return os.environ["RIGPOSE_GIT_COMMIT"]
-    repo = repo or Path(__file__).resolve().parents[3]
+    if repo is None:
+        package = Path(__file__).resolve().parents[1]
+        if package.parent.name != "platform":  # not <checkout>/platform/rigpose: installed, no checkout to ask
+            return "unknown"
+        repo = package.parent.parent
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
@@ -77,7 +81,11 @@ def output_folder(output_dir: str) -> Path:
 
 
 def resolve_target(job: TrainJob, environ: dict[str, str] | None = None) -> TrackingTarget:
-    """The job's tracking target: tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite default."""
+    """The job's tracking target: tracking.uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite default.
+
+    With a sqlite URI a new experiment keeps its artifacts in `artifacts/` beside the database file (MLflow's own
+    default would be `./mlruns` of whatever folder the command runs in); a server URI leaves them to the server.
+    """
     environ = dict(os.environ) if environ is None else environ
     uri = job.tracking.uri or environ.get("MLFLOW_TRACKING_URI")
     experiment = scrub(job.tracking.experiment)  # it is printed and stored: never a credential
@@ -85,6 +93,9 @@ def resolve_target(job: TrainJob, environ: dict[str, str] | None = None) -> Trac
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             raise ValueError(f"tracking.uri {uri!r}: use an absolute sqlite path (sqlite:////abs/path/mlflow.db); a "
                              "relative one lands in whatever folder each process runs in")
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, never ./mlruns of the current folder
+            db = Path(uri.removeprefix("sqlite:///"))
+            return TrackingTarget(uri=uri, experiment=experiment, artifact_location=(db.parent / "artifacts").as_uri())
         return TrackingTarget(uri=uri, experiment=experiment)
     folder = output_folder(job.run.output_dir) / "mlflow"
     return TrackingTarget(uri=f"sqlite:///{folder / 'mlflow.db'}", experiment=experiment,

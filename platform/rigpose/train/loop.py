@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from rigpose.geometry import procrustes_align
-from rigpose.metrics import MM_PER_M
+from rigpose.config import LossConfig
+from rigpose.geometry import CameraArrays, world_to_camera
+from rigpose.metrics import finite_sum_count, heldout_view_px, mpjpe, pa_mpjpe, root_relative
 from rigpose.model.lifter import Lifter, dropout_schedule
-from rigpose.model.losses import cross_view_reprojection, to_camera
-from rigpose.model.objective import LossWeights, batch_cameras, lift_views, loss_terms, total_loss
+from rigpose.model.objective import lift_views, loss_terms, total_loss
 from rigpose.skeleton import Skeleton
 
 Batch = dict[str, torch.Tensor]
@@ -55,44 +56,45 @@ class EpochResult:
 VAL_METRICS = ("reprojection_px", "mpjpe_mm", "pa_mpjpe_mm")
 
 
-def _pose_error_sums(pred_PJ3: torch.Tensor, gt_PJ3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over poses of the per-pose mean joint error in mm, number of poses) of pred vs gt [..., J, 3] metres.
-
-    `rigpose.metrics.mpjpe`'s rules: joints NaN in either input are ignored, a pose with none left is not counted.
-    """
-    d = (pred_PJ3 - gt_PJ3).norm(dim=-1)  # [..., J], NaN where either is NaN
-    ok = d.isfinite()
-    n = ok.sum(-1)
-    per_pose = torch.where(ok, d, 0.0).sum(-1) / n.clamp_min(1)
-    return MM_PER_M * per_pose[n > 0].sum(), (n > 0).sum().to(d.dtype)
+def _np64(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
 
 
 def single_view_3d_sums(rel_BVJ3: torch.Tensor, view_ok_BV: torch.Tensor, batch: Batch,
                         root_joints: Sequence[int]) -> torch.Tensor:
-    """[mpjpe sum, poses, pa_mpjpe sum, poses] (mm, float64) of every view's lift against the 3D labels.
+    """[mpjpe sum, poses, pa_mpjpe sum, poses] (mm, float64, CPU) of every view's lift against the 3D labels.
 
-    The definitions of `rigpose.inference.evaluate`'s "single" section, in torch: each view's root-relative lift vs the
-    labels brought into that view's camera frame and made relative to their root (the mean of `root_joints`); a
-    pose is one (frame, view), views without 2D or padding (`view_ok_BV` 0) do not count, nor do joints outside
-    `joints_3d_ok` [B, J] (when the batch has it) or non-finite; PA-MPJPE after a per-pose similarity alignment,
-    over poses with >= 3 usable joints. batch["joints_3d"] [B, J, 3] world metres.
+    `rigpose.metrics.mpjpe` / `pa_mpjpe` themselves (NumPy, on CPU, once per validation batch), as
+    `rigpose.inference.evaluate`'s "single" section uses them: each view's root-relative lift vs the labels brought
+    into that view's camera frame and made relative to their root (the mean of `root_joints`); a pose is one
+    (frame, view), views without 2D or padding (`view_ok_BV` 0) do not count, nor do joints outside `joints_3d_ok`
+    [B, J] (when the batch has it) or non-finite; PA-MPJPE over poses with >= 3 usable joints (the metric's rule).
+    batch["joints_3d"] [B, J, 3] world metres.
     """
-    f64 = torch.float64
-    X = batch["joints_3d"].to(f64)
-    ok_BJ = X.isfinite().all(-1)
+    X = _np64(batch["joints_3d"])
+    ok_BJ = np.isfinite(X).all(-1)
     if "joints_3d_ok" in batch:
-        ok_BJ &= batch["joints_3d_ok"] > 0
-    X = torch.where(ok_BJ[..., None], X, torch.nan)
-    gt = to_camera(X, batch["R"].to(f64), batch["t"].to(f64))  # [B, V, J, 3]
-    gt = gt - gt[:, :, list(root_joints)].mean(2, keepdim=True)  # NaN pose where a root joint is unknown
-    pred = torch.where(view_ok_BV[..., None, None] > 0, rel_BVJ3.to(f64), torch.nan)
-    mpjpe = _pose_error_sums(pred, gt)
-    usable = pred.isfinite().all(-1) & gt.isfinite().all(-1)  # [B, V, J]
-    fit = usable.sum(-1) >= 3  # a similarity needs three points (as rigpose.metrics.pa_mpjpe)
-    P, Q, M = pred[fit], gt[fit], usable[fit][..., None]
-    aligned, *_ = procrustes_align(torch.where(M, P, torch.nan), torch.where(M, Q, torch.nan))
-    pa = _pose_error_sums(aligned, Q)
-    return torch.stack([*mpjpe, *pa])
+        ok_BJ &= _np64(batch["joints_3d_ok"]) > 0
+    X = np.where(ok_BJ[..., None], X, np.nan)
+    gt = root_relative(world_to_camera(X[:, None], _np64(batch["R"]), _np64(batch["t"])), tuple(root_joints))
+    pred = np.where(_np64(view_ok_BV)[..., None, None] > 0, _np64(rel_BVJ3), np.nan)
+    sums = [*finite_sum_count(mpjpe(pred, gt)), *finite_sum_count(pa_mpjpe(pred, gt))]
+    return torch.tensor(sums, dtype=torch.float64)
+
+
+def heldout_sums(rel_BVJ3: torch.Tensor, batch: Batch, root_joints: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) float64 of `rigpose.metrics.heldout_view_px` over a batch: the one held-out-view definition,
+    computed with the metric's own NumPy code (on CPU, once per validation batch) so that it cannot drift.
+
+    Views without 2D or padding are not lifted (NaN), as in `rigpose evaluate`; the root each lift is placed at is
+    triangulated from the other views only (not `root_world`, the training loss's all-view root).
+    """
+    view_ok = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).cpu().numpy()
+    rel = np.where(view_ok[..., None, None], _np64(rel_BVJ3), np.nan)
+    cams = CameraArrays(*(_np64(batch[k]) for k in ("K", "dist", "R", "t")))
+    kp, w = _np64(batch["kp"]), _np64(batch["w"])
+    s, n = finite_sum_count(heldout_view_px(rel, kp, w, cams, tuple(root_joints)))
+    return torch.tensor(s, dtype=torch.float64), torch.tensor(float(n), dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -100,8 +102,9 @@ def validate(model: torch.nn.Module, batches: Iterable[Batch], *, root_joints: S
              reduce: Reduce = lambda x: x) -> dict[str, float]:
     """Validation metrics over `batches` (all ranks together when `reduce` is an all-reduce sum).
 
-    reprojection_px, label-free: held-out-view reprojection error, pixels (lift each view, project into the
-    others). mpjpe_mm, pa_mpjpe_mm: only when batches carry `joints_3d` (see `single_view_3d_sums`), means over
+    reprojection_px, label-free: held-out-view reprojection error, pixels, `rigpose.metrics.heldout_view_px` (the
+    figure `rigpose evaluate` reports as single-view heldout_px; see `heldout_sums`). mpjpe_mm, pa_mpjpe_mm:
+    only when batches carry `joints_3d` (see `single_view_3d_sums`), means over
     every labelled (frame, view) pose; a key is left out when no rank had a pose to average (no labels, or a split
     whose rows all lack them); with labels on only some rows, the means are over the labelled rows.
 
@@ -113,8 +116,7 @@ def validate(model: torch.nn.Module, batches: Iterable[Batch], *, root_joints: S
     parts: list[torch.Tensor] = []
     for batch in batches:
         out = lift_views(model, batch["xy"], batch["w"])
-        s, c = cross_view_reprojection(out.rel, batch["root_world"], batch["root_ok"], batch["kp"], batch["w"],
-                                       batch_cameras(batch), huber_px=None)
+        s, c = heldout_sums(out.rel, batch, root_joints)
         sums_3d = torch.zeros(4, dtype=torch.float64, device=s.device)
         if "joints_3d" in batch:
             view_ok = (batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)
@@ -136,7 +138,7 @@ def train_epoch(
     batches: Iterable[Batch],
     skeleton: Skeleton,
     *,
-    weights: LossWeights,
+    loss_cfg: LossConfig,
     supervision: str,
     step0: int,
     grad_clip: float,
@@ -155,9 +157,9 @@ def train_epoch(
     sums: dict[str, torch.Tensor] = {}
     steps = frames = 0
     for batch in batches:
-        terms = loss_terms(model, batch, skeleton, weights=weights, supervision=supervision, step=step0 + steps,
+        terms = loss_terms(model, batch, skeleton, loss_cfg=loss_cfg, supervision=supervision, step=step0 + steps,
                            train=True, generator=generator)
-        loss, means = total_loss(terms, weights, reduce=reduce)
+        loss, means = total_loss(terms, loss_cfg, reduce=reduce)
         optimizer.zero_grad(set_to_none=True)
         (loss * num_replicas).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -184,7 +186,7 @@ def fit(
     epochs: int,
     start_epoch: int = 0,
     start_step: int = 0,
-    weights: LossWeights,
+    loss_cfg: LossConfig,
     supervision: str,
     dropout: float,
     dropout_mode: str,
@@ -203,7 +205,7 @@ def fit(
         lifter.set_dropout(p)
         t0 = time.perf_counter()
         steps, frames, train_means = train_epoch(
-            model, optimizer, train_batches(epoch), skeleton, weights=weights, supervision=supervision,
+            model, optimizer, train_batches(epoch), skeleton, loss_cfg=loss_cfg, supervision=supervision,
             step0=step, grad_clip=grad_clip, reduce=reduce, num_replicas=num_replicas, generator=generator)
         step += steps
         seconds = time.perf_counter() - t0

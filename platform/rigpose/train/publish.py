@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from rigpose.config import TrainJob
-from rigpose.data.store import Dataset
+from rigpose.data.reader import Dataset
 from rigpose.tracking.runs import (
     RunLogger,
     RunSpec,
@@ -93,7 +93,7 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
         fs, path = url_to_fs(model_file)
         fs.get_file(path, local_model)
         report = evaluate(local_model, job.data.url, split=split, max_rows=job.tracking.eval_max_rows,
-                          modes=("single", "multi"), multi_heldout=False)
+                          modes=("single", "multi"))  # held-out multi-view too: all "multi" holds without labels
         report["model"] = model_file
         logger.log_artifact_bytes("evaluation.json", json.dumps(report, indent=1).encode())
         logger.log_artifact_bytes("job.yaml", yaml.safe_dump(job.model_dump(), sort_keys=False).encode())
@@ -122,8 +122,13 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
             raise RuntimeError(f"cannot register model {name!r}: the MLflow tracking server "
                                f"{scrub(logger.spec.target.uri)} was unreachable for the whole run (the model is at "
                                f"{model_file}; retry when it is back)")
+        # the version shows one figure per split and metric: training validation's val/* (the whole val split) and,
+        # for another eval split only, the evaluation's (same definitions, rigpose.metrics: a second figure for
+        # the val split would differ only by tracking.eval_max_rows)
         metrics = {k: v for k, v in last.items() if k.startswith("val/")}
-        metrics.update({k: v for k, v in single.items() if k in ("heldout_px", "mpjpe_mm", "pa_mpjpe_mm")})
+        if split != job.data.val_split:
+            metrics.update({f"eval/{k}": v for k, v in single.items()
+                            if k in ("heldout_px", "mpjpe_mm", "pa_mpjpe_mm")})
         tags = {**logger.spec.tags, "rigpose.run_id": logger.run_id, "rigpose.eval_split": split,
                 **metric_tags(metrics)}
         reg = register(logger.spec.target, run_id=logger.run_id, model_file=local_model,

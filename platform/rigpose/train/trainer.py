@@ -18,20 +18,21 @@ logs the evaluation, artifacts and pictures and registers the model with alias `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from rigpose.cluster.connect import init_ray
+from rigpose.cluster.connect import init_ray, session_logs_dir, verbose
 from rigpose.config import TrainJob
 from rigpose.data.pipeline import build_datasets, check_rig_ids
-from rigpose.data.store import Dataset
+from rigpose.data.reader import Dataset
 from rigpose.model.checkpoint import MODEL_FILE, save_lifter
-from rigpose.model.lifter import Lifter
 from rigpose.storage import url_to_fs, write_bytes_atomic
-from rigpose.train.worker import STATE_FILE, lifter_config, load_state, train_func
+from rigpose.train.progress import TrainingProgress
+from rigpose.train.worker import STATE_FILE, build_lifter, load_state, train_func
 
 __all__ = ["STATE_FILE", "manifest_sha256", "storage_root", "train"]
 
@@ -108,6 +109,10 @@ def train(job: TrainJob) -> dict[str, Any]:
 
     tracker = start_tracking(job, ds, run_dir=run_dir, manifest_sha256=sha)
     init_ray(job.run.ray_address)
+    if not verbose():  # one progress display for training (TrainingProgress): none of Ray Data's
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
     datasets = build_datasets(job.data, ds, with_3d=job.supervision == "3d", seed=job.optim.seed,
                               with_pseudo=job.supervision == "2d" and job.loss.pseudo_3d > 0)
     metric = "val/reprojection_px" if "val" in datasets else "train/loss"
@@ -129,12 +134,15 @@ def train(job: TrainJob) -> dict[str, Any]:
         datasets=datasets,
     )
     try:
-        result = trainer.fit()
+        # --verbose: Ray's own printing, rank 0's lines among it; otherwise one progress display fed by them
+        with (contextlib.nullcontext() if verbose() else
+              TrainingProgress(epochs=job.optim.epochs, steps_per_epoch=_steps_per_epoch(job, ds))):
+            result = trainer.fit()
     except Exception as e:  # Ray's TrainingFailedError wraps the workers' error: keep its last line
         if type(e).__name__ != "TrainingFailedError":
             raise
         raise RuntimeError(f"training failed after {job.run.max_failures} allowed worker failure(s): "
-                           f"{_last_line(e)} (Ray logs: /tmp/ray/session_latest/logs; run folder {run_dir})") from e
+                           f"{_last_line(e)} (Ray logs: {session_logs_dir()}; run folder {run_dir})") from e
     out = _finish(job, result, run_dir, ds.skeleton.name)
     out["resumed"] = resumed
     out["tracking"] = None
@@ -144,6 +152,16 @@ def train(job: TrainJob) -> dict[str, Any]:
         out["tracking"] = publish(job, tracker, ds, run_dir=run_dir, model_file=out["model"],
                                   history=out["history"], manifest_sha256=sha)
     return out
+
+
+def _steps_per_epoch(job: TrainJob, ds: Dataset) -> int | None:
+    """The progress bar's first guess of steps per epoch (each rank's full batches); None when rigs are selected
+    (the manifest's split rows would overcount). Rank 0 reports the real number after the first epoch."""
+    if job.data.rig_ids:
+        return None
+    rows = int(ds.manifest.splits().get(job.data.train_split, {}).get("rows", 0))
+    rows = min(rows, job.data.max_rows) if job.data.max_rows else rows
+    return max(rows // (job.data.batch_size * job.scaling.num_workers), 1) if rows else None
 
 
 def _last_line(e: BaseException) -> str:
@@ -159,7 +177,7 @@ def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str) -> dic
         raise RuntimeError(f"training produced no checkpoint (see the Ray logs; run folder {run_dir})")
     state = load_state(result.checkpoint)
     skeleton = get_skeleton(skeleton_name)
-    model = Lifter(lifter_config(job, skeleton))
+    model = build_lifter(job, skeleton)
     model.load_state_dict(state["model"])
     meta = {"supervision": job.supervision, "dataset": job.data.url, "manifest_sha256": state["manifest_sha256"],
             "epochs": state["epoch"] + 1, "steps": state["step"], "run_name": job.run.name,

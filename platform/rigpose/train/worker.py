@@ -27,19 +27,19 @@ from typing import Any
 
 import torch
 
+from rigpose.cluster.connect import verbose
 from rigpose.config import TrainJob
-from rigpose.model.lifter import Lifter, LifterConfig
-from rigpose.model.objective import LossWeights
+from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton, get_skeleton
 from rigpose.train.loop import Batch, EpochResult, fit
+from rigpose.train.progress import progress_line
 
 STATE_FILE = "state.pt"
 
 
-def lifter_config(job: TrainJob, skeleton: Skeleton) -> LifterConfig:
-    """The lifter architecture a job asks for, sized for the dataset's skeleton."""
-    return LifterConfig(num_joints=skeleton.num_joints, root_joints=skeleton.root_joints, width=job.model.width,
-                        num_blocks=job.model.num_blocks, dropout=job.model.dropout, output=job.model.output)
+def build_lifter(job: TrainJob, skeleton: Skeleton) -> Lifter:
+    """A new lifter of the architecture the job asks for (`job.model`), sized for the dataset's skeleton."""
+    return Lifter(job.model, num_joints=skeleton.num_joints, root_joints=skeleton.root_joints)
 
 
 def learning_rate(job: TrainJob, world_size: int) -> float:
@@ -60,6 +60,29 @@ def say(message: str) -> None:
     """
     sys.stdout.write(f"[rigpose] {message}\n")
     sys.stdout.flush()
+
+
+class _StepProgress:
+    """Rank 0: a `progress_line` every `every_s` seconds while an epoch runs (the driver's bar, see
+    `rigpose.train.progress`). Counts steps and frames as batches pass; no sync, no `.item()`."""
+
+    def __init__(self, epochs: int, history: list[dict[str, Any]], *, every_s: float) -> None:
+        self.epochs, self.history, self.every_s = epochs, history, every_s
+
+    def wrap(self, batches: Iterable[Batch], epoch: int) -> Iterator[Batch]:
+        last = self.history[-1] if self.history else {}
+        t0 = t_said = time.perf_counter()
+        frames = 0
+        for step, batch in enumerate(batches, start=1):
+            yield batch  # counted once the step on it is done
+            frames += int(batch["kp"].shape[0])
+            now = time.perf_counter()
+            if now - t_said >= self.every_s:
+                t_said = now
+                sys.stdout.write(progress_line(epoch=epoch, epochs=self.epochs, step=step,
+                                               steps=last.get("steps"), loss=last.get("train/loss"),
+                                               frames_per_s=frames / max(now - t0, 1e-9)) + "\n")
+                sys.stdout.flush()
 
 
 class _FirstBatchClock:
@@ -85,7 +108,7 @@ def train_func(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(job.optim.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = ray.train.torch.prepare_model(Lifter(lifter_config(job, skeleton)))
+    model = ray.train.torch.prepare_model(build_lifter(job, skeleton))
     device = ray.train.torch.get_device()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(job, world), weight_decay=job.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=job.optim.lr_decay)
@@ -110,6 +133,11 @@ def train_func(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
     clock = _FirstBatchClock()
+    # rank 0 feeds the driver's progress bar (other ranks pass their batches through); rarer with --verbose, where
+    # the lines are shown raw among Ray's
+    progress = _StepProgress(job.optim.epochs, history, every_s=30.0 if verbose() else 2.0)
+    if rank != 0:
+        progress.every_s = float("inf")
     tracking_s = [0.0]
 
     def batches(shard: Any, *, shuffle: bool) -> Iterable[Batch]:
@@ -149,9 +177,9 @@ def train_func(config: dict[str, Any]) -> None:
             tracking_s[0] = time.perf_counter() - t0
 
     fit(model, optimizer, scheduler, skeleton,
-        train_batches=lambda epoch: clock.wrap(batches(train_shard, shuffle=True)),
+        train_batches=lambda epoch: progress.wrap(clock.wrap(batches(train_shard, shuffle=True)), epoch),
         val_batches=(lambda: batches(val_shard, shuffle=False)) if val_shard is not None else None,
-        epochs=job.optim.epochs, start_epoch=start_epoch, start_step=step, weights=LossWeights(**job.loss.model_dump()),
+        epochs=job.optim.epochs, start_epoch=start_epoch, start_step=step, loss_cfg=job.loss,
         supervision=job.supervision, dropout=job.model.dropout, dropout_mode=job.model.dropout_schedule,
         grad_clip=job.optim.grad_clip, on_epoch=on_epoch, reduce=reduce, num_replicas=world,
         seed=job.optim.seed + rank)

@@ -10,7 +10,7 @@ Common to every converter
 - Bad rows (an infinite value, a NaN keypoint with a non-zero score, no valid view) go to
   `<out>/_quarantine/<token>.parquet` with their reason; the ingest commits only when the bad fraction is at most
   `max_bad_fraction` (default 1%), else nothing is ingested. Missing = NaN keypoint with score 0: that is kept.
-- Bad input raises `ValueError` (`DatasetError` from the store) in one line naming the file and the field.
+- Bad input raises `ValueError` (`DatasetError`, rigpose.data.manifest) in one line naming the file and the field.
 - Split by `split="train"` (one split for everything) or `split_by="sequence:0.8,0.1,0.1"`: each sequence goes to
   train/val/test by a hash of its name (SHA-256 -> a number in [0, 1) -> the split whose cumulative fraction
   covers it). The hash depends on the name only, so adding files never moves old sequences. One to three

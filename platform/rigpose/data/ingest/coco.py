@@ -23,7 +23,7 @@ import numpy as np
 
 from rigpose.data.ingest.common import IngestSummary, _as_rig, _Ingest, _progress, _read_bytes, _split_rule, _stem
 from rigpose.data.schema import frames_for_rig
-from rigpose.data.store import DEFAULT_MAX_BAD_FRACTION
+from rigpose.data.writer import DEFAULT_MAX_BAD_FRACTION
 from rigpose.rig import Rig
 from rigpose.skeleton import COCO17
 

@@ -17,8 +17,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rigpose.data.manifest import Manifest
 from rigpose.data.schema import Frames
-from rigpose.data.store import DatasetWriter, Manifest
+from rigpose.data.writer import DatasetWriter
 from rigpose.rig import Rig, load_rig
 from rigpose.skeleton import SKELETONS, Skeleton
 from rigpose.storage import url_to_fs

@@ -33,7 +33,7 @@ from rigpose.data.ingest.common import (
     match_skeleton,
 )
 from rigpose.data.schema import Frames, frames_for_rig
-from rigpose.data.store import DEFAULT_MAX_BAD_FRACTION
+from rigpose.data.writer import DEFAULT_MAX_BAD_FRACTION
 from rigpose.rig import Rig
 from rigpose.skeleton import Skeleton, get_skeleton
 

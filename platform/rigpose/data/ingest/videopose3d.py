@@ -2,9 +2,10 @@
 
 `ingest_h36m`: VideoPose3D's `data_3d_h36m.npz` (`positions_3d[subject][action]` = [T, 32, 3] metres, optional)
 and `data_2d_h36m_<detector>.npz` (`positions_2d[subject][action]` = 4 arrays [T, 17, 2|3] pixels in the rig's
-camera order, `metadata`). Rig per subject: `<rigs_dir>/h36m-<subject>.json` (e.g. h36m-s9.json). Split: S1, S5,
-S6, S7, S8 train; S9, S11 test. Sequence = action name, subject = "S1"... 3D: 32 joints -> h36m17. When the 2D
-and 3D lengths differ (a few frames in the real files) the sequence is cut to the shortest and a note says so.
+camera order, `metadata`). Rig per subject: `<rigs_dir>/h36m-<subject>.json` (e.g. h36m-s9.json; `rigs_dir`
+defaults to the shipped rigs, rigpose.resources). Split: S1, S5, S6, S7, S8 train; S9, S11 test. Sequence = action
+name, subject = "S1"... 3D: 32 joints -> h36m17. When the 2D and 3D lengths differ (a few frames in the real
+files) the sequence is cut to the shortest and a note says so.
 2D with `metadata["layout_name"] == "coco"` (detectron) is ingested as coco17 without 3D (different joints).
 
 `ingest_humaneva`: VideoPose3D's `data_3d_humaneva15.npz` / `data_2d_humaneva15_<detector>.npz`; subject keys
@@ -31,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from rigpose import resources
 from rigpose.data.ingest.common import IngestSummary, _Ingest, _progress, _read_bytes
 from rigpose.data.schema import frames_for_rig
-from rigpose.data.store import DEFAULT_MAX_BAD_FRACTION
+from rigpose.data.writer import DEFAULT_MAX_BAD_FRACTION
 from rigpose.rig import Rig, load_rig
 from rigpose.skeleton import COCO17, H36M17, HUMANEVA15, Skeleton, h36m32_to_h36m17
 
@@ -158,8 +160,9 @@ def _load_rigs(layout: _Vp3dLayout, keys: set[str], rigs_dir: str) -> dict[str, 
     return rigs
 
 
-def _ingest_vp3d(layout: _Vp3dLayout, data_3d: str | None, data_2d: str, *, out: str, rigs_dir: str,
+def _ingest_vp3d(layout: _Vp3dLayout, data_3d: str | None, data_2d: str, *, out: str, rigs_dir: str | None,
                  subjects: list[str] | None, replace: bool, max_bad_fraction: float, progress: bool) -> IngestSummary:
+    rigs_dir = str(resources.rigs_dir()) if rigs_dir is None else rigs_dir
     positions_2d, meta = _load_pickled_dict(data_2d, "positions_2d")
     positions_3d = _load_pickled_dict(data_3d, "positions_3d")[0] if data_3d else None
     skel = _skeleton_2d(meta, layout, data_2d)
@@ -233,7 +236,7 @@ def ingest_h36m(
     data_2d: str,
     *,
     out: str,
-    rigs_dir: str = "datasets/rigs",
+    rigs_dir: str | None = None,
     subjects: list[str] | None = None,
     replace: bool = False,
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
@@ -266,7 +269,7 @@ def ingest_humaneva(
     data_2d: str,
     *,
     out: str,
-    rigs_dir: str = "datasets/rigs",
+    rigs_dir: str | None = None,
     subjects: list[str] | None = None,
     include_unlabeled: bool = False,
     replace: bool = False,

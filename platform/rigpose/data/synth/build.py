@@ -1,7 +1,7 @@
 """Synthetic datasets: real or procedural motion, placed in calibrated rigs, seen by a simulated 2D detector.
 
-`build_dataset(recipe, out)` writes a schema-v1 dataset (rigpose.data.store) from a recipe file
-(datasets/recipes/*.yaml, read with `yaml.safe_load` into `Recipe`; unknown keys fail naming their path).
+`build_dataset(recipe, out)` writes a schema-v1 dataset (rigpose.data.writer) from a recipe file (the shipped
+ones: rigpose/resources/recipes/*.yaml), read with `yaml.safe_load` into `Recipe`; unknown keys fail naming their path.
 The same recipe and seed give byte-identical arrays. `joints_3d` (world metres) is written for evaluation only.
 
 The recipe format is documented in rigpose.data.synth.recipe.
@@ -34,11 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from rigpose import resources
+from rigpose.data.manifest import Manifest
 from rigpose.data.schema import Frames, frames_for_rig
-from rigpose.data.store import DatasetWriter, Manifest
 from rigpose.data.synth import motion_bank as sm
 from rigpose.data.synth.detector import detect
 from rigpose.data.synth.recipe import ProceduralMotion, Recipe, load_recipe, parse_recipe
+from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import distort, normalized_to_pixels
 from rigpose.rig import Rig, load_rig
 
@@ -47,7 +49,6 @@ __all__ = ["Plan", "Recipe", "Synthesis", "build_dataset", "load_recipe", "load_
 
 BATCH_ROWS = 8192  # frames generated and handed to the writer at once (bounded memory; fixed, part of the seed)
 GOLDEN = (math.sqrt(5) - 1) / 2
-REPO_ROOT = Path(__file__).resolve().parents[4]
 # Random streams: numpy.random.default_rng([seed, stream, ...]).
 _SUBJECTS, _PLACEMENTS, _SPLITS, _NOISE = 1, 2, 3, 4
 
@@ -61,15 +62,20 @@ def _resolve(path: str, base_dir: Path | None) -> Path | str:
     candidates = [Path(path)]
     if not Path(path).is_absolute():
         bases = [base_dir, base_dir.parent, base_dir.parent.parent] if base_dir else []
-        candidates += [b / path for b in bases] + [REPO_ROOT / path]
+        candidates += [b / path for b in bases]
     for c in candidates:
         if c.is_file():
             return c
-    raise ValueError(f"rigs: no rig file {path!r} (looked in {', '.join(str(c.parent) for c in candidates)})")
+    shipped = resources.shipped_rig(path)
+    if shipped is not None:
+        return shipped
+    raise ValueError(f"rigs: no rig file {path!r} (looked in {', '.join(str(c.parent) for c in candidates)}) and "
+                     f"no shipped rig of that name (shipped: {', '.join(resources.rig_names())})")
 
 
 def load_rigs(recipe: Recipe, *, base_dir: Path | None = None) -> list[Rig]:
-    """The recipe's rigs, in order; relative paths tried against cwd, `base_dir` (and two parents), the repo."""
+    """The recipe's rigs, in order: files (relative paths tried against cwd, then `base_dir` and its two parents),
+    else shipped rigs by name (`h36m-s1`, see rigpose.resources)."""
     rigs = [load_rig(_resolve(p, base_dir)) for p in recipe.rigs]
     ids = [r.rig_id for r in rigs]
     if len(set(ids)) != len(ids):

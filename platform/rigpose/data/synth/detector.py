@@ -20,15 +20,12 @@ Missing = NaN keypoint and score 0 (DESIGN.md). Shape letters: N frames, V views
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from rigpose.config import Strict
 from rigpose.skeleton import Skeleton
 
 Range = tuple[float, float]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _check_range(name: str, r: Range, lo: float, hi: float | None = None) -> None:
@@ -37,7 +34,7 @@ def _check_range(name: str, r: Range, lo: float, hi: float | None = None) -> Non
         raise ValueError(f"{name} must be (low, high) with low <= high, both {bound}; got {list(r)}")
 
 
-class DetectorScores(_Strict):
+class DetectorScores(Strict):
     """Detector confidence ranges, all within [0, 1]."""
 
     clean: Range = Field((0.75, 1.0), description="(low, high) score of a detected joint: high at zero error, "
@@ -52,7 +49,7 @@ class DetectorScores(_Strict):
         return self
 
 
-class DetectorNoise(_Strict):
+class DetectorNoise(Strict):
     """What the simulated 2D detector gets wrong. Rates are probabilities in [0, 1]; all zero = exact projections."""
 
     pixel_std: float = Field(0.0, ge=0, description="Gaussian pixel noise, std per coordinate (px)")

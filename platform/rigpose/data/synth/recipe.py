@@ -1,4 +1,4 @@
-"""The synthetic-dataset recipe (datasets/recipes/*.yaml): typed, strict, loaded with `yaml.safe_load`.
+"""The synthetic-dataset recipe (rigpose/resources/recipes/*.yaml): typed, strict, loaded with `yaml.safe_load`.
 
 Unknown keys fail naming their path (`noise.pixel_sd: unknown key`); bad values name their field. The builder
 is rigpose.data.synth.build.
@@ -28,8 +28,9 @@ Recipe format (every key optional except `rigs`; defaults in brackets):
       radius: 1.0                    # [1.0] m: floor point (x, y) uniform in a disc around the rig's capture centre
       yaw_deg: [0, 360]              # [[0, 360]] heading, uniform
       per_clip: 4                    # [1] placements per clip when `frames` is not given
-    rigs: [datasets/rigs/h36m-s1.json]   # rig files (relative to the working directory, the recipe's folder or
-                                     #   one above it, or the repository); placements are spread round-robin
+    rigs: [h36m-s1, my-rig.json]     # shipped rigs by name (rigpose.resources) or rig files (relative to the
+                                     #   working directory, the recipe's folder or one of its two parents);
+                                     #   placements are spread round-robin
     noise:                           # the detector model, see rigpose.data.synth.detector (all [0]: exact projections)
       pixel_std: 5                   # px per coordinate
       outlier_rate: 0.02             # per joint; moved by a distance uniform in outlier_px [[20, 100]]
@@ -54,18 +55,15 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from rigpose.config import Strict
 from rigpose.data.synth.detector import DetectorNoise
 
 _SPLIT_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DeepMimicMotion(_Strict):
+class DeepMimicMotion(Strict):
     """Real motion capture: pybullet's DeepMimic clips."""
 
     source: Literal["deepmimic"] = Field(description="motion-capture clips shipped with pybullet")
@@ -74,7 +72,7 @@ class DeepMimicMotion(_Strict):
     fps: float = Field(30.0, gt=0, le=1000, description="frame rate to resample the clips to (Hz)")
 
 
-class ProceduralMotion(_Strict):
+class ProceduralMotion(Strict):
     """Random, smooth, anatomically bounded joint angles on the DeepMimic skeleton (for scale tests only)."""
 
     source: Literal["procedural"] = Field(description="procedural motion")
@@ -83,7 +81,7 @@ class ProceduralMotion(_Strict):
     fps: float = Field(30.0, gt=0, le=1000, description="frame rate (Hz)")
 
 
-class Subjects(_Strict):
+class Subjects(Strict):
     """Virtual subjects: bone-length scaling of the motion."""
 
     count: int = Field(1, ge=1, description="number of virtual subjects (s1, s2, ...)")
@@ -99,7 +97,7 @@ class Subjects(_Strict):
         return v
 
 
-class Placement(_Strict):
+class Placement(Strict):
     """Where and how each copy of a clip is put in the rig's capture volume."""
 
     radius: float = Field(1.0, ge=0, description="floor positions are uniform in this disc (m) around the rig's "
@@ -108,7 +106,7 @@ class Placement(_Strict):
     per_clip: int = Field(1, ge=1, description="placements per clip when `frames` is not given")
 
 
-class Splits(_Strict):
+class Splits(Strict):
     """How sequences are assigned to splits."""
 
     by: Literal["placement", "clip", "time"] = Field("placement", description="unit assigned to a split")
@@ -134,7 +132,7 @@ class Splits(_Strict):
         return self
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     """How a synthetic dataset is built (module docstring: the file format)."""
 
     name: str = Field("synthetic", description="free text, recorded in the manifest")
@@ -145,7 +143,7 @@ class Recipe(_Strict):
         default_factory=lambda: DeepMimicMotion(source="deepmimic"), description="motion source")
     subjects: Subjects = Field(default_factory=Subjects, description="virtual subjects")
     placement: Placement = Field(default_factory=Placement, description="placement in the capture volume")
-    rigs: list[str] = Field(min_length=1, description="rig files; placements are spread over them")
+    rigs: list[str] = Field(min_length=1, description="shipped rig names or rig files; placements are spread over them")
     noise: DetectorNoise = Field(default_factory=DetectorNoise, description="simulated 2D detector")
     splits: Splits = Field(default_factory=Splits, description="split assignment")
     max_invalid_fraction: float = Field(0.01, ge=0, le=1, description="largest share of frames with no valid "

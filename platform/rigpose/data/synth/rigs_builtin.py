@@ -1,8 +1,10 @@
-"""Builders of the shipped rig files (datasets/rigs/*.json): Human3.6M, HumanEva-I and a synthetic `studio-8`.
+"""Builders of the shipped rig files (rigpose/resources/rigs/*.json): Human3.6M, HumanEva-I and a synthetic `studio-8`.
 
-H36M and HumanEva-I come from their published calibrations; `studio-8` is a synthetic 8-camera studio.
+H36M and HumanEva-I come from their published calibrations; `studio-8` is a synthetic 8-camera studio. This is a
+maintainer's tool: the rigs ship as package data (rigpose.resources), and regenerating them needs the published
+calibration files, in a checkout:
 
-Regenerate with ``python -m rigpose.data.synth.rigs_builtin --out datasets/rigs [--shared ../shared/data]``.
+    python -m rigpose.data.synth.rigs_builtin --shared ../shared/data --out platform/rigpose/resources/rigs
 
 Published calibrations (``h36m_cameras.json``, ``humaneva_cameras.json``, copied from VideoPose3D): per camera,
 ``orientation`` is a unit quaternion (w, x, y, z) rotating camera -> world, ``translation`` the camera centre C in
@@ -31,8 +33,6 @@ import numpy as np
 from rigpose import geometry as g
 from rigpose.rig import Camera, Rig, RigError, rotation_from_rodrigues, save_rig, validate_rig
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-DEFAULT_SHARED = REPO_ROOT.parent / "shared" / "data"
 CAPTURE_CENTER = np.array([0.0, 0.0, 1.0])  # metres, world z up (see the module docstring)
 SIGNIFICANT_DIGITS = 12
 H36M_SUBJECTS = ("S1", "S5", "S6", "S7", "S8", "S9", "S11")
@@ -117,8 +117,9 @@ def studio_rig(*, num_cameras: int = 8, radius: float = 4.5) -> Rig:
     return Rig(rig_id=f"studio-{num_cameras}", cameras=tuple(cameras))
 
 
-def builtin_rigs(shared: Path = DEFAULT_SHARED) -> list[Rig]:
-    """Every shipped rig, validated and checked to see the capture centre."""
+def builtin_rigs(shared: Path) -> list[Rig]:
+    """Every shipped rig, validated and checked to see the capture centre; `shared` holds the published
+    calibrations (``h36m_cameras.json``, ``humaneva_cameras.json``)."""
     rigs = [*h36m_rigs(shared / "h36m_cameras.json"), *humaneva_rigs(shared / "humaneva_cameras.json"), studio_rig()]
     for rig in rigs:
         validate_rig(rig)
@@ -140,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: regenerate the shipped rig files."""
     parser = argparse.ArgumentParser(prog="python -m rigpose.data.synth.rigs_builtin",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. datasets/rigs")
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
-                        help=f"folder holding h36m_cameras.json and humaneva_cameras.json (default {DEFAULT_SHARED})")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder, e.g. platform/rigpose/resources/rigs (the shipped rigs)")
+    parser.add_argument("--shared", type=Path, required=True,
+                        help="folder holding h36m_cameras.json and humaneva_cameras.json, e.g. ../shared/data")
     args = parser.parse_args(argv)
     for path in write_rigs(builtin_rigs(args.shared), args.out):
         print(path)

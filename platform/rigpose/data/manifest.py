@@ -1,0 +1,122 @@
+"""A dataset's manifest.json: what a dataset holds, and the commit point every reader trusts.
+
+Layout of a dataset root, on any fsspec URL (../DESIGN.md):
+
+    <root>/manifest.json                                    written last: the commit point
+    <root>/rigs/<rig_id>.json                               the rig files used
+    <root>/rig_id=<rig_id>/split=<split>/part-NNNNN-<token>.parquet
+    <root>/_quarantine/<ingest token>.parquet               rejected rows with a `reason` column
+
+Readers trust only what the manifest lists: a crashed or aborted writer leaves files that no reader sees (and
+that the writer deletes when it can). Shard paths in a manifest are relative, never absolute, never with `..`.
+Credentials for `s3://` come only from the environment (s3fs / botocore's usual variables).
+Writing is `rigpose.data.writer`, reading the shards `rigpose.data.reader`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rigpose.data.schema import SCHEMA_VERSION
+from rigpose.storage import protocol_url, url_to_fs
+
+MANIFEST = "manifest.json"
+
+
+class DatasetError(ValueError):
+    """A dataset on storage is missing, malformed, corrupt, or an ingest was refused."""
+
+
+@dataclass
+class ShardInfo:
+    """One committed shard. `path` is relative to the dataset root."""
+
+    path: str
+    rig_id: str
+    split: str
+    rows: int
+    bytes: int
+    sha256: str
+    sequences: list[str]
+
+
+@dataclass
+class Manifest:
+    """manifest.json: what a dataset holds. Splits and sequences are derived from the shards."""
+
+    skeleton: str
+    joint_names: list[str]
+    rigs: dict[str, dict[str, Any]]
+    shards: list[ShardInfo]
+    created: str
+    updated: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def max_views(self) -> int:
+        return max((int(r["num_cameras"]) for r in self.rigs.values()), default=0)
+
+    def splits(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for s in self.shards:
+            d = out.setdefault(s.split, {"rows": 0, "shards": 0, "rigs": set(), "sequences": set()})
+            d["rows"] += s.rows
+            d["shards"] += 1
+            d["rigs"].add(s.rig_id)
+            d["sequences"].update(s.sequences)
+        return {k: {**v, "rigs": sorted(v["rigs"]), "sequences": len(v["sequences"])} for k, v in out.items()}
+
+    def sequences(self) -> dict[tuple[str, str], str]:
+        """(rig_id, sequence) -> split."""
+        return {(s.rig_id, q): s.split for s in self.shards for q in s.sequences}
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["splits"] = self.splits()
+        d["num_rows"] = self.num_rows
+        return json.dumps(d, indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> Manifest:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{source}: not valid JSON ({e})") from None
+        try:
+            version = int(d["schema_version"])
+            if version != SCHEMA_VERSION:
+                raise DatasetError(f"{source}: schema_version {version}, this rigpose reads {SCHEMA_VERSION}")
+            shards = [ShardInfo(**s) for s in d["shards"]]
+            m = cls(skeleton=d["skeleton"], joint_names=list(d["joint_names"]), rigs=dict(d["rigs"]),
+                    shards=shards, created=d["created"], updated=d["updated"], history=list(d.get("history", [])),
+                    schema_version=version)
+        except (KeyError, TypeError) as e:
+            raise DatasetError(f"{source}: malformed manifest ({type(e).__name__}: {e})") from None
+        for s in m.shards:
+            _check_relative(s.path, source=source, what="shard path")
+        for rig_id, r in m.rigs.items():
+            _check_relative(r["path"], source=source, what=f"rig {rig_id!r} path")
+        return m
+
+
+def _check_relative(path: str, *, source: str, what: str) -> None:
+    if path.startswith("/") or "://" in path or ".." in path.split("/") or path.startswith("\\"):
+        raise DatasetError(f"{source}: {what} {path!r} is absolute or climbs out of the dataset root; refused")
+
+
+def read_manifest(root: str) -> Manifest | None:
+    """The committed manifest of the dataset at `root`, or None if there is none (not a dataset yet)."""
+    fs, path = url_to_fs(root)
+    mpath = posixpath.join(path, MANIFEST)
+    if not fs.exists(mpath):
+        return None
+    with fs.open(mpath, "rb") as f:
+        return Manifest.from_json(f.read().decode(), source=protocol_url(fs, mpath))

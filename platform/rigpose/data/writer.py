@@ -1,0 +1,322 @@
+"""Writing a dataset: `DatasetWriter` adds frames as shards, then commits a new manifest (the commit protocol).
+
+In order: `add` checks rows (`rigpose.data.checks`), sets bad ones aside for quarantine and writes a shard
+whenever a (rig, split) buffer fills; `commit` writes the quarantine file, refuses (and aborts) when the bad
+fraction is over `max_bad_fraction`, writes the last shards, rewrites shards that mix kept and replaced sequences,
+writes the rig files, then `manifest.json` atomically: the one step that publishes the change. After it, the
+shards the old manifest listed and the new one does not are deleted. Before it, an exception or `abort()`
+deletes this writer's shards and the dataset stays as it was. Two writers on one root are not coordinated: each
+starts from the manifest it read, and the last commit wins. Layout and manifest format: `rigpose.data.manifest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import posixpath
+import secrets
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from rigpose.data.buffer import RowBuffer
+from rigpose.data.checks import QUARANTINE_REASONS, check_frames, distinct, quarantine_codes
+from rigpose.data.manifest import MANIFEST, DatasetError, Manifest, ShardInfo, read_manifest
+from rigpose.data.reader import read_shard
+from rigpose.data.schema import Frames, frames_from_table, frames_to_table
+from rigpose.rig import Rig, rig_from_dict, rig_to_dict
+from rigpose.skeleton import Skeleton, get_skeleton
+from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
+
+DEFAULT_SHARD_BYTES = 128 * 2**20  # DESIGN: ~64-256 MB shards
+DEFAULT_MAX_BAD_FRACTION = 0.01
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class DatasetWriter:
+    """Adds frames to a dataset root and commits a new manifest atomically (shards first, manifest last).
+
+    Use as a context manager: an exception inside the block (or `abort()`) deletes the shards written so far
+    and leaves the dataset exactly as it was. Refuses another skeleton or schema version than the dataset's,
+    a (rig, sequence) already present unless `replace=True`, and a rig id whose calibration differs.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        skeleton: Skeleton | str,
+        command: str,
+        recipe: dict[str, Any] | None = None,
+        replace: bool = False,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        shard_rows: int | None = None,
+        compression: str = "snappy",
+    ) -> None:
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.root = str(root).rstrip("/")
+        self.fs, self.path = url_to_fs(self.root)
+        self.skeleton = get_skeleton(skeleton) if isinstance(skeleton, str) else skeleton
+        self.command, self.recipe, self.replace = command, recipe, replace
+        self.max_bad_fraction = max_bad_fraction
+        self.shard_bytes, self.shard_rows_override, self.compression = shard_bytes, shard_rows, compression
+        self.token = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.base = read_manifest(self.root)
+        if self.base is not None and self.base.skeleton != self.skeleton.name:
+            raise DatasetError(
+                f"{self.root}: dataset skeleton is {self.base.skeleton!r}, refusing to add {self.skeleton.name!r}"
+            )
+        self._existing = self.base.sequences() if self.base else {}
+        self._rigs: dict[str, Rig] = {}
+        self._buffers: dict[tuple[str, str], RowBuffer] = {}  # rows queued per (rig, split), in queue order
+        self._spare: dict[tuple[str, str], RowBuffer] = {}  # flushed buffers, reused (memory already mapped)
+        self._written: list[ShardInfo] = []
+        self._seen: set[tuple[str, str]] = set()
+        self._replaced: set[tuple[str, str]] = set()
+        self._num_rows = 0
+        self._bad: list[pa.Table] = []
+        self._num_bad = 0
+        self._part = 0
+        self._done = False
+
+    # -- context manager
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+    # -- adding rows
+    def add(self, frames: Frames, rig: Rig, *, split: str | None = None, source: str = "<input>") -> None:
+        """Queue `frames` of `rig` (one rig, unpadded) for the split given or already set on `frames.split`."""
+        if self._done:
+            raise RuntimeError("DatasetWriter.add after commit/abort")
+        if len(frames) == 0:
+            return
+        if frames.num_joints != self.skeleton.num_joints:
+            raise DatasetError(
+                f"{source}: {frames.num_joints} joints, the dataset skeleton {self.skeleton.name!r} has "
+                f"{self.skeleton.num_joints}"
+            )
+        if frames.num_views != len(rig.cameras):
+            raise DatasetError(f"{source}: {frames.num_views} views, rig {rig.rig_id!r} has {len(rig.cameras)}")
+        if split is not None:
+            frames = frames.with_split(split)
+        if (frames.split == "").any():
+            raise ValueError(f"{source}: rows without a split")
+        self._register_rig(rig, source=source)
+        check_frames(frames, source=source)
+        for seq in distinct(frames.sequence):
+            self._claim(rig.rig_id, str(seq), source=source)
+        codes = quarantine_codes(frames)
+        good = codes == 0
+        if not good.all():
+            self._quarantine(frames.take(~good), QUARANTINE_REASONS[codes[~good]], source=source)
+        self._num_rows += int(good.sum())
+        splits = distinct(frames.split[good])
+        for sp in splits:
+            rows = good & (frames.split == sp) if len(splits) > 1 else good
+            key = (rig.rig_id, str(sp))
+            if key not in self._buffers:
+                self._buffers[key] = self._spare.pop(key, None) or RowBuffer()
+            buffer = self._buffers[key]
+            limit = self._shard_rows(frames)
+            buffer.add(frames, None if rows.all() else np.flatnonzero(rows), min_capacity=limit)
+            if buffer.num_rows >= limit:
+                self._flush(key)
+
+    def _claim(self, rig_id: str, seq: str, *, source: str) -> None:
+        key = (rig_id, seq)
+        if key in self._seen:
+            return  # more rows of a sequence already claimed in this ingest
+        if key in self._existing:
+            if not self.replace:
+                raise DatasetError(
+                    f"{source}: sequence {seq!r} of rig {rig_id!r} is already in {self.root} "
+                    f"(split {self._existing[key]!r}); pass replace to overwrite it"
+                )
+            self._replaced.add(key)
+        self._seen.add(key)
+
+    def _register_rig(self, rig: Rig, *, source: str) -> None:
+        d = rig_to_dict(rig)
+        known = self.base.rigs.get(rig.rig_id) if self.base else None
+        if rig.rig_id in self._rigs:
+            return
+        if known is not None:
+            with self.fs.open(posixpath.join(self.path, known["path"]), "rb") as f:
+                old = rig_to_dict(rig_from_dict(json.loads(f.read()), source=known["path"]))
+            if not _same_rig(old, d):
+                raise DatasetError(
+                    f"{source}: rig {rig.rig_id!r} differs from the calibration already in {self.root}; "
+                    "give the new calibration a new rig_id"
+                )
+        self._rigs[rig.rig_id] = rig
+
+    def _shard_rows(self, frames: Frames) -> int:
+        if self.shard_rows_override:
+            return self.shard_rows_override
+        V, J = frames.num_views, frames.num_joints
+        approx_row_bytes = V * J * 12 + J * 12 + V * 26 * 8 + 64  # keypoints+scores, 3D, cameras, keys
+        return max(1, self.shard_bytes // approx_row_bytes)
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        buffer = self._buffers.pop(key, None)
+        if buffer is None or not buffer.num_rows:
+            return
+        frames = buffer.frames()
+        limit = self._shard_rows(frames)
+        for start in range(0, len(frames), limit):
+            self._write_shard(key, frames.take(slice(start, start + limit)))
+        buffer.clear()  # the shards are written: nothing refers to the arrays any more
+        self._spare[key] = buffer
+
+    def _write_shard(self, key: tuple[str, str], frames: Frames) -> None:
+        rig_id, split = key
+        table = frames_to_table(frames)
+        rel = f"rig_id={rig_id}/split={split}/part-{self._part:05d}-{self.token}.parquet"
+        self._part += 1
+        full = posixpath.join(self.path, rel)
+        self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
+        if isinstance(self.fs, LocalFileSystem):
+            # Straight into the file, then hashed from the page cache: no in-memory copy of the shard at all.
+            with pa.OSFile(full, "wb") as f:
+                pq.write_table(table, f, compression=self.compression)
+            with pa.memory_map(full) as f:
+                data = f.read_buffer()
+                size, sha256 = data.size, hashlib.sha256(data).hexdigest()
+        else:
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression=self.compression)
+            data = sink.getvalue()
+            self.fs.pipe_file(full, data.to_pybytes())
+            size, sha256 = data.size, hashlib.sha256(data).hexdigest()
+        self._written.append(ShardInfo(
+            path=rel, rig_id=rig_id, split=split, rows=len(frames), bytes=size, sha256=sha256,
+            sequences=[str(s) for s in distinct(frames.sequence)],
+        ))
+
+    def _quarantine(self, frames: Frames, reasons: np.ndarray, *, source: str) -> None:
+        table = frames_to_table(frames)
+        table = table.append_column("reason", pa.array(reasons.astype(str)))
+        table = table.append_column("source", pa.array([source] * len(frames)))
+        self._bad.append(table)
+        self._num_bad += len(frames)
+
+    # -- commit / abort
+    @property
+    def num_rows(self) -> int:
+        return self._num_rows
+
+    @property
+    def num_quarantined(self) -> int:
+        return self._num_bad
+
+    def quarantine_path(self) -> str:
+        return protocol_url(self.fs, posixpath.join(self.path, "_quarantine", f"{self.token}.parquet"))
+
+    def _write_quarantine(self) -> None:
+        if self._bad:
+            path = posixpath.join(self.path, "_quarantine", f"{self.token}.parquet")
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            buf = pa.BufferOutputStream()
+            pq.write_table(pa.concat_tables(self._bad), buf)
+            self.fs.pipe_file(path, buf.getvalue().to_pybytes())
+
+    def commit(self) -> Manifest:
+        """Flush the remaining rows, then atomically publish the new manifest. Returns it."""
+        if self._done:
+            raise RuntimeError("DatasetWriter.commit called twice")
+        self._write_quarantine()
+        total = self._num_rows + self._num_bad
+        if total and self._num_bad / total > self.max_bad_fraction:
+            self.abort()
+            raise DatasetError(
+                f"{self.root}: {self._num_bad} of {total} rows ({self._num_bad / total:.2%}) are bad, more than "
+                f"the limit {self.max_bad_fraction:.2%}; nothing was ingested. Reasons are in "
+                f"{self.quarantine_path()}"
+            )
+        for key in list(self._buffers):
+            self._flush(key)
+        self._spare.clear()
+        kept = list(self.base.shards) if self.base else []
+        if self._replaced:
+            kept = self._drop_replaced(kept)
+        rigs = dict(self.base.rigs) if self.base else {}
+        for rig_id, rig in self._rigs.items():
+            rel = f"rigs/{rig_id}.json"
+            write_bytes_atomic(self.fs, posixpath.join(self.path, rel), json.dumps(rig_to_dict(rig), indent=1).encode())
+            rigs[rig_id] = {"path": rel, "num_cameras": len(rig.cameras), "camera_names": list(rig.camera_names)}
+        now = _now()
+        history = list(self.base.history) if self.base else []
+        history.append({"time": now, "command": self.command, "recipe": self.recipe, "rows_added": self._num_rows,
+                        "rows_quarantined": self._num_bad, "replaced": sorted(f"{r}/{s}" for r, s in self._replaced)})
+        manifest = Manifest(
+            skeleton=self.skeleton.name, joint_names=list(self.skeleton.joint_names), rigs=rigs,
+            shards=kept + self._written, created=self.base.created if self.base else now, updated=now,
+            history=history,
+        )
+        write_bytes_atomic(self.fs, posixpath.join(self.path, MANIFEST), manifest.to_json().encode())
+        self._done = True
+        self._garbage_collect(manifest)
+        return manifest
+
+    def _drop_replaced(self, shards: list[ShardInfo]) -> list[ShardInfo]:
+        """Shards without the replaced sequences; shards that mix kept and replaced ones are rewritten."""
+        kept = []
+        for s in shards:
+            hit = {q for q in s.sequences if (s.rig_id, q) in self._replaced}
+            if not hit:
+                kept.append(s)
+                continue
+            if hit == set(s.sequences):
+                continue
+            table = read_shard(self.fs, self.path, s)
+            mask = pc.invert(pc.is_in(table.column("sequence"), pa.array(sorted(hit))))
+            frames = frames_from_table(table.filter(mask), num_joints=self.skeleton.num_joints)
+            before = len(self._written)
+            self._write_shard((s.rig_id, s.split), frames)
+            kept.extend(self._written[before:])
+            del self._written[before:]
+        return kept
+
+    def _garbage_collect(self, manifest: Manifest) -> None:
+        listed = {s.path for s in manifest.shards}
+        for s in self.base.shards if self.base else []:
+            if s.path not in listed:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(posixpath.join(self.path, s.path))
+
+    def abort(self) -> None:
+        """Delete the shards written by this writer; the dataset stays as it was."""
+        if self._done:
+            return
+        for s in self._written:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(posixpath.join(self.path, s.path))
+        self._written.clear()
+        self._buffers.clear()
+        self._spare.clear()
+        self._done = True
+
+
+def _same_rig(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if [c["name"] for c in a["cameras"]] != [c["name"] for c in b["cameras"]]:
+        return False
+    for ca, cb in zip(a["cameras"], b["cameras"], strict=True):
+        for k in ("K", "dist", "R", "t"):
+            if not np.allclose(np.asarray(ca[k], float), np.asarray(cb[k], float), rtol=0, atol=1e-9):
+                return False
+    return True
