@@ -20,7 +20,7 @@ from rigpose.data.reader import Dataset, iter_frames
 from rigpose.data.schema import Frames
 from rigpose.data.synth.build import build_dataset, load_recipe
 from rigpose.data.synth.recipe import ProceduralMotion
-from rigpose.inference import plots
+from rigpose.inference import errors, plots
 from rigpose.inference.evaluate import evaluate
 from rigpose.model.checkpoint import save_lifter
 from rigpose.model.lifter import Lifter
@@ -193,7 +193,7 @@ def test_run_figures_returns_three_decodable_pictures_and_keeps_the_train_mode(t
 
 def test_per_joint_mpjpe_equals_an_independent_computation(tiny: dict) -> None:
     frames: Frames = tiny["frames"]
-    errs = plots.lifter_errors(tiny["model"], frames, DEEPMIMIC16)
+    errs = errors.lifter_errors(tiny["model"], frames, DEEPMIMIC16)
     assert errs.joint_unit == "mm" and errs.num_frames == len(frames)
     # independent: every view's lift vs the truth moved into that camera (x_cam = R X + t), both minus the pelvis
     from rigpose.inference.lift import lift_single, model_batch
@@ -213,7 +213,7 @@ def test_per_camera_numbers_match_evaluate_run_on_the_same_frames(tiny: dict) ->
     frames: Frames = tiny["frames"]
     res = evaluate(tiny["model_path"], tiny["data"], split="test", modes=("single",), batch_size=10_000)
     assert res["num_frames"] == len(frames)
-    errs = plots.lifter_errors(tiny["model"], frames, DEEPMIMIC16)
+    errs = errors.lifter_errors(tiny["model"], frames, DEEPMIMIC16)
     per_camera = res["single"]["per_camera"]
     assert list(errs.camera_labels) == sorted(per_camera)
     np.testing.assert_allclose(errs.camera_px, [per_camera[k]["heldout_px"] for k in errs.camera_labels], rtol=1e-6)
@@ -223,7 +223,7 @@ def test_per_camera_numbers_match_evaluate_run_on_the_same_frames(tiny: dict) ->
     np.testing.assert_allclose((errs.joint_error * errs.joint_count).sum() / errs.joint_count.sum(),
                                overall["mpjpe_mm"], rtol=1e-6)
     # without 3D labels the per-joint picture falls back to the held-out-view pixels, from 2D only
-    px = plots.lifter_errors(tiny["model"], dataclasses.replace(frames, joints_3d=None), DEEPMIMIC16)
+    px = errors.lifter_errors(tiny["model"], dataclasses.replace(frames, joints_3d=None), DEEPMIMIC16)
     assert px.joint_unit == "px" and px.camera_mm is None
     np.testing.assert_allclose(np.nansum(px.joint_error * px.joint_count) / px.joint_count.sum(),
                                overall["heldout_px"], rtol=1e-6)
@@ -231,9 +231,9 @@ def test_per_camera_numbers_match_evaluate_run_on_the_same_frames(tiny: dict) ->
 
 
 def test_run_sample_is_at_most_max_frames_spread_over_the_split(tiny: dict) -> None:
-    errs = plots.lifter_errors(tiny["model"], tiny["frames"], DEEPMIMIC16, max_frames=10)
+    errs = errors.lifter_errors(tiny["model"], tiny["frames"], DEEPMIMIC16, max_frames=10)
     assert errs.num_frames == 10
-    sample = plots._sample(tiny["frames"], 10)
+    sample = errors.sample_frames(tiny["frames"], 10)
     assert sample.frame[0] == tiny["frames"].frame[0] and sample.frame[-1] == tiny["frames"].frame[-1]
 
 
@@ -255,7 +255,7 @@ def test_run_figures_refuse_bad_arguments(tiny: dict, kwargs: dict, match: str) 
 def test_run_figures_on_frames_without_any_2d_draw_missing_bars_and_no_skeletons(tiny: dict) -> None:
     frames: Frames = tiny["frames"].take(slice(0, 8))
     blind = dataclasses.replace(frames, scores=np.zeros_like(frames.scores))
-    errs = plots.lifter_errors(tiny["model"], blind, DEEPMIMIC16)
+    errs = errors.lifter_errors(tiny["model"], blind, DEEPMIMIC16)
     assert np.isnan(errs.joint_error).all() and (errs.joint_count == 0).all() and np.isnan(errs.camera_px).all()
     pics = plots.run_figures(tiny["model"], blind, DEEPMIMIC16)
     assert set(pics) == {"per_joint_error.png", "per_camera_error.png"}

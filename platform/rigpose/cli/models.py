@@ -98,13 +98,13 @@ def export_command(
     The ONNX graph is the network alone: undistort the 2D and multiply by K^-1 first (the pyfunc does this itself).
     """
     from rigpose.inference.export import export_onnx
-    from rigpose.tracking.registry import load_pyfunc_lifter
+    from rigpose.inference.models import load_model
 
     try:
         name, which = split_ref(ref)
         sep = "/" if which.isdigit() else "@"
-        lifter = load_pyfunc_lifter(f"models:/{name}{sep}{which}", tracking_uri=tracking_uri(uri))
-        path = export_onnx(lifter.model, onnx, skeleton=lifter.skeleton)
+        model, skeleton, _ = load_model(f"models:/{name}{sep}{which}", tracking_uri=tracking_uri(uri))
+        path = export_onnx(model, onnx, skeleton=skeleton)
     except ValueError as e:
         fail(str(e))
-    typer.echo(f"wrote {path} ({name}{sep}{which}, skeleton {lifter.skeleton.name})")
+    typer.echo(f"wrote {path} ({name}{sep}{which}, skeleton {skeleton.name})")

@@ -43,9 +43,9 @@ import torch
 from rigpose.config import VIEW_MODES, EvaluateJob, MultiViewConfig
 from rigpose.data.reader import Dataset, iter_frames
 from rigpose.data.schema import Frames
-from rigpose.model.checkpoint import load_lifter
+from rigpose.inference.models import load_model
 from rigpose.model.fusion import lift_single
-from rigpose.model.inputs import prepare_arrays
+from rigpose.model.inputs import model_inputs
 from rigpose.model.lifter import Lifter
 from rigpose.model.multiview import adapt_for, fuse_and_refine
 from rigpose.skeleton import Skeleton
@@ -55,8 +55,10 @@ DEFAULT_BATCH_SIZE: int = EvaluateJob.model_fields["batch_size"].default
 
 
 def open_inputs(model_path: str, data_url: str, *, split: str) -> tuple[Lifter, Skeleton, Dataset]:
-    """(model in eval mode, its skeleton, the dataset), checked to fit together and to hold `split`."""
-    model, skeleton, _meta = load_lifter(model_path)
+    """(model in eval mode, its skeleton, the dataset), checked to fit together and to hold `split`.
+
+    `model_path`: a model file, a run folder, or an MLflow model URI (`rigpose.inference.models.load_model`)."""
+    model, skeleton, _meta = load_model(model_path)
     return model, skeleton, open_dataset(data_url, skeleton, split=split, model=model_path)
 
 
@@ -79,10 +81,8 @@ def model_batch(frames: Frames, skeleton: Skeleton, *, device: str = "cpu", pseu
 
     `pseudo_3d=False` leaves out the per-joint triangulation (pseudo_world / pseudo_ok), which lifting never reads.
     """
-    with np.errstate(invalid="ignore", divide="ignore"):  # joints seen by < 2 views triangulate to NaN, by design
-        arrays = prepare_arrays(frames.keypoints, frames.scores, frames.cameras, frames.view_mask,
-                                root_joints=tuple(skeleton.root_joints), pseudo_3d=pseudo_3d)
-    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    return model_inputs(frames.keypoints, frames.scores, frames.cameras, frames.view_mask,
+                        root_joints=tuple(skeleton.root_joints), device=device, pseudo_3d=pseudo_3d)
 
 
 

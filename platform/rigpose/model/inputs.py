@@ -11,6 +11,7 @@ Everything here is computed from the 2D observations and the calibration only: t
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from rigpose import geometry as g
 
@@ -74,3 +75,14 @@ def prepare_arrays(
         out["joints_3d"] = np.asarray(joints_3d, np.float32)
     return out
 
+
+def model_inputs(keypoints: np.ndarray, scores: np.ndarray, cameras: g.CameraArrays, view_mask: np.ndarray, *,
+                 root_joints: tuple[int, ...], device: str = "cpu", pseudo_3d: bool = True
+                 ) -> dict[str, torch.Tensor]:
+    """`prepare_arrays` as float32 tensors on `device`: the lifter's batch from raw 2D (pixels) and cameras.
+
+    Joints seen by fewer than 2 views triangulate to NaN by design, so NumPy's warnings about them are silenced.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        arrays = prepare_arrays(keypoints, scores, cameras, view_mask, root_joints=root_joints, pseudo_3d=pseudo_3d)
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}

@@ -16,7 +16,7 @@ import torch
 
 from rigpose import geometry as g
 from rigpose.config import MultiViewConfig
-from rigpose.model.inputs import prepare_arrays
+from rigpose.model.inputs import model_inputs
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton
 
@@ -76,10 +76,8 @@ def lift_arrays(model: Lifter, skeleton: Skeleton, keypoints: np.ndarray, scores
     from rigpose.model.fusion import lift_single
     from rigpose.model.multiview import lift_multiview
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        arrays = prepare_arrays(keypoints, scores, cameras, view_mask, root_joints=tuple(skeleton.root_joints),
-                                pseudo_3d=False)
-    batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    batch = model_inputs(keypoints, scores, cameras, view_mask, root_joints=tuple(skeleton.root_joints),
+                         device=device, pseudo_3d=False)
     rel, root = lift_single(model, batch)
     rows = torch.arange(len(keypoints), device=device)  # one refinement group per row: rows are independent
     world = lift_multiview(model, batch, skeleton, multi_view, groups=rows).detach().cpu().double().numpy()
