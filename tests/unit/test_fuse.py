@@ -187,6 +187,25 @@ def test_refine_reduces_reprojection_and_3d_error_of_noisy_fused_poses() -> None
     assert _mpjpe(refined, scene.X) < 0.3 * _mpjpe(noisy, scene.X)
 
 
+def test_refine_survives_a_fused_joint_at_a_cameras_centre() -> None:
+    # a joint at (or behind) a camera cannot be projected into it: its residual there must drop out with a finite
+    # gradient, or L-BFGS's line search overflows ("value cannot be converted to type float without overflow")
+    scene = Scene()
+    batch = scene.batch()
+    poses = torch.as_tensor(scene.X, dtype=torch.float32).clone()
+    R, t = scene.cams.R[0, 0], scene.cams.t[0, 0]
+    poses[0, 3] = torch.as_tensor(-R.T @ t, dtype=torch.float32)  # camera 0's centre: depth 0 in view 0
+    X = poses.clone().requires_grad_(True)
+    err, obs = reprojection_residuals(X, batch)
+    assert not obs[0, 0, 3] and obs[0, 1, 3]
+    err.sum().backward()
+    assert torch.isfinite(X.grad).all()
+    refined = refine(poses, batch, SK, MultiViewConfig(refine_steps=30))
+    assert torch.isfinite(refined).all()
+    truth = torch.as_tensor(scene.X[0, 3], dtype=torch.float32)
+    assert (refined[0, 3] - truth).norm() < 0.5 * (poses[0, 3] - truth).norm()  # the other views pull it back
+
+
 def test_refine_keeps_nan_frames_nan_and_zero_steps_is_identity() -> None:
     scene = Scene()
     poses = torch.as_tensor(scene.X, dtype=torch.float32).clone()

@@ -79,7 +79,7 @@ def test_dropout_is_on_for_the_first_half_only() -> None:
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
 
 
-def test_a_model_file_written_before_model_config_still_loads(tmp_path) -> None:
+def test_model_files_keep_the_version_1_layout_both_ways(tmp_path) -> None:
     import io
 
     from rigpose.model.checkpoint import FORMAT, VERSION, load_lifter, save_lifter
@@ -102,3 +102,6 @@ def test_a_model_file_written_before_model_config_still_loads(tmp_path) -> None:
     save_lifter(str(tmp_path / "new.pt"), loaded, skeleton)
     again, _, _ = load_lifter(str(tmp_path / "new.pt"))
     assert again.config == model.config and again.root_joints == (0,)
+    stored = torch.load(str(tmp_path / "new.pt"), weights_only=True)["config"]
+    assert stored == {"num_joints": 16, "root_joints": [0], "width": 32, "num_blocks": 1, "dropout": 0.25,
+                      "output": "free", "extra": {}}  # the version-1 layout: older rigpose versions read new files

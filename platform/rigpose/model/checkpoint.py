@@ -1,12 +1,12 @@
 """Save and load a trained lifter as one self-describing file (weights + architecture + skeleton + metadata).
 
 The file is a `torch.save` dict loaded with `weights_only=True` (no pickled code): {"format": "rigpose-lifter",
-"version": 1, "config": `architecture(model)` (num_joints, root_joints, then the rigpose.config.ModelConfig fields),
-"skeleton": name, "state_dict": ..., "meta": {...}}. `meta` holds JSON-able facts (supervision mode, dataset
-manifest hash, training steps, ...). Local paths or fsspec URLs.
+"version": 1, "config": `architecture(model)`, "skeleton": name, "state_dict": ..., "meta": {...}}. `meta` holds
+JSON-able facts (supervision mode, dataset manifest hash, training steps, ...). Local paths or fsspec URLs.
 
-Files written before the lifter took `ModelConfig` hold the same architecture keys plus an empty "extra" and no
-"dropout_schedule" (a training setting, irrelevant in eval mode): they load unchanged.
+"config" keeps the version-1 layout (num_joints, root_joints, width, num_blocks, dropout, output, extra = {}), so
+files written by any rigpose of version 1 load in any other; training-only settings (`dropout_schedule`) are not
+part of it and load as their default.
 """
 
 from __future__ import annotations
@@ -45,10 +45,16 @@ def save_lifter(path: str | os.PathLike[str], model: Lifter, skeleton: Skeleton,
     write_bytes_atomic(fs, p, buf.getvalue())
 
 
+#: ModelConfig fields a file records (the version-1 layout); the others only matter while training
+ARCHITECTURE_FIELDS = ("width", "num_blocks", "dropout", "output")
+
+
 def architecture(model: Lifter) -> dict[str, Any]:
-    """What a saved file (and an ONNX export's metadata) records of the lifter: {num_joints, root_joints, then the
-    `ModelConfig` fields}."""
-    return {"num_joints": model.num_joints, "root_joints": list(model.root_joints), **model.config.model_dump()}
+    """What a saved file (and an ONNX export's metadata) records of the lifter, in the version-1 layout:
+    {num_joints, root_joints, width, num_blocks, dropout, output, extra: {}}."""
+    cfg = model.config.model_dump()
+    return {"num_joints": model.num_joints, "root_joints": list(model.root_joints),
+            **{k: cfg[k] for k in ARCHITECTURE_FIELDS}, "extra": {}}
 
 
 def load_lifter(path: str | os.PathLike[str], *, map_location: str = "cpu"
@@ -77,10 +83,10 @@ def load_lifter(path: str | os.PathLike[str], *, map_location: str = "cpu"
 
 
 def _architecture(path: str | os.PathLike[str], stored: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
-    """(ModelConfig, the lifter's keyword arguments) from a file's "config" dict, of either layout."""
+    """(ModelConfig, the lifter's keyword arguments) from a file's "config" dict."""
     cfg = dict(stored)
     joints = {"num_joints": int(cfg.pop("num_joints")), "root_joints": tuple(cfg.pop("root_joints"))}
-    if cfg.pop("extra", {}):  # the old layout's reserved field, always empty
+    if cfg.pop("extra", {}):  # reserved for forward-compatible files, empty so far
         raise ValueError(f"{path}: model config has 'extra' settings this rigpose does not know")
     try:
         return ModelConfig.model_validate(cfg), joints

@@ -31,16 +31,23 @@ def _check_poses(poses_BJ3: torch.Tensor, B: int, J: int, where: str) -> None:
         raise ValueError(f"{where}: poses must be [B={B}, J={J}, 3], got {tuple(poses_BJ3.shape)}")
 
 
+MIN_DEPTH_M = 1e-3  # nearest depth in front of a camera that a joint is projected from, metres
+
+
 def reprojection_residuals(poses_BJ3: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixel distance [B, V, J] of the poses projected into every view vs `kp`, observed [B, V, J] bool).
 
     Residuals are 0 where not observed (missing joint, padding view) or not projectable (behind the camera).
     """
     X_cam = to_camera(poses_BJ3, batch["R"], batch["t"])  # [B, V, J, 3]
-    pix = project_camera(X_cam, batch["K"], batch["dist"])
-    obs = (batch["w"] > 0) & (batch["view_mask"][..., None] > 0) & torch.isfinite(pix).all(-1)
-    err = (torch.nan_to_num(pix) - batch["kp"]).norm(dim=-1)
-    return torch.where(obs, err, torch.zeros_like(err)), obs
+    # points less than MIN_DEPTH_M in front of a camera are not projected at all: dividing by their depth gives
+    # inf/NaN, and a NaN gradient that only torch.where hides would stop L-BFGS's line search (step overflow)
+    in_front = X_cam[..., 2] > MIN_DEPTH_M
+    safe = torch.where(in_front[..., None], X_cam, torch.ones_like(X_cam))
+    pix = project_camera(safe, batch["K"], batch["dist"])
+    obs = (batch["w"] > 0) & (batch["view_mask"][..., None] > 0) & in_front & torch.isfinite(pix).all(-1)
+    err = (torch.where(obs[..., None], pix, batch["kp"]) - batch["kp"]).norm(dim=-1)
+    return err, obs
 
 
 @dataclass(frozen=True)
