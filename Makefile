@@ -17,18 +17,21 @@ help:
 	@echo "make setup  - create .venv, install torch==$(TORCH_VERSION) first, then rigpose[test,mocap] editable"
 
 # Re-run the install only when the project's dependencies change (idempotent and quick otherwise).
+# Quiet: one line for the whole set-up (pip -qq still prints errors; `make setup PIP_QUIET=` shows everything).
+PIP_QUIET ?= -qq
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	# torch first: with no torch installed, a range admitting a newer release pulls a multi-GB CUDA build.
-	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
-	$(PIP) install --quiet -e ".[test,mocap]"
-	touch $(STAMP)
+	@echo "setup: $(VENV) (torch==$(TORCH_VERSION) first, then rigpose[test,mocap] editable)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install $(PIP_QUIET) --upgrade pip
+	@# torch first: with no torch installed, a range admitting a newer release pulls a multi-GB CUDA build.
+	@$(PIP) install $(PIP_QUIET) "torch==$(TORCH_VERSION)"
+	@$(PIP) install $(PIP_QUIET) -e ".[test,mocap]"
+	@touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/rigpose demo
+	@$(VENV)/bin/rigpose demo
 
 test: setup
 	$(VENV)/bin/ruff check .
