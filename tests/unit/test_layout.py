@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"metrics"},
     {"model"},
     {"data"},
-    {"tracking"},
+    {"tracking", "registry"},  # registry.py: the LifterModel import of models logged before the layout
     {"inference"},
     {"cluster"},
     {"train"},

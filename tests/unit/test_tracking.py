@@ -384,3 +384,24 @@ def test_publishing_fails_the_job_clearly_when_the_registry_never_answers(tiny: 
                                            rf"unreachable for the whole run \(the model is at {model_file}"):
         publish(job, logger, tiny, run_dir=str(tmp_path / "runs" / "r1"), model_file=model_file,
                 history=[{"epoch": 0, "train/loss": 1.0}], manifest_sha256="ab" * 32)
+
+
+def test_a_model_logged_with_the_old_code_file_still_loads_and_predicts(tiny: Dataset, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # versions registered before the package layout carry this exact code file (rigpose/pyfunc_model.py then)
+    import mlflow
+
+    target, example = _sqlite_registry(tiny, tmp_path, monkeypatch)
+    old_entry = tmp_path / "pyfunc_model.py"
+    old_entry.write_text("from mlflow.models import set_model\n\nfrom rigpose.registry import LifterModel\n\n"
+                         "set_model(LifterModel())\n")
+    run_id = _registered_run(target, tmp_path, "old")
+    weights = _model_file(tiny, tmp_path / "old.pt", 0)
+    with tr.mlflow_uri(target.uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(old_entry), artifacts={"lifter": weights})
+    with tr.mlflow_uri(target.uri):
+        out = mlflow.pyfunc.load_model(info.model_uri).predict(example)
+    new = LifterModel()
+    new.load_context(type("Ctx", (), {"artifacts": {"lifter": weights}})())
+    np.testing.assert_allclose(np.stack(out["joints_3d"].map(np.stack)), np.stack(new.predict(None, example)[
+        "joints_3d"].map(np.stack)))
