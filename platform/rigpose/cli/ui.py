@@ -26,17 +26,15 @@ def configure_output(*, verbose: bool) -> None:
     Ray Data's logs stay in the Ray session's log files). Verbose: all of it, as the libraries print it. Set
     through the environment so that Ray workers started from this process inherit the choice.
     """
-    import logging
     import os
 
-    from rigpose.cluster.connect import VERBOSE_ENV
+    from rigpose.cluster.connect import VERBOSE_ENV, quiet_driver_logs
 
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     if verbose:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (here or in workers)
-    for name in ("mlflow", "alembic", "ray"):  # already imported: their loggers directly
-        logging.getLogger(name).setLevel(logging.WARNING if name == "mlflow" else logging.ERROR)
+    quiet_driver_logs()  # libraries already imported: their loggers directly
 
 
 def fail(message: str) -> NoReturn:

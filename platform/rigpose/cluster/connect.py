@@ -54,7 +54,7 @@ def init_ray(address: str | None) -> None:
         return
     quiet = not verbose()
     if quiet:
-        _quiet_driver_logs()
+        quiet_driver_logs()
     env_address = os.environ.get("RAY_ADDRESS")
     if _OWN_ADDRESS is not None:  # left by an earlier local Ray of this process, now gone
         if env_address == _OWN_ADDRESS:
@@ -94,7 +94,7 @@ def session_logs_dir() -> str:
         return "/tmp/ray/session_latest/logs"
 
 
-def _quiet_driver_logs() -> None:
+def quiet_driver_logs() -> None:
     """Ray's and MLflow's INFO/WARNING chatter on the driver (token auth notice, DB migrations) off the console."""
     for name in ("ray", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING if name == "mlflow" else logging.ERROR)

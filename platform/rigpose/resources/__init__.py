@@ -9,6 +9,7 @@ package, still names the shipped rig when no such file exists, so older recipes 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 
@@ -44,17 +45,18 @@ def recipe_names() -> list[str]:
 
 def rig_path(name: str) -> Path:
     """The file of shipped rig `name` (`h36m-s1`); ValueError listing the shipped rigs when there is none."""
-    path = rigs_dir() / f"{name}.json"
-    if "/" in name or "\\" in name or not path.is_file():
-        raise ValueError(f"no shipped rig {name!r}; shipped rigs: {', '.join(rig_names())}")
-    return path
+    return _shipped("rig", rigs_dir(), name, ".json", rig_names)
 
 
 def recipe_path(name: str) -> Path:
     """The file of shipped recipe `name` (`tiny`, `demo`); ValueError listing the shipped recipes when there is none."""
-    path = recipes_dir() / f"{name}.yaml"
+    return _shipped("recipe", recipes_dir(), name, ".yaml", recipe_names)
+
+
+def _shipped(kind: str, folder: Path, name: str, suffix: str, names: Callable[[], list[str]]) -> Path:
+    path = folder / f"{name}{suffix}"
     if "/" in name or "\\" in name or not path.is_file():
-        raise ValueError(f"no shipped recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
+        raise ValueError(f"no shipped {kind} {name!r}; shipped {kind}s: {', '.join(names())}")
     return path
 
 

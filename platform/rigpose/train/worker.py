@@ -135,9 +135,8 @@ def train_func(config: dict[str, Any]) -> None:
     clock = _FirstBatchClock()
     # rank 0 feeds the driver's progress bar (other ranks pass their batches through); rarer with --verbose, where
     # the lines are shown raw among Ray's
-    progress = _StepProgress(job.optim.epochs, history, every_s=30.0 if verbose() else 2.0)
-    if rank != 0:
-        progress.every_s = float("inf")
+    every_s = float("inf") if rank != 0 else 30.0 if verbose() else 2.0
+    progress = _StepProgress(job.optim.epochs, history, every_s=every_s)
     tracking_s = [0.0]
 
     def batches(shard: Any, *, shuffle: bool) -> Iterable[Batch]:
