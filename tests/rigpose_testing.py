@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +146,66 @@ def stop_processes(pids: set[int], *, timeout_s: float = 30.0) -> set[int]:
         if not pids:
             break
     return pids
+
+
+# One writer in its own process: ROWS frames of RIG/SEQUENCE in shards of 10 rows. It waits at a barrier (a file
+# per writer in BARRIER; all N there) before committing, so that the commits really race. STAGE, when given, is
+# where the process kills itself with SIGKILL (no cleanup runs, as with `kill -9` or a lost node).
+_WRITER = r"""
+import json, os, signal, sys, time
+import numpy as np
+from rigpose.data import commit as commit_mod
+from rigpose.data import writer as writer_mod
+from rigpose.data.schema import frames_for_rig
+from rigpose.geometry import project
+from rigpose.resources import rig_path
+from rigpose.rig import load_rig
+from rigpose.skeleton import H36M17
+
+root, rig_name, sequence, rows, barrier, n, stage = sys.argv[1:8]
+rig = load_rig(rig_path(rig_name))
+
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if stage == "before-shards":
+    writer_mod.DatasetWriter._write_shard = die
+elif stage == "between-shards":
+    original, calls = writer_mod.DatasetWriter._write_shard, []
+    def second_kills(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            die()
+        return original(self, *a, **k)
+    writer_mod.DatasetWriter._write_shard = second_kills
+elif stage == "before-commit":
+    commit_mod.write_bytes_exclusive = die
+elif stage == "during-commit":
+    os.link = die  # the version's temp file is written and fsynced, never linked into place
+elif stage == "after-commit":
+    commit_mod.refresh_copy = die  # the version is created; manifest.json is not refreshed
+
+rng = np.random.default_rng(abs(hash((rig_name, sequence))) % 2**32)
+T = int(rows)
+X = rng.normal(0, 0.3, (T, 17, 3)) + np.array([0.0, 0.0, 1.0])
+pix = np.stack([project(X, cam) for cam in rig.cameras], 1)
+frames = frames_for_rig(rig, sequence=sequence, keypoints=pix, subject="S1", joints_3d=X, frame=np.arange(T))
+with writer_mod.DatasetWriter(root, skeleton=H36M17, command=f"writer {rig_name}/{sequence}", shard_rows=10) as w:
+    w.add(frames, rig, split="train")
+    if barrier != "-":
+        open(os.path.join(barrier, f"{rig_name}-{sequence}"), "w").close()
+        deadline = time.time() + 120
+        while len(os.listdir(barrier)) < int(n) and time.time() < deadline:
+            time.sleep(0.01)
+    m = w.commit()
+print(json.dumps({"version": m.version, "rows": m.num_rows}))
+"""
+
+
+def writer_process(root: str, rig: str, sequence: str, rows: int, *, barrier: str = "-", n: int = 1,
+                   stage: str = "-", env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A `DatasetWriter` of `rows` frames of `rig`/`sequence` into `root`, in its own process (WRITER); its
+    stdout ends with {"version", "rows"} of the committed manifest."""
+    return subprocess.Popen([sys.executable, "-c", _WRITER, root, rig, sequence, str(rows), barrier, str(n), stage],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})

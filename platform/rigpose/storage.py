@@ -1,10 +1,12 @@
-"""Storage helpers shared by every part that writes files: fsspec URLs and all-at-once (atomic) writes."""
+"""Storage helpers shared by every part that writes files: fsspec URLs, all-at-once (atomic) and create-if-absent
+(exclusive) writes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,14 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     if not isinstance(fs, LocalFileSystem):
         fs.pipe_file(path, data)
         return
+    with _synced_temp(path, data) as tmp:
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _synced_temp(path: str, data: bytes) -> Iterator[str]:
+    """A temp file beside `path` holding `data`, on disk (fsync), world-readable; removed after the block unless
+    the block moved it into place."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -46,10 +56,63 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, out)
-    except BaseException:
+        yield tmp
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def write_bytes_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create `path` holding `data` all at once, only if nothing is there yet. False when a file already is
+    (another writer got there first); then nothing is changed.
+
+    Locally: a temp file in the same folder, fsync, then `os.link` onto the name, which the kernel refuses when the
+    name exists (atomic, also on NFS). Object stores: a conditional PUT (`If-None-Match: *`, s3fs's
+    `mode="create"`); check `exclusive_writes_work` first, since some S3-compatible endpoints ignore the header.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    with _synced_temp(path, data) as tmp:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+
+
+_EXCLUSIVE_WORKS: dict[tuple[str, str], bool] = {}
+
+
+def exclusive_writes_work(fs: fsspec.AbstractFileSystem, folder: str) -> bool:
+    """Whether `write_bytes_exclusive` really refuses an existing name under `folder` (tried once per bucket and
+    process with a probe object, then removed). Always True on local disk."""
+    if isinstance(fs, LocalFileSystem):
+        return True
+    key = (str(fs.protocol), folder.split("/", 1)[0])
+    if key not in _EXCLUSIVE_WORKS:
+        probe = f"{folder}/_probe-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            first = write_bytes_exclusive(fs, probe, b"1")
+            try:
+                second = write_bytes_exclusive(fs, probe, b"2")
+            except OSError:  # an endpoint that rejects the header outright
+                second = True
+            _EXCLUSIVE_WORKS[key] = first and not second
+        except OSError:
+            _EXCLUSIVE_WORKS[key] = False
+        finally:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.rm_file(probe)
+    return _EXCLUSIVE_WORKS[key]
+
+
+def modified_age_s(fs: fsspec.AbstractFileSystem, path: str, now: float | None = None) -> float:
+    """Seconds since `path` was last written (its mtime, or an object's LastModified)."""
+    stamp = fs.modified(path)
+    return (time.time() if now is None else now) - stamp.timestamp()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rigpose.data.manifest import DatasetError, read_manifest
+from rigpose.data.manifest import DatasetError, manifest_path, read_manifest
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import ARROW_SCHEMA, Frames, frames_for_rig
 from rigpose.data.writer import DatasetWriter
@@ -190,10 +190,11 @@ def test_a_truncated_shard_is_named_in_the_error(tmp_path: Path, rig4, rng) -> N
 def test_a_manifest_with_escaping_shard_paths_is_refused(tmp_path: Path, rig4, rng) -> None:
     root = tmp_path / "ds"
     write(root, rig4, make_frames(rig4, rng))
-    m = json.loads((root / "manifest.json").read_text())
+    committed = Path(manifest_path(str(root)))  # the latest version: what readers read
+    m = json.loads(committed.read_text())
     for bad in ("../elsewhere/part.parquet", "/etc/passwd"):
         m["shards"][0]["path"] = bad
-        (root / "manifest.json").write_text(json.dumps(m))
+        committed.write_text(json.dumps(m))
         with pytest.raises(DatasetError, match="absolute or climbs out"):
             Dataset(str(root))
 

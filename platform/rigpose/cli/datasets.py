@@ -1,4 +1,4 @@
-"""`rigpose datasets ...`: build, ingest, validate and describe datasets on local paths or s3://."""
+"""`rigpose datasets ...`: build, ingest, validate, describe and vacuum datasets on local paths or s3://."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from rich.table import Table
 from rigpose import resources
 from rigpose.cli import ui
 
-app = typer.Typer(help="Datasets: build, ingest, validate, describe.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(help="Datasets: build, ingest, validate, describe, vacuum.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
 console = ui.console()
 err_console = ui.console(stderr=True)
 _fail = ui.fail
@@ -103,3 +103,32 @@ def describe(
                       f"{r.get('missing_view_rate', float('nan')):.1%}", cams)
     console.print(table)
 
+
+
+@app.command()
+def vacuum(
+    url: str = typer.Argument(..., help="Dataset root (local path, file:// or s3://)."),
+    grace: float = typer.Option(3600.0, "--grace", min=0, help="Remove only files older than this many seconds "
+                                "whose writer's heartbeat is as old (0: every unlisted file; only while no ingest "
+                                "runs)."),
+    keep_versions: int = typer.Option(None, "--keep-versions", min=1, help="Also delete all but the newest N "
+                                      "manifest versions (default: keep every version)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
+) -> None:
+    """Remove files no committed manifest lists: shards of failed or killed ingests, stale writer heartbeats."""
+    from rigpose.data.commit import collect_garbage
+    from rigpose.data.manifest import DatasetError
+
+    try:
+        report = collect_garbage(url, grace_s=grace, dry_run=dry_run, keep_versions=keep_versions)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    verb = "would remove" if dry_run else "removed"
+    for rel in report.removed if dry_run else []:
+        console.print(f"  {rel}", highlight=False)
+    console.print(f"{url}: {verb} {len(report.removed)} file(s), {report.bytes_freed / 2**20:.1f} MiB"
+                  + (f" ({report.versions_pruned} old manifest versions)" if report.versions_pruned else ""),
+                  highlight=False)
+    if report.in_progress:
+        console.print(f"kept {len(report.in_progress)} unlisted file(s) of running or recent writers (younger than "
+                      f"--grace {grace:g} s)", highlight=False)

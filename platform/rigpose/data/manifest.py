@@ -2,13 +2,18 @@
 
 Layout of a dataset root, on any fsspec URL (../DESIGN.md):
 
-    <root>/manifest.json                                    written last: the commit point
+    <root>/_manifests/v0000000007.json                      committed manifest versions: the commit points
+    <root>/manifest.json                                    a copy of the latest version, for plain tools
     <root>/rigs/<rig_id>.json                               the rig files used
     <root>/rig_id=<rig_id>/split=<split>/part-NNNNN-<token>.parquet
     <root>/_quarantine/<ingest token>.parquet               rejected rows with a `reason` column
 
-Readers trust only what the manifest lists: a crashed or aborted writer leaves files that no reader sees (and
-that the writer deletes when it can). Shard paths in a manifest are relative, never absolute, never with `..`.
+Commits are versioned the Delta Lake / Iceberg way: version N+1 is a new file that a writer creates only if no
+other writer created it first (`rigpose.data.commit`); readers follow the highest version. `manifest.json` is
+refreshed after each commit, and is read only for a dataset without `_manifests/` (written by rigpose <= 0.1.0
+or by hand). Readers trust only what the latest version lists: a crashed or aborted writer leaves files that no
+reader sees, which the next commit or `rigpose datasets vacuum` removes.
+Shard paths in a manifest are relative, never absolute, never with `..`.
 Credentials for `s3://` come only from the environment (s3fs / botocore's usual variables).
 Writing is `rigpose.data.writer`, reading the shards `rigpose.data.reader`.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +30,8 @@ from rigpose.data.schema import SCHEMA_VERSION
 from rigpose.storage import protocol_url, url_to_fs
 
 MANIFEST = "manifest.json"
+VERSIONS = "_manifests"
+_VERSION_FILE = re.compile(r"^v(\d{10})\.json$")
 
 
 class DatasetError(ValueError):
@@ -55,6 +63,7 @@ class Manifest:
     updated: str
     history: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    version: int = 0  # the commit's number: 1 for the first (0 = a manifest.json without _manifests/)
 
     @property
     def num_rows(self) -> int:
@@ -97,7 +106,7 @@ class Manifest:
             shards = [ShardInfo(**s) for s in d["shards"]]
             m = cls(skeleton=d["skeleton"], joint_names=list(d["joint_names"]), rigs=dict(d["rigs"]),
                     shards=shards, created=d["created"], updated=d["updated"], history=list(d.get("history", [])),
-                    schema_version=version)
+                    schema_version=version, version=int(d.get("version", 0)))
         except (KeyError, TypeError) as e:
             raise DatasetError(f"{source}: malformed manifest ({type(e).__name__}: {e})") from None
         for s in m.shards:
@@ -112,11 +121,45 @@ def _check_relative(path: str, *, source: str, what: str) -> None:
         raise DatasetError(f"{source}: {what} {path!r} is absolute or climbs out of the dataset root; refused")
 
 
-def read_manifest(root: str) -> Manifest | None:
-    """The committed manifest of the dataset at `root`, or None if there is none (not a dataset yet)."""
-    fs, path = url_to_fs(root)
-    mpath = posixpath.join(path, MANIFEST)
-    if not fs.exists(mpath):
+def version_file(path: str, version: int) -> str:
+    """The file of manifest version `version` under the dataset folder `path`."""
+    return posixpath.join(path, VERSIONS, f"v{version:010d}.json")
+
+
+def latest_version(fs: Any, path: str) -> int | None:
+    """The highest committed manifest version under the dataset folder `path`; None without `_manifests/`."""
+    folder = posixpath.join(path, VERSIONS)
+    fs.invalidate_cache(folder)  # object stores: list anew, never from s3fs's listing cache
+    try:
+        names = fs.ls(folder, detail=False)
+    except FileNotFoundError:
         return None
-    with fs.open(mpath, "rb") as f:
-        return Manifest.from_json(f.read().decode(), source=protocol_url(fs, mpath))
+    versions = [int(m[1]) for n in names if (m := _VERSION_FILE.match(posixpath.basename(n)))]
+    return max(versions, default=None)
+
+
+def _current_file(fs: Any, path: str) -> tuple[str, int | None]:
+    n = latest_version(fs, path)
+    return (version_file(path, n) if n is not None else posixpath.join(path, MANIFEST)), n
+
+
+def manifest_path(root: str) -> str | None:
+    """The file readers read for the dataset at `root`: its latest version, else manifest.json; None if neither."""
+    fs, path = url_to_fs(root)
+    mpath, n = _current_file(fs, path)
+    return protocol_url(fs, mpath) if n is not None or fs.exists(mpath) else None
+
+
+def read_manifest(root: str) -> Manifest | None:
+    """The latest committed manifest of the dataset at `root`, or None if there is none (not a dataset yet)."""
+    fs, path = url_to_fs(root)
+    mpath, n = _current_file(fs, path)
+    try:
+        with fs.open(mpath, "rb") as f:
+            text = f.read().decode()
+    except FileNotFoundError:
+        return None
+    m = Manifest.from_json(text, source=protocol_url(fs, mpath))
+    if n is not None and m.version != n:
+        raise DatasetError(f"{protocol_url(fs, mpath)}: says version {m.version}; its file name says {n}")
+    return m

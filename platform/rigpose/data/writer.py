@@ -1,12 +1,14 @@
-"""Writing a dataset: `DatasetWriter` adds frames as shards, then commits a new manifest (the commit protocol).
+"""Writing a dataset: `DatasetWriter` adds frames as shards, then commits a new manifest version (the commit protocol).
 
 In order: `add` checks rows (`rigpose.data.checks`), sets bad ones aside for quarantine and writes a shard
 whenever a (rig, split) buffer fills; `commit` writes the quarantine file, refuses (and aborts) when the bad
 fraction is over `max_bad_fraction`, writes the last shards, rewrites shards that mix kept and replaced sequences,
-writes the rig files, then `manifest.json` atomically: the one step that publishes the change. After it, the
-shards the old manifest listed and the new one does not are deleted. Before it, an exception or `abort()`
-deletes this writer's shards and the dataset stays as it was. Two writers on one root are not coordinated: each
-starts from the manifest it read, and the last commit wins. Layout and manifest format: `rigpose.data.manifest`.
+writes the rig files, then creates the next manifest version: the one step that publishes the change
+(`rigpose.data.commit.publish`). Writers on one root may run at the same time: each writes shards under its own
+token, and one that loses the race to a version re-bases on the winner's, refusing only a real conflict (the same
+rig/sequence written by both). After the commit, the shards the new version dropped are deleted, and so are files
+of failed writers older than the grace period. Before it, an exception or `abort()` deletes this writer's shards
+and the dataset stays as it was. Layout and manifest format: `rigpose.data.manifest`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from rigpose.data.buffer import RowBuffer
 from rigpose.data.checks import QUARANTINE_REASONS, check_frames, distinct, quarantine_codes
-from rigpose.data.manifest import MANIFEST, DatasetError, Manifest, ShardInfo, read_manifest
+from rigpose.data.commit import DEFAULT_GRACE_S, Heartbeat, collect_garbage, publish
+from rigpose.data.manifest import DatasetError, Manifest, ShardInfo, read_manifest
 from rigpose.data.reader import read_shard
 from rigpose.data.schema import Frames, frames_from_table, frames_to_table
 from rigpose.rig import Rig, rig_from_dict, rig_to_dict
 from rigpose.skeleton import Skeleton, get_skeleton
-from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
+from rigpose.storage import exclusive_writes_work, protocol_url, url_to_fs, write_bytes_atomic, write_bytes_exclusive
 
 DEFAULT_SHARD_BYTES = 128 * 2**20  # DESIGN: ~64-256 MB shards
 DEFAULT_MAX_BAD_FRACTION = 0.01
@@ -62,6 +65,7 @@ class DatasetWriter:
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         shard_rows: int | None = None,
         compression: str = "snappy",
+        orphan_grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         if not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
@@ -71,7 +75,9 @@ class DatasetWriter:
         self.command, self.recipe, self.replace = command, recipe, replace
         self.max_bad_fraction = max_bad_fraction
         self.shard_bytes, self.shard_rows_override, self.compression = shard_bytes, shard_rows, compression
+        self.orphan_grace_s = orphan_grace_s
         self.token = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self._heartbeat = Heartbeat(self.fs, self.path, self.token, command)
         self.base = read_manifest(self.root)
         if self.base is not None and self.base.skeleton != self.skeleton.name:
             raise DatasetError(
@@ -84,6 +90,7 @@ class DatasetWriter:
         self._written: list[ShardInfo] = []
         self._seen: set[tuple[str, str]] = set()
         self._replaced: set[tuple[str, str]] = set()
+        self._dropped: set[str] = set()  # base shards this commit removes (replaced sequences)
         self._num_rows = 0
         self._bad: list[pa.Table] = []
         self._num_bad = 0
@@ -189,6 +196,7 @@ class DatasetWriter:
         rel = f"rig_id={rig_id}/split={split}/part-{self._part:05d}-{self.token}.parquet"
         self._part += 1
         full = posixpath.join(self.path, rel)
+        self._heartbeat.beat()  # before the shard: a live writer's files are never collected
         self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
         if isinstance(self.fs, LocalFileSystem):
             # Straight into the file, then hashed from the page cache: no in-memory copy of the shard at all.
@@ -236,7 +244,8 @@ class DatasetWriter:
             self.fs.pipe_file(path, buf.getvalue().to_pybytes())
 
     def commit(self) -> Manifest:
-        """Flush the remaining rows, then atomically publish the new manifest. Returns it."""
+        """Flush the remaining rows, then publish the next manifest version (re-based on any version other writers
+        committed meanwhile). Returns it."""
         if self._done:
             raise RuntimeError("DatasetWriter.commit called twice")
         self._write_quarantine()
@@ -251,36 +260,83 @@ class DatasetWriter:
         for key in list(self._buffers):
             self._flush(key)
         self._spare.clear()
-        kept = list(self.base.shards) if self.base else []
-        if self._replaced:
-            kept = self._drop_replaced(kept)
-        rigs = dict(self.base.rigs) if self.base else {}
-        for rig_id, rig in self._rigs.items():
-            rel = f"rigs/{rig_id}.json"
-            write_bytes_atomic(self.fs, posixpath.join(self.path, rel), json.dumps(rig_to_dict(rig), indent=1).encode())
-            rigs[rig_id] = {"path": rel, "num_cameras": len(rig.cameras), "camera_names": list(rig.camera_names)}
-        now = _now()
-        history = list(self.base.history) if self.base else []
-        history.append({"time": now, "command": self.command, "recipe": self.recipe, "rows_added": self._num_rows,
-                        "rows_quarantined": self._num_bad, "replaced": sorted(f"{r}/{s}" for r, s in self._replaced)})
-        manifest = Manifest(
-            skeleton=self.skeleton.name, joint_names=list(self.skeleton.joint_names), rigs=rigs,
-            shards=kept + self._written, created=self.base.created if self.base else now, updated=now,
-            history=history,
-        )
-        write_bytes_atomic(self.fs, posixpath.join(self.path, MANIFEST), manifest.to_json().encode())
+        rewritten = self._drop_replaced(list(self.base.shards)) if self._replaced and self.base else []
+        self._written.extend(rewritten)
+        self._write_rigs()
+        manifest, base = publish(self.root, self.base, self._manifest_on, token=self.token)
         self._done = True
-        self._garbage_collect(manifest)
+        self._garbage_collect(base, manifest)
         return manifest
 
+    def _write_rigs(self) -> None:
+        """rigs/<rig_id>.json for this writer's rigs: created if absent; an existing file must hold the same
+        calibration (it may be another running writer's, not committed yet)."""
+        exclusive = exclusive_writes_work(self.fs, self.path)
+        for rig_id, rig in self._rigs.items():
+            full = posixpath.join(self.path, f"rigs/{rig_id}.json")
+            data = json.dumps(rig_to_dict(rig), indent=1).encode()
+            if exclusive:
+                if write_bytes_exclusive(self.fs, full, data):
+                    continue
+            elif not self.fs.exists(full):
+                write_bytes_atomic(self.fs, full, data)
+                continue
+            with self.fs.open(full, "rb") as f:
+                other = rig_to_dict(rig_from_dict(json.loads(f.read()), source=full))
+            if not _same_rig(other, rig_to_dict(rig)):
+                self.abort()
+                raise DatasetError(
+                    f"{self.root}: rig {rig_id!r} differs from the calibration in {protocol_url(self.fs, full)} "
+                    "(committed by another writer meanwhile, or left by a failed one: `rigpose datasets vacuum` "
+                    "removes it once no manifest lists it); give the new calibration a new rig_id")
+
+    def _manifest_on(self, base: Manifest | None) -> Manifest:
+        """This writer's change applied to `base` (the version it read, or a newer one); DatasetError on conflict."""
+        if base is not None and base.skeleton != self.skeleton.name:
+            self.abort()
+            raise DatasetError(f"{self.root}: another writer committed skeleton {base.skeleton!r} meanwhile; this "
+                               f"ingest ({self.skeleton.name!r}, {self.command!r}) is not committed")
+        if base is not None and (self.base is None or base.version != self.base.version):
+            self._check_conflicts(base)
+        kept = [s for s in base.shards if s.path not in self._dropped] if base else []
+        rigs = dict(base.rigs) if base else {}
+        for rig_id, rig in self._rigs.items():
+            rigs[rig_id] = {"path": f"rigs/{rig_id}.json", "num_cameras": len(rig.cameras),
+                            "camera_names": list(rig.camera_names)}
+        now = _now()
+        history = list(base.history) if base else []
+        history.append({"time": now, "command": self.command, "recipe": self.recipe, "rows_added": self._num_rows,
+                        "rows_quarantined": self._num_bad, "replaced": sorted(f"{r}/{s}" for r, s in self._replaced),
+                        "writer": self.token})
+        return Manifest(
+            skeleton=self.skeleton.name, joint_names=list(self.skeleton.joint_names), rigs=rigs,
+            shards=kept + self._written, created=base.created if base else now, updated=now, history=history,
+        )
+
+    def _check_conflicts(self, base: Manifest) -> None:
+        """Refuse (and abort) when a writer that committed after this one started wrote what this one writes."""
+        others = base.history[len(self.base.history) if self.base else 0:]
+        who = "; ".join(f"{h.get('command')!r} at {h.get('time')}" for h in others) or "another writer"
+        committed = base.sequences()
+        clash = sorted(k for k in self._seen if k in committed and k not in self._existing)
+        gone = sorted(p for p in self._dropped if p not in {s.path for s in base.shards})
+        if clash or gone:
+            self.abort()
+            what = (", ".join(f"{r}/{q}" for r, q in clash[:5]) + (" ..." if len(clash) > 5 else "") if clash
+                    else f"the shards this ingest replaces ({', '.join(gone[:3])})")
+            raise DatasetError(
+                f"{self.root}: {what} committed by {who} while this ingest ({self.command!r}) ran; refusing to "
+                "write them twice. Nothing of this ingest was committed; run it again (with replace to overwrite)")
+
     def _drop_replaced(self, shards: list[ShardInfo]) -> list[ShardInfo]:
-        """Shards without the replaced sequences; shards that mix kept and replaced ones are rewritten."""
-        kept = []
+        """New shards for the base shards that mix kept and replaced sequences; `self._dropped` gets every base
+        shard that holds a replaced sequence."""
+        rewritten: list[ShardInfo] = []
         for s in shards:
             hit = {q for q in s.sequences if (s.rig_id, q) in self._replaced}
             if not hit:
-                kept.append(s)
                 continue
+            self._dropped.add(s.path)
             if hit == set(s.sequences):
                 continue
             table = read_shard(self.fs, self.path, s)
@@ -288,16 +344,20 @@ class DatasetWriter:
             frames = frames_from_table(table.filter(mask), num_joints=self.skeleton.num_joints)
             before = len(self._written)
             self._write_shard((s.rig_id, s.split), frames)
-            kept.extend(self._written[before:])
+            rewritten.extend(self._written[before:])
             del self._written[before:]
-        return kept
+        return rewritten
 
-    def _garbage_collect(self, manifest: Manifest) -> None:
+    def _garbage_collect(self, base: Manifest | None, manifest: Manifest) -> None:
+        """After the commit: delete the shards it dropped, end the heartbeat, collect failed writers' files."""
         listed = {s.path for s in manifest.shards}
-        for s in self.base.shards if self.base else []:
+        for s in base.shards if base else []:
             if s.path not in listed:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(posixpath.join(self.path, s.path))
+        self._heartbeat.end()
+        with contextlib.suppress(OSError, DatasetError):  # housekeeping: never fails a committed ingest
+            collect_garbage(self.root, grace_s=self.orphan_grace_s)
 
     def abort(self) -> None:
         """Delete the shards written by this writer; the dataset stays as it was."""
@@ -309,6 +369,7 @@ class DatasetWriter:
         self._written.clear()
         self._buffers.clear()
         self._spare.clear()
+        self._heartbeat.end()
         self._done = True
 
 
