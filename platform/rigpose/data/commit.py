@@ -14,7 +14,8 @@ The protocol (the Delta Lake / Iceberg way), for `rigpose.data.writer.DatasetWri
 4. `manifest.json` is then refreshed to a copy of the latest version, for plain tools (`jq`, a browser).
 
 Files that no committed version lists (a failed or killed writer's shards) are invisible to readers; the next
-commit, or `rigpose datasets vacuum`, removes those older than a grace period whose writer's heartbeat is stale.
+commit, or `rigpose datasets vacuum`, removes those older than a grace period whose writer's heartbeat is stale,
+and at once those of a writer that ran on this host and whose process is gone.
 """
 
 from __future__ import annotations
@@ -184,10 +185,27 @@ def _writer_token(name: str) -> str | None:
     return parts[2] if len(parts) == 3 and parts[0] == "part" else None
 
 
+def _died_here(fs: Any, heartbeat: str) -> bool:
+    """True when the heartbeat's writer ran on this host and its process is gone (killed, crashed): its files can
+    go at once, whatever their age. A reused pid only makes this conservative."""
+    try:
+        with fs.open(heartbeat, "rb") as f:
+            body = json.loads(f.read())
+        if body.get("host") != os.uname().nodename:
+            return False
+        os.kill(int(body["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return False  # unreadable, another user's process (PermissionError), or a half-written heartbeat
+    return False
+
+
 def collect_garbage(root: str, *, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False,
                     keep_versions: int | None = None) -> VacuumReport:
     """Remove what no committed version lists and no running writer owns: shards, rig files and temp files older
-    than `grace_s` whose writer's heartbeat is older too, and stale heartbeats. `keep_versions`: also delete all but
+    than `grace_s` whose writer's heartbeat is older too (at once when that writer ran on this host and its process
+    is gone), and stale heartbeats. `keep_versions`: also delete all but
     the newest that many manifest versions (None keeps every version). Quarantine files are kept (they are the
     reasons rows were refused). With `grace_s=0`, only while no ingest runs."""
     if grace_s < 0:
@@ -202,24 +220,29 @@ def collect_garbage(root: str, *, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     now = time.time()
     fs.invalidate_cache(path)
     files = {posixpath.relpath(p, path): info for p, info in fs.find(path, detail=True).items()}
-    live = {rel.removeprefix(f"{WRITERS}/").removesuffix(".json") for rel, info in files.items()
-            if rel.startswith(f"{WRITERS}/") and now - _mtime(info) < grace_s}
+    beats = {rel.removeprefix(f"{WRITERS}/").removesuffix(".json"): rel for rel in files
+             if rel.startswith(f"{WRITERS}/") and rel.endswith(".json")}
+    dead = {token for token, rel in beats.items() if _died_here(fs, posixpath.join(path, rel))}
+    live = {token for token, rel in beats.items() if token not in dead and now - _mtime(files[rel]) < grace_s}
     report = VacuumReport(root=root, dry_run=dry_run)
     doomed: list[str] = []
     for rel, info in sorted(files.items()):
         name = posixpath.basename(rel)
         old = now - _mtime(info) >= grace_s
-        if _SHARD.match(rel) or (rel.startswith("rigs/") and rel.endswith(".json")):
+        temp = name.startswith(".") and name.endswith(".tmp")
+        if _SHARD.match(rel) or (rel.startswith("rigs/") and rel.endswith(".json")) or temp:
             if rel in listed:
                 continue
             owner = _writer_token(name)
-            if not old or (owner in live) or (owner is None and live):
+            # a writer's own shards: kept while it may run; rig and temp files (no owner): while any writer may
+            keep = (owner not in dead and (not old or owner in live)) if owner else (not old and bool(live))
+            if keep:
                 report.in_progress.append(rel)
                 continue
         elif rel.startswith(f"{WRITERS}/"):
-            if not old:
+            if not old and rel.removeprefix(f"{WRITERS}/").removesuffix(".json") not in dead:
                 continue
-        elif not (name.startswith(".") and name.endswith(".tmp") and old):
+        else:
             continue
         doomed.append(rel)
         report.bytes_freed += int(info.get("size") or 0)

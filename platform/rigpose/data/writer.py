@@ -248,6 +248,7 @@ class DatasetWriter:
         committed meanwhile). Returns it."""
         if self._done:
             raise RuntimeError("DatasetWriter.commit called twice")
+        self._heartbeat.beat()  # also for an ingest without shards: its rig and manifest files are in flight
         self._write_quarantine()
         total = self._num_rows + self._num_bad
         if total and self._num_bad / total > self.max_bad_fraction:
