@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +211,61 @@ def writer_process(root: str, rig: str, sequence: str, rows: int, *, barrier: st
     return subprocess.Popen([sys.executable, "-c", _WRITER, root, rig, sequence, str(rows), barrier, str(n), stage],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
+
+
+@contextlib.contextmanager
+def ray_head(env: dict[str, str], *, prefix: str = "rp-ray-") -> Iterator[dict[str, str]]:
+    """`ray start --head` on 127.0.0.1 with the environment `env`, every port free; yields {"address" (Jobs API),
+    "gcs", "temp_dir"} once the Jobs API answers. Afterwards stops only this head's processes (those naming its
+    temp folder or GCS address, and their children): `ray stop --force` would kill every Ray on the machine."""
+    import shutil
+    import tempfile
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs, dash = free_port(), free_port()
+    ports = {"--port": gcs, "--dashboard-port": dash, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port()}
+    bin_dir = Path(sys.executable).parent
+    env = {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+    subprocess.run([str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+                    "--dashboard-host=127.0.0.1", "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                    *(f"{k}={v}" for k, v in ports.items())], env=env, check=True, capture_output=True, timeout=180)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1.0)
+        yield {"address": address, "gcs": f"127.0.0.1:{gcs}", "temp_dir": temp_dir}
+    finally:
+        # found now, at the end, so that processes it started during the tests (workers, job drivers) are included
+        left = stop_processes(processes_with(temp_dir, f"--address=127.0.0.1:{gcs}"))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"Ray head processes still running after SIGKILL: {sorted(left)}"
+
+
+@contextlib.contextmanager
+def captured_output(path: Path) -> Iterator[None]:
+    """This process's output into the file `path`: the Python streams (pytest replaces them) and file descriptors
+    1 and 2, where Ray forwards the workers' lines."""
+    saved = os.dup(1), os.dup(2)
+    with open(path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            f.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

@@ -24,6 +24,8 @@ class Strict(BaseModel):
 
 
 Config = TypeVar("Config", bound=Strict)
+VerifyMode = Literal["auto", "footer", "full"]  # data.verify (rigpose.data.validate.verify_shards)
+VERIFY_MODES: tuple[str, ...] = get_args(VerifyMode)
 
 
 class DataConfig(Strict):
@@ -41,6 +43,10 @@ class DataConfig(Strict):
     shuffle_files: bool = Field(True, description="Shuffle the order of shards (streaming) or blocks (cached) anew "
                                                   "every epoch, before the local shuffle buffer.")
     max_rows: int | None = Field(None, ge=1, description="Use at most this many training rows (quick runs).")
+    verify: VerifyMode = Field(
+        "auto", description="Check the shards training reads against the manifest before Ray starts: 'footer' = "
+                            "size and Parquet footer (schema, row count); 'full' = also the sha256 (reads every "
+                            "byte); 'auto' = full for local files, footer for object storage.")
 
 
 class ModelConfig(Strict):

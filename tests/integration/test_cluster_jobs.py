@@ -12,18 +12,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rigpose_testing import free_port as _free_port
-from rigpose_testing import processes_with, stop_processes
+from rigpose_testing import ray_head
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
@@ -64,44 +61,8 @@ def s3_data(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def cluster(s3_server: str, ray_token_auth: str) -> Iterator[str]:
     """`ray start --head` on 127.0.0.1 with token auth; yields the Jobs API address. Env: S3 endpoint + keys."""
-    token = ray_token_auth
-    temp_dir = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    dash = _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    ports = {"--port": _free_port(), "--dashboard-port": dash, "--ray-client-server-port": _free_port(),
-             "--dashboard-agent-listen-port": _free_port(), "--dashboard-agent-grpc-port": _free_port(),
-             "--runtime-env-agent-port": _free_port(), "--metrics-export-port": _free_port()}
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-           *(f"{k}={v}" for k, v in ports.items())]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        _wait_for_jobs_api(address)
-        yield address
-    finally:
-        # Only this head's processes: `ray stop --force` kills every Ray on the machine (other people's tests and
-        # clusters too). Ours are the ones naming its temp folder or its GCS address, and their children (workers,
-        # job drivers); found now, at the end, so that processes it started during the tests are included.
-        left = stop_processes(processes_with(temp_dir, f"--address=127.0.0.1:{ports['--port']}"))
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not left, f"Ray head processes still running after SIGKILL: {sorted(left)}"
-
-
-def _wait_for_jobs_api(address: str, timeout: float = 90.0) -> None:
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            JobSubmissionClient(address).list_jobs()
-            return
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(1.0)
+    with ray_head(dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_token_auth)) as head:
+        yield head["address"]
 
 
 def _client(address: str):

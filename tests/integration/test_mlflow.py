@@ -8,7 +8,6 @@ that starts late checks that tracking survives an unreachable server.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rigpose_testing import descendants, free_port, stop_processes
+from rigpose_testing import captured_output, descendants, free_port, stop_processes
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
@@ -153,20 +152,9 @@ def trained(server: str, dataset: str, local_ray: None, tmp_path_factory: pytest
             mp.setenv(k, v)
         # the experiment name is a param: it carries a secret on purpose, to show params are scrubbed
         job = _job(dataset, out, "tracked", server, f"tracking.experiment=exp-{SECRETS['MLFLOW_TRACKING_PASSWORD']}")
-        # the driver's output, where Ray also forwards the workers' lines: both the Python streams (pytest
-        # replaces them) and file descriptors 1 and 2
-        saved_fds = os.dup(1), os.dup(2)
-        with open(log_file, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            os.dup2(f.fileno(), 1)
-            os.dup2(f.fileno(), 2)
-            try:
-                result = train(job)
-            finally:
-                f.flush()
-                os.dup2(saved_fds[0], 1)
-                os.dup2(saved_fds[1], 2)
-                os.close(saved_fds[0])
-                os.close(saved_fds[1])
+        # the driver's output, where Ray also forwards the workers' lines
+        with captured_output(log_file):
+            result = train(job)
     yield {**result, "log": log_file.read_text(), "experiment": job.tracking.experiment}
 
 

@@ -113,6 +113,50 @@ def test_describe_names_the_forwarded_variables_but_prints_no_value(forward_cred
     assert not any(value in text for value in _environ().values())
 
 
+def test_url_passwords_are_left_out_of_forwarded_values_unless_credentials_are_forwarded() -> None:
+    environ = {"MLFLOW_TRACKING_URI": "http://bob:bob-pw@mlflow:5000", "AWS_ENDPOINT_URL": "https://:tok-pw@s3.lan",
+               "AWS_REGION": "eu-west-1"}
+    sub = build_submission(JOB, OBJECT_STORE, address=REMOTE, environ=environ)
+    assert sub.runtime_env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://bob@mlflow:5000",
+                                           "AWS_ENDPOINT_URL": "https://s3.lan", "AWS_REGION": "eu-west-1"}
+    assert sorted(n.split(":")[0] for n in sub.notes) == ["AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"]
+    assert "-pw" not in repr(sub.notes) + sub.describe(values=True)
+    sub = build_submission(JOB, OBJECT_STORE, address=REMOTE, environ=environ, forward_credentials=True)
+    assert sub.runtime_env["env_vars"] == environ
+
+
+def test_a_forwarded_value_holding_a_credential_is_not_forwarded() -> None:
+    environ = {"AWS_SECRET_ACCESS_KEY": "wJalr-secret", "AWS_ENDPOINT_URL": "https://s3.lan/?sig=wJalr-secret",
+               "AWS_REGION": "eu-west-1"}
+    sub = build_submission(JOB, OBJECT_STORE, address=REMOTE, environ=environ)
+    assert sub.runtime_env["env_vars"] == {"AWS_REGION": "eu-west-1"}
+    assert any(n.startswith("AWS_ENDPOINT_URL not forwarded: it holds the value of a credential") for n in sub.notes)
+
+
+def test_a_set_value_with_a_url_password_is_sent_without_it_unless_credentials_are_forwarded() -> None:
+    sets = [*OBJECT_STORE, "tracking.uri=http://bob:bob-pw@mlflow:5000"]
+    sub = build_submission(JOB, sets, address=REMOTE, environ={})
+    assert sub.entrypoint == _train(*OBJECT_STORE, "tracking.uri=http://bob@mlflow:5000")
+    assert sub.job.tracking.uri == "http://bob:bob-pw@mlflow:5000"  # validated here as given
+    assert sub.notes == ["--set tracking.uri=http://bob:***@mlflow:5000: sent without the password "
+                         "(tracking.uri=http://bob@mlflow:5000); the cluster needs its own credentials, or pass "
+                         "--forward-credentials"]
+    sub = build_submission(JOB, sets, address=REMOTE, environ={}, forward_credentials=True)
+    assert sub.entrypoint == _train(*sets)
+    assert "bob-pw" not in sub.describe()
+
+
+def test_a_job_file_holding_a_url_password_is_refused_unless_credentials_are_forwarded(tmp_path: Path) -> None:
+    job = _fake_project(tmp_path)
+    job.write_text(job.read_text().replace("  uri: null", "  uri: http://bob:bob-pw@mlflow:5000"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(job))}: holds a URL with a password, which would be "
+                                         "uploaded") as err:
+        build_submission(job, OBJECT_STORE, address=REMOTE, environ={})
+    assert "bob-pw" not in str(err.value) and "--forward-credentials" in str(err.value)
+    sub = build_submission(job, OBJECT_STORE, address=REMOTE, environ={}, forward_credentials=True)
+    assert "train.yaml holds a URL password: uploaded with the project folder" in sub.notes
+
+
 def test_the_shell_environment_is_read_when_none_is_given_and_empty_values_are_not_forwarded(
         monkeypatch: pytest.MonkeyPatch) -> None:
     for name in FORWARDED_ENV + CREDENTIAL_ENV:
@@ -294,17 +338,37 @@ def no_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return tried
 
 
-def test_cli_dry_run_prints_the_submission_without_contacting_the_cluster(
+def test_cli_dry_run_prints_the_submission_and_the_values_sent_without_contacting_the_cluster(
         monkeypatch: pytest.MonkeyPatch, no_cluster: list[str]) -> None:
     monkeypatch.chdir(REPO)
+    for name in FORWARDED_ENV + CREDENTIAL_ENV:
+        monkeypatch.delenv(name, raising=False)
     env = {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:1", "AWS_SECRET_ACCESS_KEY": "secret-key",
-           "AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}
+           "AWS_ENDPOINT_URL": "http://minio:minio-pw@127.0.0.1:9000"}
     result = CliRunner().invoke(app, ["submit", "jobs/train.yaml", "--dry-run", "--set", "optim.epochs=2"], env=env)
     assert result.exit_code == 0, result.output
     entry = _train("optim.epochs=2", f"data.url={REPO}/outputs/datasets/demo", f"run.output_dir={REPO}/outputs/runs")
     assert f"entrypoint: {entry}\n" in result.stdout
-    assert "forwarded environment variables: AWS_ENDPOINT_URL\n" in result.stdout
-    assert "secret-key" not in result.output and "127.0.0.1:9000" not in result.output
+    assert "forwarded environment variables: AWS_ENDPOINT_URL\n  AWS_ENDPOINT_URL=http://minio@127.0.0.1:9000\n" in (
+        result.stdout)
+    assert "note: AWS_ENDPOINT_URL: forwarded without the password of its URL" in result.stderr
+    assert "secret-key" not in result.output and "minio-pw" not in result.output
+    assert no_cluster == []
+
+
+def test_cli_dry_run_with_forwarded_credentials_shows_them_as_stars(
+        monkeypatch: pytest.MonkeyPatch, no_cluster: list[str]) -> None:
+    monkeypatch.chdir(REPO)
+    for name in FORWARDED_ENV + CREDENTIAL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    env = {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:1", "AWS_SECRET_ACCESS_KEY": "secret-key",
+           "MLFLOW_TRACKING_URI": "http://bob:bob-pw@mlflow:5000"}
+    result = CliRunner().invoke(app, ["submit", "jobs/train.yaml", "--dry-run", "--forward-credentials",
+                                      "--set", "tracking.uri=http://carol:carol-pw@mlflow:5000"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "  AWS_SECRET_ACCESS_KEY=***\n  MLFLOW_TRACKING_URI=http://bob:***@mlflow:5000\n" in result.stdout
+    assert "--set tracking.uri=http://carol:***@mlflow:5000" in result.stdout  # the entrypoint, as shown
+    assert not any(s in result.output for s in ("secret-key", "bob-pw", "carol-pw"))
     assert no_cluster == []
 
 

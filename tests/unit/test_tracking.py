@@ -162,6 +162,37 @@ def test_an_unreachable_server_warns_once_queues_and_never_raises(tmp_path: Path
     assert logger.run_id is None and len(logger._pending_metrics) == 5 and logger.dropped == 1
 
 
+def test_an_outage_the_driver_warned_about_is_not_warned_again_by_rank_0(tmp_path: Path) -> None:
+    import pickle
+
+    target = tr.TrackingTarget(uri=f"http://127.0.0.1:{free_port()}", experiment="e")
+    warnings: list[str] = []
+    driver = tr.RunLogger(_spec(tmp_path, target), warn=warnings.append, timeout_s=2)
+    assert driver.flush() is False
+    rank0 = tr.RunLogger(pickle.loads(pickle.dumps(driver.spec)), warn=warnings.append, timeout_s=2)  # as Ray sends it
+    assert rank0.log_metrics({"a": 1.0}, step=0) is False
+    assert len(warnings) == 1 and "training goes on" in warnings[0]
+
+
+def test_mlflow_is_kept_from_printing_a_tracking_uri_that_holds_a_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    monkeypatch.delenv(key, raising=False)
+    with tr.mlflow_uri("http://bob:pw-1234@127.0.0.1:1"):
+        assert os.environ[key] == "true"  # MLflow's "View run ... at: <uri>" when a fluent run ends
+    assert key not in os.environ
+    with tr.mlflow_uri("http://127.0.0.1:1"):  # nothing to hide: MLflow's links stay
+        assert key not in os.environ
+
+
+def test_params_and_the_ui_command_show_the_tracking_uri_without_its_password(tmp_path: Path) -> None:
+    job = _job(tmp_path, uri="http://bob:pw-77aa@127.0.0.1:1")
+    params = tr.run_params(job, manifest_sha256="ab" * 32, rig_ids=["a"])
+    assert params["tracking.uri"] == "http://bob:***@127.0.0.1:1"
+    assert tr.resolve_target(job, {}).ui_command() == "open http://bob:***@127.0.0.1:1"
+
+
 def test_with_retries_backs_off_then_names_what_failed() -> None:
     sleeps: list[float] = []
 

@@ -55,6 +55,17 @@ def test_validate_names_a_modified_shard_and_a_missing_one(tmp_path: Path, rig) 
     assert any(shard.name in p and "missing" in p for p in report.problems)
 
 
+def test_validate_names_a_shard_replaced_by_one_with_other_rows(tmp_path: Path, rig) -> None:
+    import pyarrow.parquet as pq
+
+    _write(tmp_path / "ds", rig)
+    shard = next((tmp_path / "ds").rglob("*.parquet"))
+    pq.write_table(pq.read_table(shard).slice(0, 20), shard)  # a valid shard, not the one the manifest lists
+    report = validate_dataset(str(tmp_path / "ds"))
+    assert any(shard.name in p and "20 rows, the manifest says 50" in p for p in report.problems)
+    assert any(shard.name in p and "sha256" in p for p in report.problems)
+
+
 def test_validate_reports_files_no_manifest_lists(tmp_path: Path, rig) -> None:
     _write(tmp_path / "ds", rig)
     stray = tmp_path / "ds" / "rig_id=h36m-s1" / "split=train" / "part-99999-crashed.parquet"

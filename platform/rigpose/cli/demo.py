@@ -138,6 +138,8 @@ def registry_step(out: dict, data_url: str, *, console: Console) -> int:
     reg = tracked["registered"]
     uri = tracked["uri"]
     if reg is not None:
+        from rigpose.tracking.secrets import scrub
+
         gate = champion_gate(reg.name, reg.version, data_url=data_url, split="test", uri=uri)
         console.print(f"registered {reg.name} version {reg.version} as @candidate (MLflow run {reg.run_id})")
         if gate.champion_px is None and gate.promoted:
@@ -151,7 +153,7 @@ def registry_step(out: dict, data_url: str, *, console: Console) -> int:
         else:
             console.print(f"candidate {gate.candidate_px:.2f} px does not beat champion v{gate.champion_version} "
                           f"{gate.champion_px:.2f} px: @champion stays on version {gate.champion_version}")
-        console.print(f"use it: MLFLOW_TRACKING_URI={uri} rigpose lift --model models:/{reg.name}@champion "
+        console.print(f"use it: MLFLOW_TRACKING_URI={scrub(uri)} rigpose lift --model models:/{reg.name}@champion "
                       f"--data {data_url} --out outputs/lift.parquet", soft_wrap=True)
     console.print(f"MLflow UI: {tracked['ui']}", soft_wrap=True)
     return 0

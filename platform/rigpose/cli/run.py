@@ -9,6 +9,7 @@ import typer
 
 from rigpose import __version__
 from rigpose.cli.ui import fail as _fail
+from rigpose.tracking.secrets import scrub
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -49,13 +50,13 @@ def train(
     try:
         job = load_job(job_file, set_)
     except ValueError as e:
-        _fail(str(e))
+        _fail(scrub(str(e)))
     from rigpose.train.trainer import train as run_training
 
     try:
         out = run_training(job)
     except (ValueError, RuntimeError) as e:
-        _fail(str(e))
+        _fail(scrub(str(e)))
     _print_history(out["history"])
     typer.echo(f"model: {out['model']}")
 
@@ -71,15 +72,18 @@ def submit(
     submission_id: str | None = typer.Option(None, help="Submission id (default rigpose-<run.name>-<time>)."),
     forward_credentials: bool = typer.Option(
         False, "--forward-credentials",
-        help="Also forward AWS/MLflow credentials from this shell in the runtime env (readable by anyone who can "
-             "list the cluster's jobs; prefer giving the cluster its own)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be submitted and stop."),
+        help="Also forward AWS/MLflow credentials from this shell in the runtime env, and URL passwords (readable "
+             "by anyone who can list the cluster's jobs; prefer giving the cluster its own)."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Show what would be submitted, with the values sent (passwords as ***), and "
+                                      "stop."),
 ) -> None:
     """Submit a training job to a Ray cluster (Ray Jobs API), print its submission id and follow its logs.
 
     Uploads the project folder (jobs/runtime_env.yaml: code as py_modules; .venv, data and outputs excluded) and
     runs `python -m rigpose train JOB_FILE --set ...` there. Exits 0 when the job ends SUCCEEDED. A cluster with
-    Ray token auth needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here.
+    Ray token auth needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here. Without
+    --forward-credentials no credential is sent: URL passwords are left out of forwarded values and --set values.
     """
     from rigpose.cli.ui import console
     from rigpose.cluster import submit as sub_mod
@@ -89,27 +93,27 @@ def submit(
         sub = sub_mod.build_submission(job_file, set_, address=addr, submission_id=submission_id,
                                        forward_credentials=forward_credentials)
     except ValueError as e:
-        _fail(str(e))
+        _fail(scrub(str(e)))
     for note in sub.notes:
-        console(stderr=True).print(f"note: {note}", soft_wrap=True)
-    typer.echo(sub.describe())
+        console(stderr=True).print(f"note: {scrub(note)}", soft_wrap=True, markup=False, highlight=False)
+    typer.echo(sub.describe(values=dry_run))
     if dry_run:
         return
     try:
         sid = sub_mod.submit(sub, addr)
     except RuntimeError as e:
-        _fail(str(e))
-    typer.echo(f"submitted {sid} to {addr}")
+        _fail(scrub(str(e)))
+    typer.echo(f"submitted {sid} to {scrub(addr)}")
     if no_wait:
-        typer.echo(f"follow it with: ray job logs --address {addr} --follow {sid}")
+        typer.echo(f"follow it with: ray job logs --address {scrub(addr)} --follow {sid}")
         return
     try:
         status = sub_mod.follow(addr, sid, echo=lambda s, end="": typer.echo(s, nl=False))
     except KeyboardInterrupt:
-        typer.echo(f"\nstopped following; the job keeps running (ray job stop --address {addr} {sid})")
+        typer.echo(f"\nstopped following; the job keeps running (ray job stop --address {scrub(addr)} {sid})")
         raise typer.Exit(130) from None
     except RuntimeError as e:
-        _fail(str(e))
+        _fail(scrub(str(e)))
     typer.echo(f"job {sid}: {status}")
     if status != "SUCCEEDED":
         raise typer.Exit(1)

@@ -3,9 +3,13 @@
 What is sent (`build_submission`): the entrypoint `python -m rigpose train <job file> --set ...`, and a runtime env
 = `jobs/runtime_env.yaml` (py_modules with the project's code, excludes for .venv, data and outputs) + the project
 folder as working_dir + the non-secret settings the job needs from this shell's environment (`FORWARDED_ENV`: the
-S3 endpoint and region, the MLflow tracking URI). Credentials (`CREDENTIAL_ENV`) are not forwarded unless asked for
-with `--forward-credentials`: a runtime env is readable by everyone who can list the cluster's jobs, so a cluster
-should hold its own (the environment of `ray start`, Kubernetes secrets, instance roles).
+S3 endpoint and region, the MLflow tracking URI). Credentials are not sent unless asked for with
+`--forward-credentials`: a runtime env and an entrypoint are readable by everyone who can list the cluster's jobs,
+so a cluster should hold its own (the environment of `ray start`, Kubernetes secrets, instance roles). Without it:
+the credential variables (`CREDENTIAL_ENV`) stay here, the password of a URL in a forwarded variable or a `--set`
+value is left out (`http://user:pw@host` -> `http://user@host`), a forwarded value holding a credential's value is
+not forwarded, and a job file holding a URL password (uploaded with the project) is refused. What is shown
+(`Submission.describe`, `--dry-run`'s values) is scrubbed (`rigpose.tracking.secrets.scrub`).
 
 Ray token auth (Ray 2.59+): with RAY_AUTH_MODE=token the client sends the token from RAY_AUTH_TOKEN,
 RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; the token itself is never printed, logged or put in the runtime env.
@@ -29,13 +33,14 @@ from urllib.parse import urlparse
 import yaml
 
 from rigpose.config import TrainJob, load_job
-from rigpose.tracking.secrets import SECRET_ENV
+from rigpose.tracking.secrets import SECRET_ENV, has_password, scrub, secret_values, strip_passwords
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = Path("jobs") / "runtime_env.yaml"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_EXPERIMENT_NAME")
-CREDENTIAL_ENV = tuple(k for k in SECRET_ENV if k.startswith(("AWS_", "MLFLOW_TRACKING_")))
+#: what --forward-credentials adds: the client-side secrets, and the MLflow user name that goes with its password
+CREDENTIAL_ENV = (*(k for k in SECRET_ENV if k.startswith(("AWS_", "MLFLOW_TRACKING_"))), "MLFLOW_TRACKING_USERNAME")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -50,11 +55,18 @@ class Submission:
     job: TrainJob
     notes: list[str] = field(default_factory=list)
 
-    def describe(self) -> str:
-        """The submission for the terminal: names of forwarded variables, never their values."""
-        names = ", ".join(sorted(self.runtime_env.get("env_vars", {}))) or "none"
-        return (f"submission id: {self.submission_id}\nentrypoint: {self.entrypoint}\n"
-                f"working_dir: {self.runtime_env['working_dir']}\nforwarded environment variables: {names}")
+    def describe(self, *, values: bool = False) -> str:
+        """The submission for the terminal, scrubbed: names of the forwarded variables, and with `values` one
+        `NAME=value` line each (URL passwords and credential values shown as `***`)."""
+        env = self.runtime_env.get("env_vars", {})
+        text = (f"submission id: {self.submission_id}\nentrypoint: {self.entrypoint}\n"
+                f"working_dir: {self.runtime_env['working_dir']}\n"
+                f"forwarded environment variables: {', '.join(sorted(env)) or 'none'}")
+        if values:
+            secrets = secret_values() + secret_values(env)
+            text += "".join(f"\n  {k}={scrub(v, secrets) if k not in SECRET_ENV else '***'}"
+                            for k, v in sorted(env.items()))
+        return scrub(text)
 
 
 def default_address() -> str:
@@ -129,25 +141,61 @@ def build_submission(job_file: Path, overrides: list[str] | None = None, *, addr
         raise ValueError(f"{job_file}: no such job file")
     job = load_job(job_file, overrides)
     root = project_root(job_file)
-    path_sets, notes = _path_overrides(job, local_cluster=is_local_address(address))
+    notes: list[str] = []
+    if has_password(job_file.read_text()):  # uploaded as it is, with the project folder
+        if not forward_credentials:
+            raise ValueError(f"{job_file}: holds a URL with a password, which would be uploaded to the cluster "
+                             "with the project folder: give the cluster its own credentials (e.g. "
+                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in its environment) and keep only "
+                             "user@host in the file, or pass --forward-credentials")
+        notes.append(f"{job_file.name} holds a URL password: uploaded with the project folder")
+    path_sets, path_notes = _path_overrides(job, local_cluster=is_local_address(address))
+    notes += path_notes
     all_sets = [*(overrides or []), *path_sets]
     job = load_job(job_file, all_sets)
     rel = job_file.resolve().relative_to(root)
+    sent_sets = all_sets
+    if not forward_credentials:
+        sent_sets = [strip_passwords(s) for s in all_sets]
+        notes += [f"--set {scrub(s)}: sent without the password ({t}); the cluster needs its own credentials, or "
+                  "pass --forward-credentials" for s, t in zip(all_sets, sent_sets, strict=True) if s != t]
     entrypoint = shlex.join(["python", "-m", "rigpose", "train", rel.as_posix(),
-                             *(a for s in all_sets for a in ("--set", s))])
+                             *(a for s in sent_sets for a in ("--set", s))])
     runtime_env = load_runtime_env(root)
     runtime_env["working_dir"] = str(root)
     if "py_modules" in runtime_env:  # Ray resolves local ones against the current directory, not working_dir
         runtime_env["py_modules"] = [str(root / m) if isinstance(m, str) and "://" not in m else m
                                      for m in runtime_env["py_modules"]]
-    names = FORWARDED_ENV + (CREDENTIAL_ENV if forward_credentials else ())
-    env_vars = {k: environ[k] for k in names if environ.get(k)}
+    env_vars, env_notes = forwarded_env(environ, forward_credentials=forward_credentials)
+    notes += env_notes
     if env_vars:
         runtime_env["env_vars"] = env_vars
     if forward_credentials:
         notes.append("credentials forwarded in the runtime env: readable by anyone who can list this cluster's jobs")
     sid = submission_id or f"rigpose-{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Submission(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=sid, job=job, notes=notes)
+
+
+def forwarded_env(environ: dict[str, str], *, forward_credentials: bool = False) -> tuple[dict[str, str], list[str]]:
+    """(the variables of `environ` sent in the runtime env, notes): the set ones of `FORWARDED_ENV`, with URL
+    passwords left out and those holding a credential's value left out; with `forward_credentials` also
+    `CREDENTIAL_ENV`, and every value as it is."""
+    names = FORWARDED_ENV + (CREDENTIAL_ENV if forward_credentials else ())
+    env_vars = {k: environ[k] for k in names if environ.get(k)}
+    if forward_credentials:
+        return env_vars, []
+    notes, secrets = [], secret_values(environ)
+    for k, v in list(env_vars.items()):
+        sent = strip_passwords(v)
+        if scrub(sent, secrets) != sent:
+            del env_vars[k]
+            notes.append(f"{k} not forwarded: it holds the value of a credential variable (pass "
+                         "--forward-credentials to send it)")
+        elif sent != v:
+            env_vars[k] = sent
+            notes.append(f"{k}: forwarded without the password of its URL ({sent}); the cluster needs its own "
+                         "credentials, or pass --forward-credentials")
+    return env_vars, notes
 
 
 def client(address: str) -> Any:

@@ -5,7 +5,9 @@ listing, decides), and only `MODEL_COLUMNS` of them, plus `joints_3d` in two cas
 3D-supervised baseline, and the validation split when its shards hold any labels (`split_has_3d`, from the Parquet
 footers), for validation metrics only. The 2D-supervised training split never reads it. Rows of rigs with
 different camera counts train together: every row is padded to the dataset's largest rig with a view mask
-(`rigpose.data.schema.observations_from_table`).
+(`rigpose.data.schema.observations_from_table`). `training_shards` lists a job's shards, refusing a split or rig
+it names that the dataset lacks; the trainer checks them against the manifest before Ray starts (`verify_shards`
+in `rigpose.data.validate`).
 
 Validation labels are optional per row: every validation batch then carries `joints_3d` [N, J, 3] (world metres,
 0 where unknown) and `joints_3d_ok` [N, J] (1 = labelled), so blocks with and without labels have the same
@@ -30,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rigpose.data.manifest import ShardInfo
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import EVAL_ONLY_COLUMNS, joints_3d_from_table, observations_from_table
 from rigpose.model.inputs import prepare_arrays
@@ -115,6 +118,29 @@ def check_rig_ids(ds: Dataset, rig_ids: list[str] | None) -> None:
     unknown = sorted(set(rig_ids) - set(ds.manifest.rigs))
     if unknown:
         raise ValueError(f"data.rig_ids: {ds.root} has no rig {unknown}; it has {sorted(ds.manifest.rigs)}")
+
+
+def training_shards(ds: Dataset, data: DataConfig) -> list[ShardInfo]:
+    """The shards a training job reads: its train and val splits (distinct, TrainJob checks) of the selected rigs.
+
+    First checks what the job names against the dataset: `ValueError` naming the key (`data.rig_ids`,
+    `data.train_split`, `data.val_split`) for a rig or split the dataset lacks, or a split with no shards of the
+    selected rigs; the cheap checks that would otherwise fail only once Ray has started.
+    """
+    check_rig_ids(ds, data.rig_ids)
+    have = sorted(ds.manifest.splits())
+    out: list[ShardInfo] = []
+    for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):
+        if split is None:
+            continue
+        if split not in have:
+            raise ValueError(f"{key}: split {split!r} is not in dataset {ds.root} (it has: {', '.join(have)})")
+        shards = ds.shards(splits=[split], rig_ids=data.rig_ids)
+        if not shards:
+            raise ValueError(f"{key}: split {split!r} of dataset {ds.root} has no shards of the rigs "
+                             f"data.rig_ids selects ({', '.join(data.rig_ids or [])})")
+        out += shards
+    return out
 
 
 def read_split(ds: Dataset, split: str, *, rig_ids: list[str] | None = None, with_3d: bool = False,

@@ -7,25 +7,43 @@ that no manifest lists are reported (left by a crashed writer; harmless to reade
 
 describe: rows per rig and split, views, missing-joint and missing-view rates, and per camera the median
 reprojection error of the robustly triangulated poses: a camera whose calibration is off stands out here.
+
+verify_shards: the part of validate that training runs before Ray starts, on the shards it will read: each shard
+against its manifest entry (`shard_problems`: present, size, Parquet footer schema and row count, and with
+`full` the sha256), refused with one line naming the first bad shard. `validate` uses the same check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from rigpose import geometry as g
+from rigpose.config import VERIFY_MODES, VerifyMode
 from rigpose.data.manifest import MANIFEST, DatasetError, ShardInfo
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import ARROW_SCHEMA, frames_from_table
 from rigpose.rig import RigError, validate_rig
+from rigpose.storage import protocol_url
+
+HASH_CHUNK = 8 << 20  # bytes read per sha256 update: a shard is hashed without holding it in memory
+VERIFY_THREADS = 8  # shards checked at once (object storage: latency-bound; local: hashing, GIL released)
+PROGRESS_BYTES = 2 << 30  # full verification of more than this shows progress (0.6-1.3 s a GB on 2 cores)
+PROGRESS_SHARDS = 1000  # footer verification of more shards than this shows progress
 
 
 @dataclass
@@ -77,29 +95,61 @@ def _check_values(table: pa.Table, *, where: str, num_joints: int) -> list[str]:
     return problems
 
 
+def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_problems(fs: fsspec.AbstractFileSystem, path: str, shard: ShardInfo, *, full: bool,
+                   data: bytes | None = None) -> list[str]:
+    """What is wrong with the shard file at `path` against its manifest entry `shard` (empty: nothing).
+
+    Always: present, size (`fs.info`), a readable Parquet footer with the schema-v1 Arrow schema and the listed
+    row count (the footer only, no data pages). With `full`: also the sha256 (reads the whole file). `data`: the
+    file's bytes when the caller already holds them (validate), used instead of reading it again.
+    Each problem is a phrase without the shard's name (the caller names it, as it prefers).
+    """
+    try:
+        size = len(data) if data is not None else fs.info(path)["size"]
+    except FileNotFoundError:
+        return ["listed in the manifest but missing"]
+    problems = []
+    if size != shard.bytes:
+        problems.append(f"{size} bytes, the manifest says {shard.bytes}")
+    if full:
+        digest = hashlib.sha256(data).hexdigest() if data is not None else _sha256(fs, path)
+        if digest != shard.sha256:
+            problems.append("sha256 does not match the manifest (corrupt or modified)")
+    try:
+        meta = (pq.read_metadata(pa.BufferReader(data)) if data is not None
+                else pq.read_metadata(path, filesystem=fs))
+        schema = meta.schema.to_arrow_schema()
+    except (pa.ArrowInvalid, OSError) as e:
+        return [*problems, f"unreadable Parquet ({' '.join(str(e).split())})"]
+    if not schema.equals(ARROW_SCHEMA, check_metadata=False):
+        return [*problems, "Arrow schema differs from schema v1"]
+    if meta.num_rows != shard.rows:
+        problems.append(f"{meta.num_rows} rows, the manifest says {shard.rows}")
+    return problems
+
+
 def _check_shard(ds: Dataset, shard: ShardInfo, report: ValidationReport) -> None:
+    """`shard_problems` with the sha256, then (for a shard that matches its entry) partition keys and values."""
     path = posixpath.join(ds.path, shard.path)
     where = shard.path
-    if not ds.fs.exists(path):
-        report.problems.append(f"{where}: listed in the manifest but missing")
-        return
-    with ds.fs.open(path, "rb") as f:
-        data = f.read()
-    if len(data) != shard.bytes:
-        report.problems.append(f"{where}: {len(data)} bytes, the manifest says {shard.bytes}")
-    if hashlib.sha256(data).hexdigest() != shard.sha256:
-        report.problems.append(f"{where}: sha256 does not match the manifest (corrupt or modified)")
-        return
     try:
-        table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as e:
-        report.problems.append(f"{where}: unreadable Parquet ({e})")
+        with ds.fs.open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        data = None
+    problems = shard_problems(ds.fs, path, shard, full=True, data=data)  # data None: missing, said so
+    report.problems.extend(f"{where}: {p}" for p in problems)
+    if problems:
         return
-    if not table.schema.equals(ARROW_SCHEMA, check_metadata=False):
-        report.problems.append(f"{where}: Arrow schema differs from schema v1")
-        return
-    if table.num_rows != shard.rows:
-        report.problems.append(f"{where}: {table.num_rows} rows, the manifest says {shard.rows}")
+    table = pq.read_table(pa.BufferReader(data))
     for col, want in (("rig_id", shard.rig_id), ("split", shard.split)):
         values = set(table.column(col).unique().to_pylist())
         if values != {want}:
@@ -129,6 +179,69 @@ def validate_dataset(url: str) -> ValidationReport:
         if path not in listed:
             report.notes.append(f"{posixpath.relpath(path, ds.path)}: not in {MANIFEST} (ignored by readers)")
     return report
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+
+def verify_is_full(mode: VerifyMode, fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `data.verify` = `mode` hashes every shard: "full", or "auto" on a local filesystem (reading a
+    local file costs little more than its footer; on object storage it is a second download of the dataset)."""
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"data.verify: {mode!r} is not one of {', '.join(VERIFY_MODES)}")
+    return mode == "full" or (mode == "auto" and isinstance(fs, LocalFileSystem))
+
+
+def verify_shards(ds: Dataset, shards: list[ShardInfo], *, mode: VerifyMode = "auto") -> None:
+    """Check `shards` of `ds` against the manifest (`shard_problems`; the sha256 when `verify_is_full`).
+
+    Raises `DatasetError`, one line: the first bad shard in manifest order (its URL), what is wrong with it, and
+    the command that lists every problem. Quiet unless the work is long (more than `PROGRESS_BYTES` to hash or
+    `PROGRESS_SHARDS` footers to read): then a progress line on a terminal, a start and an end line otherwise.
+    """
+    full = verify_is_full(mode, ds.fs)
+
+    def check(shard: ShardInfo) -> list[str]:
+        return shard_problems(ds.fs, posixpath.join(ds.path, shard.path), shard, full=full)
+
+    total = sum(s.bytes for s in shards) if full else len(shards)
+    show = total > (PROGRESS_BYTES if full else PROGRESS_SHARDS)
+    what = (f"{len(shards)} shards ({sum(s.bytes for s in shards) / 1e9:.1f} GB) against the manifest of "
+            f"{ds.root}" + (" (sha256; data.verify: footer skips it)" if full else " (footers)"))
+    with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool, _progress(what, total, show=show) as advance:
+        for shard, problems in zip(shards, pool.map(check, shards), strict=True):
+            if problems:
+                pool.shutdown(wait=False, cancel_futures=True)
+                url = protocol_url(ds.fs, posixpath.join(ds.path, shard.path))
+                raise DatasetError(f"shard {url}: {'; '.join(problems)} (`rigpose datasets validate {ds.root}` "
+                                   "checks every shard)")
+            advance(shard.bytes if full else 1)
+
+
+@contextmanager
+def _progress(what: str, total: float, *, show: bool) -> Iterator[Callable[[float], None]]:
+    """An `advance(amount)` function; with `show`, progress towards `total` printed as `[rigpose] verifying ...`."""
+    done, t0, last = 0.0, time.monotonic(), 0.0
+    tty = sys.stdout.isatty()
+
+    def advance(amount: float) -> None:
+        nonlocal done, last
+        done += amount
+        now = time.monotonic()
+        if show and tty and (now - last > 0.5 or done >= total):
+            last = now
+            print(f"\r[rigpose] verifying {what}: {100 * done / max(total, 1):.0f}%", end="", flush=True)
+
+    if show:
+        print(f"[rigpose] verifying {what}" + ("" if tty else " ..."), end="" if tty else "\n", flush=True)
+    try:
+        yield advance
+    except BaseException:
+        if show and tty:
+            print(flush=True)  # end the progress line before the error
+        raise
+    if show:
+        print(("\n" if tty else "") + f"[rigpose] verified in {time.monotonic() - t0:.1f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- describe

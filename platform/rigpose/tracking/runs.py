@@ -5,10 +5,13 @@
 - `RunLogger`: params, tags, metrics and artifacts of one MLflow run. The run is created once per training run and
   its id kept in the run folder (`mlflow.json`), so retries and resumes log into the same run. Every call is a
   quick attempt (no HTTP retries, short timeout); when the tracking server is unreachable the logger warns once,
-  queues what it could not send (bounded) and sends it on a later call once the server is back. Training never
-  fails because of tracking; registration (rigpose.tracking.registry) is the one step that must succeed.
-- `scrub(...)`: credentials never reach params, tags, artifacts or logs: values of the credential environment
-  variables are replaced by `***`, and so is the password part of URLs (`scheme://user:pass@host`).
+  queues what it could not send (bounded) and sends it on a later call once the server is back. The outage is
+  recorded in the run's `RunSpec`, so rank 0's logger (given the driver's spec) does not warn about it again.
+  Training never fails because of tracking; registration (rigpose.tracking.registry) is the one step that must
+  succeed.
+- `scrub(...)` (rigpose.tracking.secrets): credentials never reach params, tags, artifacts or logs: values of the
+  credential environment variables are replaced by `***`, and so is the password part of URLs
+  (`scheme://user:pass@host`). The real URI stays in memory (`TrackingTarget.uri`): MLflow needs it.
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ def mlflow_uri(uri: str | None, registry_uri: str | None = None) -> Iterator[Non
 
     `mlflow.set_tracking_uri` is process-global and also exports $MLFLOW_TRACKING_URI: without restoring both, a
     later run in the same process (or a subprocess) would silently log to this URI. `uri=None` changes nothing.
-    The registry URI is `registry_uri`, else `uri`.
+    The registry URI is `registry_uri`, else `uri`. A URI holding a credential also keeps MLflow from printing it
+    ("View run ... at: <uri>/#/...", when a fluent run ends).
     """
     if uri is None:
         yield
@@ -118,7 +122,10 @@ def mlflow_uri(uri: str | None, registry_uri: str | None = None) -> Iterator[Non
     import mlflow.tracking._tracking_service.utils as tracking_utils
 
     saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    env = {k: os.environ.get(k) for k in keys}
+    if scrub(uri) != uri or scrub(registry_uri or "") != (registry_uri or ""):
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry_uri or uri)
     try:
@@ -186,6 +193,9 @@ class RunSpec:
     run_dir: str
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    #: when the server was found unreachable (time.time()), None while it answers: set by the logger that warned,
+    #: so a logger made later from this spec (rank 0, from the driver's) does not warn about the same outage again
+    down_since: float | None = None
 
 
 def read_run_id(run_dir: str, target: TrackingTarget) -> str | None:
@@ -212,7 +222,7 @@ class RunLogger:
         self._pending_tags: dict[str, str] = {}
         self._pending_artifacts: dict[str, bytes] = {}
         self._params_done = False
-        self._down_since: float | None = None
+        self._down_since: float | None = spec.down_since  # an outage another logger of this run already told
         self.dropped = 0
         self._secrets = secret_values()
 
@@ -266,7 +276,7 @@ class RunLogger:
                 self._send()
         except Exception as e:  # unreachable server, HTTP errors, sqlite locked: keep training, keep the queue
             if self._down_since is None:
-                self._down_since = time.time()
+                self._down_since = self.spec.down_since = time.time()
                 self.warn(f"MLflow tracking at {scrub(self.spec.target.uri)} failed ({type(e).__name__}: "
                           f"{scrub(first_line(e), self._secrets)}); training goes on, metrics are queued and sent "
                           "when it is back")
@@ -274,7 +284,7 @@ class RunLogger:
         if self._down_since is not None:
             self.warn(f"MLflow tracking is back after {time.time() - self._down_since:.0f} s: queued metrics sent"
                       + (f" ({self.dropped} oldest dropped)" if self.dropped else ""))
-            self._down_since = None
+            self._down_since = self.spec.down_since = None
         return True
 
     def flush_with_retries(self, attempts: int = 4, first_delay_s: float = 1.0) -> bool:

@@ -32,8 +32,8 @@ from rigpose.tracking.runs import (
 
 
 def say(message: str) -> None:
-    """One `[rigpose]` line on stdout."""
-    sys.stdout.write(f"[rigpose] {message}\n")
+    """One `[rigpose]` line on stdout, scrubbed (`rigpose.tracking.secrets.scrub`)."""
+    sys.stdout.write(f"[rigpose] {scrub(message)}\n")
     sys.stdout.flush()
 
 

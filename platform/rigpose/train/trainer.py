@@ -21,16 +21,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import posixpath
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from rigpose.cluster.connect import init_ray, session_logs_dir, verbose
 from rigpose.config import TrainJob
-from rigpose.data.pipeline import build_datasets, check_rig_ids
+from rigpose.data.manifest import ShardInfo
+from rigpose.data.pipeline import build_datasets, training_shards
 from rigpose.data.reader import Dataset
+from rigpose.data.validate import verify_shards
 from rigpose.model.checkpoint import MODEL_FILE, save_lifter
-from rigpose.storage import url_to_fs, write_bytes_atomic
+from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
 from rigpose.train.progress import TrainingProgress
 from rigpose.train.worker import STATE_FILE, build_lifter, load_state, train_func
 
@@ -54,10 +58,14 @@ def storage_root(output_dir: str) -> str:
 
 
 def _run_record(job: TrainJob, sha: str) -> dict[str, Any]:
+    """What run.json records, scrubbed (rigpose.tracking.secrets) as it is written: the resume check compares a
+    new record with the stored one, so both are scrubbed alike."""
+    from rigpose.tracking.secrets import scrub_obj
+
     rig_ids = sorted(job.data.rig_ids) if job.data.rig_ids else None  # the selection, not its order, matters
-    return {"dataset": job.data.url, "manifest_sha256": sha, "rig_ids": rig_ids,
-            "supervision": job.supervision, "job": job.model_dump(),
-            "model": job.model.model_dump(include={"width", "num_blocks", "output"})}  # what the weights' shapes need
+    return scrub_obj({"dataset": job.data.url, "manifest_sha256": sha, "rig_ids": rig_ids,
+                      "supervision": job.supervision, "job": job.model_dump(),
+                      "model": job.model.model_dump(include={"width", "num_blocks", "output"})})  # weights' shapes
 
 
 def _check_resumable(run_dir: str, record: dict[str, Any]) -> bool:
@@ -82,14 +90,17 @@ def _check_resumable(run_dir: str, record: dict[str, Any]) -> bool:
 
 
 def _write_json(run_dir: str, name: str, obj: Any) -> None:
+    """`obj` as `<run_dir>/<name>`, scrubbed: no URL password or credential value reaches a run folder."""
+    from rigpose.tracking.secrets import scrub_obj
+
     fs, path = url_to_fs(run_dir)
-    write_bytes_atomic(fs, f"{path}/{name}", json.dumps(obj, indent=1).encode())
+    write_bytes_atomic(fs, f"{path}/{name}", json.dumps(scrub_obj(obj), indent=1).encode())
 
 
 def train(job: TrainJob) -> dict[str, Any]:
     """Run (or resume) a training job; returns {"run_dir", "model", "history", "checkpoint", "resumed",
     "tracking"} (tracking: `rigpose.train.publish.publish`'s result, or None when tracking is off)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t_start = time.time()
@@ -97,7 +108,8 @@ def train(job: TrainJob) -> dict[str, Any]:
 
     print(f"[rigpose] code: {Path(rigpose.__file__).parent} (rigpose {rigpose.__version__})", flush=True)
     ds = Dataset(job.data.url)
-    check_rig_ids(ds, job.data.rig_ids)
+    shards = training_shards(ds, job.data)  # ValueError naming data.train_split / val_split / rig_ids
+    verify_shards(ds, shards, mode=job.data.verify)  # DatasetError naming the first bad shard: all before Ray
     sha = manifest_sha256(ds)
     storage = storage_root(job.run.output_dir)
     run_dir = f"{storage}/{job.run.name}"
@@ -113,8 +125,13 @@ def train(job: TrainJob) -> dict[str, Any]:
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
-    datasets = build_datasets(job.data, ds, with_3d=job.supervision == "3d", seed=job.optim.seed,
-                              with_pseudo=job.supervision == "2d" and job.loss.pseudo_3d > 0)
+    try:  # with data.cache the shards are read here (materialize), else in fit()
+        datasets = build_datasets(job.data, ds, with_3d=job.supervision == "3d", seed=job.optim.seed,
+                                  with_pseudo=job.supervision == "2d" and job.loss.pseudo_3d > 0)
+    except Exception as e:
+        if (message := _read_failure(e, ds, shards)) is None:
+            raise
+        raise RuntimeError(message) from e
     metric = "val/reprojection_px" if "val" in datasets else "train/loss"
     resources = {"CPU": job.scaling.cpus_per_worker, **job.scaling.custom_resources}
     if job.scaling.use_gpu:
@@ -138,11 +155,12 @@ def train(job: TrainJob) -> dict[str, Any]:
         with (contextlib.nullcontext() if verbose() else
               TrainingProgress(epochs=job.optim.epochs, steps_per_epoch=_steps_per_epoch(job, ds))):
             result = trainer.fit()
-    except Exception as e:  # Ray's TrainingFailedError wraps the workers' error: keep its last line
-        if type(e).__name__ != "TrainingFailedError":
-            raise
+    except TrainingFailedError as e:  # wraps the workers' errors (WorkerGroupError): one line of them
+        if (message := _read_failure(e, ds, shards)) is not None:
+            raise RuntimeError(f"{message} (run folder {run_dir})") from e
         raise RuntimeError(f"training failed after {job.run.max_failures} allowed worker failure(s): "
-                           f"{_last_line(e)} (Ray logs: {session_logs_dir()}; run folder {run_dir})") from e
+                           f"{_cause_line(_error_text(e))} (Ray logs: {session_logs_dir()}; run folder "
+                           f"{run_dir})") from e
     out = _finish(job, result, run_dir, ds.skeleton.name)
     out["resumed"] = resumed
     out["tracking"] = None
@@ -164,9 +182,49 @@ def _steps_per_epoch(job: TrainJob, ds: Dataset) -> int | None:
     return max(rows // (job.data.batch_size * job.scaling.num_workers), 1) if rows else None
 
 
-def _last_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
+# What Ray Data and pyarrow say when a Parquet file cannot be read (Ray Data names the file in the first one);
+# Parquet-specific, so that a worker's other failures (a checkpoint write, a bug) keep their own message.
+_READ_ERRORS = ("Failed to read fragment", "Parquet magic bytes", "is not a parquet file", "Parquet file size is",
+                "Couldn't deserialize thrift", "Corrupt snappy", "Unexpected end of stream")
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Invalid)(?:\([\w.]+\))?: \S")
+
+
+def _error_text(e: BaseException) -> str:
+    """All the text of `e`: its message, its causes' and, for Ray Train's WorkerGroupError, each worker's."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        c = stack.pop()
+        if c is None or id(c) in seen:
+            continue
+        seen.add(id(c))
+        parts.append(f"{type(c).__name__}: {c}")
+        stack += [c.__cause__, c.__context__, *getattr(c, "worker_failures", {}).values()]
+    return "\n".join(parts)
+
+
+def _cause_line(text: str) -> str:
+    """The last `SomeError: message` line of an error text (Ray's end with retry advice), else its last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    causes = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    return (causes or lines or ["unknown error"])[-1].rstrip(".")
+
+
+def _read_failure(e: BaseException, ds: Dataset, shards: list[ShardInfo]) -> str | None:
+    """One line for an error that reading the dataset's shards caused inside Ray (they were verified before Ray
+    started, so one changed since, or storage failed): the shard when the error names one, else the dataset;
+    None when `e` is not a read error."""
+    text = _error_text(e)
+    hint = f"check the dataset with `rigpose datasets validate {ds.root}`"
+    for shard in shards:
+        path = posixpath.join(ds.path, shard.path)
+        if path in text:  # Ray's text has the local path, or s3's bucket/key without the scheme
+            return (f"reading shard {protocol_url(ds.fs, path)} failed in Ray: {_cause_line(text)}; it passed the "
+                    f"check before Ray started, so it changed since or storage failed; {hint}")
+    if any(mark in text for mark in _READ_ERRORS):
+        return f"reading the dataset {ds.root} failed in Ray: {_cause_line(text)}; {hint}"
+    return None
 
 
 def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str) -> dict[str, Any]:
@@ -179,9 +237,11 @@ def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str) -> dic
     skeleton = get_skeleton(skeleton_name)
     model = build_lifter(job, skeleton)
     model.load_state_dict(state["model"])
-    meta = {"supervision": job.supervision, "dataset": job.data.url, "manifest_sha256": state["manifest_sha256"],
-            "epochs": state["epoch"] + 1, "steps": state["step"], "run_name": job.run.name,
-            "world_size": state.get("world_size", 1)}
+    from rigpose.tracking.secrets import scrub_obj
+
+    meta = scrub_obj({"supervision": job.supervision, "dataset": job.data.url,
+                      "manifest_sha256": state["manifest_sha256"], "epochs": state["epoch"] + 1,
+                      "steps": state["step"], "run_name": job.run.name, "world_size": state.get("world_size", 1)})
     save_lifter(f"{run_dir}/{MODEL_FILE}", model, skeleton, meta=meta)
     _write_json(run_dir, "history.json", state["history"])
     _write_json(run_dir, "job.json", job.model_dump())

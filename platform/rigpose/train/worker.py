@@ -13,7 +13,8 @@ Tracking (rank 0 only): with `config["tracking"]` (a `rigpose.tracking.runs.RunS
 MLflow run of this training run (`RunLogger`: never fails training, queues while the server is down).
 
 Checkpoint = a folder holding `STATE_FILE`: a torch.save dict {model, optimizer, scheduler, epoch (0-based, last
-finished), step, history (per-epoch metrics), job (the job config), skeleton, manifest_sha256, world_size}.
+finished), step, history (per-epoch metrics), job (the job config, scrubbed: `rigpose.tracking.secrets`), skeleton,
+manifest_sha256, world_size}. The real config (its tracking URI with a password, if any) stays in memory.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rigpose.cluster.connect import verbose
 from rigpose.config import TrainJob
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton, get_skeleton
+from rigpose.tracking.secrets import scrub, scrub_obj
 from rigpose.train.loop import Batch, EpochResult, fit
 from rigpose.train.progress import progress_line
 
@@ -58,7 +60,7 @@ def say(message: str) -> None:
 
     Not `print`: Ray Train patches print in workers to write both to stdout and to its logger (every line twice).
     """
-    sys.stdout.write(f"[rigpose] {message}\n")
+    sys.stdout.write(f"[rigpose] {scrub(message)}\n")
     sys.stdout.flush()
 
 
@@ -104,6 +106,7 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     job = TrainJob.model_validate(config["job"])
+    saved_job = scrub_obj(config["job"])  # what checkpoints hold: files, readable by whoever reads the run folder
     skeleton = get_skeleton(config["skeleton"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -165,7 +168,7 @@ def train_func(config: dict[str, Any]) -> None:
             if rank == 0:
                 torch.save({"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": result.epoch, "step": global_step,
-                            "history": history, "job": config["job"], "skeleton": skeleton.name,
+                            "history": history, "job": saved_job, "skeleton": skeleton.name,
                             "manifest_sha256": config["manifest_sha256"], "world_size": world}, Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 print_epoch(metrics, job.optim.epochs)
