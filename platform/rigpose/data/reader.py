@@ -105,8 +105,9 @@ class Dataset:
 
 
 def iter_frames(ds: Dataset, *, split: str, batch_size: int, max_rows: int | None = None,
-                with_3d: bool = False) -> Iterator[Frames]:
-    """Blocks of at most `batch_size` rows of `split`, one shard in memory at a time, at most `max_rows` in all.
+                with_3d: bool = False, rig_ids: Iterable[str] | None = None) -> Iterator[Frames]:
+    """Blocks of at most `batch_size` rows of `split` (of the rigs `rig_ids`, default all), one shard in memory at
+    a time, at most `max_rows` in all.
 
     `with_3d=False` never reads the `joints_3d` column (prediction); evaluation asks for it for metrics only.
     """
@@ -116,7 +117,7 @@ def iter_frames(ds: Dataset, *, split: str, batch_size: int, max_rows: int | Non
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     columns = None if with_3d else [f.name for f in ARROW_SCHEMA if f.name != "joints_3d"]
     left = max_rows if max_rows is not None else float("inf")
-    for _, table in ds.iter_tables(columns=columns, splits=split):
+    for _, table in ds.iter_tables(columns=columns, splits=split, rig_ids=rig_ids):
         frames = frames_from_table(table, num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
                                    with_3d=with_3d)
         for i in range(0, len(frames), batch_size):

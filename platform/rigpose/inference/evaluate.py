@@ -16,10 +16,10 @@ With adaptation (`MultiViewConfig.steps_to_adapt` > 0) the lifter is fine-tuned 
 multi-view 2D (test-time adaptation) before lifting; for the multi-view held-out metric it is adapted again
 without the held-out view.
 
-JSON layout: {"model", "data", "split", "skeleton", "num_frames", "has_3d", "modes", "multi_mode" (the method),
-"adapt_steps" (as run), "multi_view" (the rigpose.config.MultiViewConfig settings, null ones left out), "single":
-{"overall": {metric: value}, "per_camera": {"<rig_id>/<camera>": {metric: value}}}, "multi": {"<multi_mode>" |
-"dlt" | "robust": {"overall": {...}, "per_camera": {...}}}}; a metric with nothing to
+JSON layout: {"model", "data", "split", "rig_ids" (null: all), "skeleton", "num_frames", "has_3d", "modes",
+"multi_mode" (the method), "adapt_steps" (as run), "multi_view" (the rigpose.config.MultiViewConfig settings, null
+ones left out), "single": {"overall": {metric: value}, "per_camera": {"<rig_id>/<camera>": {metric: value}}},
+"multi": {"<multi_mode>" | "dlt" | "robust": {"overall": {...}, "per_camera": {...}}}}; a metric with nothing to
 average is null; `num_poses` and `num_heldout` count what was averaged. Shape letters: B frames, V views, J joints.
 """
 
@@ -192,13 +192,14 @@ def _clean(x: Any) -> Any:
 def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ...] = MODES,
              multi_view: MultiViewConfig | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
              max_rows: int | None = None, json_path: str | None = None, device: str = "cpu",
-             multi_heldout: bool = True) -> dict[str, Any]:
+             multi_heldout: bool = True, rig_ids: list[str] | None = None) -> dict[str, Any]:
     """Evaluate the lifter at `model_path` on `split` of the dataset at `data_url`; see the module docstring.
 
     modes: any of "single", "multi"; multi_view: the lifter's multi-view answer (default `MultiViewConfig()`; DLT
     and robust triangulation are always reported beside it); its test-time adaptation
     (`MultiViewConfig.steps_to_adapt`) runs per batch, and the adapted lifter serves every lift, single-view too;
-    max_rows: evaluate only the first rows; json_path: also write the result there;
+    max_rows: evaluate only the first rows; rig_ids: only the rows of these rigs; json_path: also write the
+    result there;
     multi_heldout=False skips the multi-view held-out-view metric (it re-runs every method once per view).
     """
     modes = tuple(modes)
@@ -206,10 +207,13 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
         raise ValueError(f"modes must be a non-empty subset of {MODES}, got {modes!r}")
     multi_view = multi_view or MultiViewConfig()
     model, skeleton, ds = open_inputs(model_path, data_url, split=split)
+    if rig_ids is not None and (unknown := sorted(set(rig_ids) - set(ds.manifest.rigs))):
+        raise ValueError(f"{data_url}: no rig {unknown}; has {sorted(ds.manifest.rigs)}")
     model.to(device)
     acc = _Means()
     num_frames, has_3d = 0, False
-    for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows, with_3d=True):
+    for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows, with_3d=True,
+                              rig_ids=rig_ids):
         if frames.joints_3d is not None and not np.isfinite(frames.joints_3d).all(-1).any():
             frames = dataclasses.replace(frames, joints_3d=None)  # rows without labels: label-free metrics only
         has_3d |= frames.joints_3d is not None
@@ -223,8 +227,9 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
         num_frames += len(frames)
     sections = acc.result()
     result: dict[str, Any] = {
-        "model": str(model_path), "data": str(data_url), "split": split, "skeleton": skeleton.name,
-        "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes), "multi_mode": multi_view.method,
+        "model": str(model_path), "data": str(data_url), "split": split, "rig_ids": rig_ids,
+        "skeleton": skeleton.name, "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes),
+        "multi_mode": multi_view.method,
         "adapt_steps": multi_view.steps_to_adapt(), "multi_view": multi_view.model_dump(exclude_none=True),
     }
     if "single" in modes:

@@ -4,11 +4,19 @@ The figure is `rigpose.metrics.heldout_view_px` (via `rigpose evaluate`'s single
 training validation reports as val/reprojection_px. What a gate measured is stored on the candidate's model version
 as tags `rigpose.gate.*` (its figure, the data, split and rows, the champion version and figure it was compared
 against, the outcome), so a promotion can be checked later.
+
+Per rig (for retraining on new rigs): `rig_scores` measures a model on every rig's validation rows alone, and
+`decide` applies the retraining rule to the champion's and the candidate's tables: each rig the new data touched
+must improve by at least `margin` (relative; for a new rig, against the champion's zero-shot error there), and no
+other rig may get worse by more than `tolerance`. MPJPE is in the table where rows carry `joints_3d`, reported and
+never required.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from rigpose.tracking.registry import CHAMPION, client_for, download_lifter_file, promote
 
@@ -64,3 +72,120 @@ def champion_gate(name: str, candidate_version: str, *, data_url: str, split: st
         promote(name, candidate_version, alias, uri=uri)
     return GateResult(candidate_version=str(candidate_version), champion_version=champion, candidate_px=cand_px,
                       champion_px=champ_px, promoted=promoted)
+
+
+@dataclass(frozen=True)
+class RigScore:
+    """A model on one rig's rows of a split: the label-free held-out-view error and, where labelled, MPJPE."""
+
+    heldout_px: float
+    mpjpe_mm: float | None
+    frames: int
+
+
+def rig_scores(model_path: str, data_url: str, *, split: str, rig_ids: list[str],
+               max_rows: int | None = 5000) -> dict[str, RigScore]:
+    """`model_path` evaluated single-view on each rig's rows of `split` alone (at most `max_rows` per rig); rigs
+    without rows there, or without a finite held-out-view error, are left out."""
+    from rigpose.data.reader import Dataset
+    from rigpose.inference.evaluate import evaluate
+
+    ds = Dataset(data_url)
+    out: dict[str, RigScore] = {}
+    if split not in ds.manifest.splits():
+        return out
+    for rig in rig_ids:
+        if not ds.shards(splits=[split], rig_ids=[rig]):
+            continue
+        report = evaluate(model_path, data_url, split=split, modes=("single",), max_rows=max_rows, rig_ids=[rig])
+        overall = report["single"]["overall"]
+        px = overall.get("heldout_px")
+        if px is None or not math.isfinite(px):
+            continue
+        out[rig] = RigScore(heldout_px=float(px), mpjpe_mm=overall.get("mpjpe_mm"), frames=int(report["num_frames"]))
+    return out
+
+
+@dataclass(frozen=True)
+class RigVerdict:
+    """One row of a gate's table."""
+
+    rig_id: str
+    target: bool  # the new data touched this rig: it must improve by the margin
+    champion: RigScore | None  # for a new rig: the champion's zero-shot error
+    candidate: RigScore | None
+    change: float | None  # candidate / champion - 1 (held-out-view px); negative = better
+    ok: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A gate's outcome: promote or not, the reason in one line, and the per-rig table."""
+
+    promote: bool
+    reason: str
+    rows: tuple[RigVerdict, ...]
+    margin: float
+    tolerance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> list[str]:
+        """The per-rig table as lines for the terminal."""
+        def fmt(s: RigScore | None) -> str:
+            if s is None:
+                return "-"
+            return f"{s.heldout_px:.2f} px" + (f" / {s.mpjpe_mm:.1f} mm" if s.mpjpe_mm is not None else "")
+
+        lines = [f"{'rig':<16} {'role':<9} {'champion':>20} {'candidate':>20} {'change':>8}  verdict"]
+        for r in self.rows:
+            change = f"{100 * r.change:+.1f}%" if r.change is not None else "-"
+            lines.append(f"{r.rig_id:<16} {'new data' if r.target else 'existing':<9} {fmt(r.champion):>20} "
+                         f"{fmt(r.candidate):>20} {change:>8}  {r.why}")
+        return lines
+
+
+def decide(candidate: dict[str, RigScore], champion: dict[str, RigScore] | None, *, targets: set[str],
+           rig_ids: list[str], margin: float, tolerance: float) -> Decision:
+    """The retraining rule over `rig_ids`: promote when there is no champion, or when every rig in `targets` (new
+    rigs, rigs with new data) improves by at least `margin` (candidate <= champion x (1 - margin)) and no other rig
+    gets worse by more than `tolerance` (candidate <= champion x (1 + tolerance)). A target rig the candidate
+    cannot be measured on refuses; other rigs without a figure are reported and skipped."""
+    if not 0 <= margin < 1 or tolerance < 0:
+        raise ValueError(f"margin must be in [0, 1) and tolerance >= 0, got {margin} and {tolerance}")
+    if unknown := sorted(targets - set(rig_ids)):
+        raise ValueError(f"targets {unknown} are not among the rigs compared {rig_ids}")
+    rows, failures = [], []
+    for rig in rig_ids:
+        cand, champ = candidate.get(rig), (champion or {}).get(rig)
+        target = rig in targets
+        change = cand.heldout_px / champ.heldout_px - 1 if cand and champ and champ.heldout_px > 0 else None
+        if champion is None:
+            ok, why = True, "no champion to compare"
+        elif cand is None:
+            ok, why = not target, "no validation rows: cannot judge" if target else "no validation rows (skipped)"
+        elif champ is None:
+            ok, why = True, "the champion has no figure here (skipped)"
+        elif target:
+            ok = change is not None and change <= -margin
+            why = (f"improved by {-100 * change:.1f}% (>= {100 * margin:.1f}%)" if ok else
+                   f"improved by {-100 * (change or 0):.1f}%, needs {100 * margin:.1f}%")
+        else:
+            ok = change is not None and change <= tolerance
+            why = (f"within tolerance ({100 * tolerance:.1f}%)" if ok else
+                   f"worse by {100 * (change or 0):.1f}%, more than the tolerance {100 * tolerance:.1f}%")
+        rows.append(RigVerdict(rig_id=rig, target=target, champion=champ, candidate=cand, change=change, ok=ok,
+                               why=why))
+        if not ok:
+            failures.append(f"{rig}: {why}")
+    if champion is None:
+        reason = "no champion yet: the candidate becomes the champion"
+    elif failures:
+        reason = "kept the champion: " + "; ".join(failures)
+    else:
+        reason = ("promoted: " + ", ".join(f"{r.rig_id} {100 * r.change:+.1f}%" for r in rows
+                                           if r.target and r.change is not None)
+                  + f"; no other rig worse by more than {100 * tolerance:.1f}%")
+    return Decision(promote=not failures, reason=reason, rows=tuple(rows), margin=margin, tolerance=tolerance)
