@@ -16,7 +16,7 @@ With adaptation (`MultiViewConfig.steps_to_adapt` > 0) the lifter is fine-tuned 
 multi-view 2D (test-time adaptation) before lifting; for the multi-view held-out metric it is adapted again
 without the held-out view.
 
-JSON layout: {"model", "data", "split", "rig_ids" (null: all), "skeleton", "num_frames", "has_3d", "modes",
+JSON layout: {"model", "data", "split", "rig_ids" (when given), "skeleton", "num_frames", "has_3d", "modes",
 "multi_mode" (the method), "adapt_steps" (as run), "multi_view" (the rigpose.config.MultiViewConfig settings, null
 ones left out), "single": {"overall": {metric: value}, "per_camera": {"<rig_id>/<camera>": {metric: value}}},
 "multi": {"<multi_mode>" | "dlt" | "robust": {"overall": {...}, "per_camera": {...}}}}; a metric with nothing to
@@ -227,8 +227,8 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
         num_frames += len(frames)
     sections = acc.result()
     result: dict[str, Any] = {
-        "model": str(model_path), "data": str(data_url), "split": split, "rig_ids": rig_ids,
-        "skeleton": skeleton.name, "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes),
+        "model": str(model_path), "data": str(data_url), "split": split,
+        **({"rig_ids": list(rig_ids)} if rig_ids is not None else {}), "skeleton": skeleton.name, "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes),
         "multi_mode": multi_view.method,
         "adapt_steps": multi_view.steps_to_adapt(), "multi_view": multi_view.model_dump(exclude_none=True),
     }
