@@ -228,8 +228,8 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
     sections = acc.result()
     result: dict[str, Any] = {
         "model": str(model_path), "data": str(data_url), "split": split,
-        **({"rig_ids": list(rig_ids)} if rig_ids is not None else {}), "skeleton": skeleton.name, "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes),
-        "multi_mode": multi_view.method,
+        **({"rig_ids": list(rig_ids)} if rig_ids is not None else {}), "skeleton": skeleton.name,
+        "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes), "multi_mode": multi_view.method,
         "adapt_steps": multi_view.steps_to_adapt(), "multi_view": multi_view.model_dump(exclude_none=True),
     }
     if "single" in modes:
