@@ -329,6 +329,26 @@ def test_register_alias_list_promote_and_load_by_alias(tiny: Dataset, tmp_path: 
     assert isinstance(mlflow.pyfunc.load_model("models:/lifter/2").predict(example), pd.DataFrame)
 
 
+def test_the_training_manifest_of_the_champion_is_found_through_its_alias(tiny: Dataset, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What retraining compares new data against (rigpose.retrain.detect.training_manifest)."""
+    from mlflow.tracking import MlflowClient
+
+    from rigpose.retrain.detect import TRAINING_MANIFEST, diff_manifests, training_manifest
+
+    target, example = _sqlite_registry(tiny, tmp_path, monkeypatch)
+    assert training_manifest("lineage", uri=target.uri) == (None, None)  # no model yet: everything is new
+    run_id = _registered_run(target, tmp_path, "lineage-run")
+    MlflowClient(target.uri).log_text(run_id, tiny.manifest.to_json(), TRAINING_MANIFEST)
+    reg = register(target, run_id=run_id, model_file=_model_file(tiny, tmp_path / "m.pt", 0), example=example,
+                   name="lineage", tags={}, warn=lambda s: None)
+    assert training_manifest("lineage", uri=target.uri) == (None, None)  # a candidate only: no champion
+    promote("lineage", reg.version, "champion", uri=target.uri)
+    version, manifest = training_manifest("lineage", uri=target.uri)
+    assert version == reg.version and manifest.to_json() == tiny.manifest.to_json()
+    assert not any(c.changed for c in diff_manifests(manifest, tiny.manifest))
+
+
 def test_a_first_registration_prints_nothing_of_mlflow_s(tiny: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capfd: pytest.CaptureFixture[str]) -> None:
     target, example = _sqlite_registry(tiny, tmp_path, monkeypatch)

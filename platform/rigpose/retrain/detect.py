@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from rigpose.data.manifest import Manifest
 
+#: the artifact of a training run that holds the manifest it trained on (rigpose.train.publish)
+TRAINING_MANIFEST = "dataset/manifest.json"
+
 
 @dataclass(frozen=True)
 class RigChange:
@@ -62,3 +65,16 @@ def describe_changes(changes: list[RigChange]) -> list[str]:
         lines.append(f"{c.rig_id}: {what}, +{c.shards_added} shard(s) / +{c.rows_added:,} rows"
                      f" ({', '.join(c.splits) or 'no split'}){removed}")
     return lines or ["nothing new"]
+
+
+def training_manifest(name: str, alias: str = "champion", *, uri: str | None = None
+                      ) -> tuple[str | None, Manifest | None]:
+    """(version, the manifest it was trained on) of `name@alias` in the registry at `uri`; (None, None) when there
+    is no such model or alias yet (everything in the dataset is then new)."""
+    from rigpose.tracking.registry import version_artifact
+
+    found = version_artifact(name, alias, TRAINING_MANIFEST, uri=uri)
+    if found is None:
+        return None, None
+    version, data = found
+    return version, Manifest.from_json(data.decode(), source=f"models:/{name}/{version} {TRAINING_MANIFEST}")

@@ -189,6 +189,27 @@ def list_versions(name: str, *, uri: str | None = None) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: int(r["version"]), reverse=True)
 
 
+def version_artifact(name: str, alias: str, artifact: str, *, uri: str | None = None) -> tuple[str, bytes] | None:
+    """(version, the bytes of `artifact` logged in the run behind `name@alias`), e.g. the training manifest
+    `dataset/manifest.json` a version was trained on; None when the model or the alias does not exist."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    client = client_for(uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except Exception:  # no such model or alias (RestException); anything else shows at the download below
+        return None
+    with tempfile.TemporaryDirectory() as tmp, mlflow_uri(uri):
+        try:
+            local = download_artifacts(run_id=mv.run_id, artifact_path=artifact, dst_path=tmp)
+        except Exception as e:
+            raise ValueError(f"models:/{name}@{alias} (version {mv.version}, run {mv.run_id}): no artifact "
+                             f"{artifact!r} ({first_line(e)})") from None
+        return str(mv.version), Path(local).read_bytes()
+
+
 def is_model_uri(s: str) -> bool:
     """True for MLflow model URIs (models:/..., runs:/...)."""
     return s.startswith(("models:/", "runs:/"))
