@@ -269,3 +269,102 @@ def captured_output(path: Path) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+# One process racing for a `rigpose.storage.Lease` on URL: it waits at a barrier (a file per racer in BARRIER; all N
+# there), then takes the lease ROUNDS times, writing "enter <time>" / "exit <time>" lines to LOG while it holds it,
+# so that the test can check that no two holds overlap. STAGE "die": take it once, print its object, SIGKILL itself.
+_LEASE_RACER = r"""
+import json, os, signal, sys, time
+from rigpose.storage import Lease, url_to_fs
+
+url, log, rounds, barrier, n, exclusive, settle, ttl, stage = sys.argv[1:10]
+fs, path = url_to_fs(url)
+lease = Lease(fs, path, owner=f"racer-{os.getpid()}", ttl_s=float(ttl), wait_s=60,
+              exclusive={"auto": None, "1": True, "0": False}[exclusive], settle_s=float(settle))
+if barrier != "-":
+    open(os.path.join(barrier, str(os.getpid())), "w").close()
+    deadline = time.time() + 60
+    while len(os.listdir(barrier)) < int(n) and time.time() < deadline:
+        time.sleep(0.005)
+with open(log, "a") as f:
+    for _ in range(int(rounds)):
+        with lease:
+            f.write(f"enter {time.time()!r}\n")
+            f.flush()
+            if stage == "die":
+                print(json.dumps({"expires": lease.expires}), flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.05)
+            f.write(f"exit {time.time()!r}\n")
+            f.flush()
+"""
+
+
+def lease_racer(url: str, log: Path, *, rounds: int = 1, barrier: Path | None = None, n: int = 1,
+                exclusive: bool | None = None, settle_s: float = 0.5, ttl_s: float = 30.0,
+                stage: str = "-") -> subprocess.Popen:
+    """A process taking the lease at `url` `rounds` times and logging its holds to `log` (_LEASE_RACER)."""
+    mode = {None: "auto", True: "1", False: "0"}[exclusive]
+    args = [url, str(log), str(rounds), str(barrier) if barrier else "-", str(n), mode, str(settle_s), str(ttl_s),
+            stage]
+    return subprocess.Popen([sys.executable, "-c", _LEASE_RACER, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def lease_holds(logs: list[Path]) -> list[tuple[float, float]]:
+    """The (enter, exit) times of every hold in the racers' logs, sorted; asserts that no two overlap (a killed
+    holder's hold, entered and never left, lasts to +inf)."""
+    from itertools import pairwise
+
+    holds = []
+    for log in logs:
+        words = log.read_text().split() if log.exists() else []
+        assert words[0::2] == ["enter", "exit"] * (len(words) // 4) + ["enter"] * (len(words) // 2 % 2), words
+        stamps = [float(t) for t in words[1::2]] + [float("inf")] * (len(words) // 2 % 2)
+        holds += list(zip(stamps[0::2], stamps[1::2], strict=True))
+    holds.sort()
+    for (_, left), (entered, _) in pairwise(holds):
+        assert left <= entered, f"two processes held the lease at once: {holds}"
+    return holds
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, *, artifacts: str | None = None, env: dict[str, str] | None = None,
+                  timeout_s: float = 240.0) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 (sqlite store in `folder`, artifacts at `artifacts`, default `folder`/artifacts;
+    environment `env`, default this one; its log in `folder`/server.log); yields its URL once /health answers.
+    Afterwards stops it and the uvicorn worker it starts, found by pid, never by name."""
+    import time
+    import urllib.request
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(folder / "server.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", artifacts or str(folder / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=dict(os.environ) if env is None else env)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-3000:]}"
+                                       ) from None
+                time.sleep(1.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        children = descendants(proc.pid)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stop_processes(children, timeout_s=20)
+        log.close()

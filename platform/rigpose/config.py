@@ -43,6 +43,8 @@ class DataConfig(Strict):
     shuffle_files: bool = Field(True, description="Shuffle the order of shards (streaming) or blocks (cached) anew "
                                                   "every epoch, before the local shuffle buffer.")
     max_rows: int | None = Field(None, ge=1, description="Use at most this many training rows (quick runs).")
+    manifest_version: int | None = Field(None, ge=1, description="Train on this committed manifest version of the "
+                                                                 "dataset (null = the latest when training starts).")
     verify: VerifyMode = Field(
         "auto", description="Check the shards training reads against the manifest before Ray starts: 'footer' = "
                             "size and Parquet footer (schema, row count); 'full' = also the sha256 (reads every "
@@ -59,6 +61,11 @@ class ModelConfig(Strict):
         "half", description="'half': dropout for the first half of the epochs, then 0 (the original report's trick).")
     output: Literal["ray", "free"] = Field(
         "ray", description="'ray': depths along each joint's camera ray; 'free': free 3D offsets.")
+    init_weights: str | None = Field(
+        None, min_length=1,
+        description="Start from these weights (a model.pt file, a run folder, or an MLflow model URI "
+                    "models:/NAME@ALIAS / models:/NAME/VERSION) instead of random initialisation; ignored when the "
+                    "run resumes from its own checkpoint. Their skeleton, width, num_blocks and output must match.")
 
 
 class LossConfig(Strict):
@@ -212,6 +219,39 @@ class EvaluateJob(Strict):
     multi_view: MultiViewConfig = Field(default_factory=MultiViewConfig)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
     lift: LiftOptions = Field(default_factory=LiftOptions)
+
+
+class GateConfig(Strict):
+    """The promotion gate of a retrain (rigpose.retrain.gate.decide): champion vs candidate, per rig."""
+
+    split: str = Field("val", description="Split every rig is compared on: the label-free held-out-view error "
+                                         "(MPJPE too where rows carry joints_3d: reported, never required).")
+    max_rows: int | None = Field(5000, ge=1, description="Rows evaluated per rig (null = all).")
+    margin: float = Field(0.05, ge=0, lt=1, description="Each rig with new data must improve by at least this "
+                                                        "fraction (a new rig: against the champion's zero-shot "
+                                                        "error there).")
+    tolerance: float = Field(0.02, ge=0, description="No other rig may get worse by more than this fraction.")
+
+
+class RetrainJob(Strict):
+    """Retraining on new rigs: `rigpose retrain jobs/retrain.yaml [--dry-run] [--every 6h] [--set key=value]`."""
+
+    train_job: str = Field("jobs/train.yaml", description="The training job the candidate is trained with (a "
+                                                          "path from the current folder): its data.url is the "
+                                                          "dataset watched, tracking.model_name the model.")
+    overrides: list[str] = Field(default_factory=list, description="Overrides of the training job, as `rigpose "
+                                                                   "train --set key=value` takes them.")
+    alias: str = Field("champion", description="The alias of the model in production: what new data is compared "
+                                               "with and what a better candidate takes over (the old one keeps "
+                                               "`previous`).")
+    warm_start: bool = Field(True, description="Start the candidate from the champion's weights (false: from "
+                                               "scratch, the training job's own initialisation).")
+    gate: GateConfig = Field(default_factory=GateConfig)
+    every: str | None = Field(None, description="Check again every this long (30m, 6h, 1d): the command keeps "
+                                                "running and stops cleanly on SIGTERM; null = once.")
+    lease_ttl_s: float = Field(900.0, gt=0, description="The retrain lease on the dataset root lasts this long "
+                                                        "and is renewed while a retrain runs: a retrain that dies "
+                                                        "frees it after this, and no two retrains promote at once.")
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:

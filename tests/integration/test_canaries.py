@@ -22,12 +22,12 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rigpose_testing import captured_output, descendants, free_port, ray_head, stop_processes
+from rigpose_testing import captured_output, free_port, ray_head
+from rigpose_testing import mlflow_server as start_mlflow
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
@@ -97,33 +97,11 @@ def _clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """`mlflow server` on 127.0.0.1 (sqlite store, local artifact folder); yields (its URL, its folder)."""
-    import urllib.request
-
+    """`mlflow server` on 127.0.0.1 (sqlite store, local artifact folder, started without any credential); yields
+    (its URL, its folder)."""
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(folder / "server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=_clean_env())
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((folder / "server.log").read_text()[-3000:]) from None
-                time.sleep(1.0)
-        yield f"http://127.0.0.1:{port}", folder
-    finally:
-        children = descendants(proc.pid)  # uvicorn runs as its child: stopped by pid, never by name
-        proc.terminate()
-        proc.wait(timeout=30)
-        stop_processes(children, timeout_s=20)
-        log.close()
+    with start_mlflow(folder, env=_clean_env()) as url:
+        yield url, folder
 
 
 @pytest.fixture(scope="module")

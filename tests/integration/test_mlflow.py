@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rigpose_testing import captured_output, descendants, free_port, stop_processes
+from rigpose_testing import captured_output, descendants, free_port, mlflow_server, stop_processes
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
@@ -102,14 +102,9 @@ def bucket(s3_server: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = start_mlflow_server(folder, f"{bucket}/mlartifacts", port)
-    try:
-        wait_server(proc, port, folder)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), artifacts=f"{bucket}/mlartifacts", env=env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

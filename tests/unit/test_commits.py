@@ -252,3 +252,16 @@ def test_a_different_calibration_under_a_rig_id_another_writer_is_adding_is_refu
     with pytest.raises(DatasetError, match="differs from the calibration"):
         b.commit()
     assert read_manifest(root).num_rows == 20 and not _unlisted(root)
+
+
+def test_a_reader_pinned_to_a_version_sees_that_version_after_later_commits(tmp_path: Path) -> None:
+    """What a training job with data.manifest_version (a retrain) reads, whatever lands meanwhile."""
+    root = str(tmp_path / "ds")
+    _ingest(root, "h36m-s1", "walk")
+    _ingest(root, "h36m-s5", "run")
+    _ingest(root, "humaneva-s1", "jog")
+    pinned = Dataset(root, version=2)
+    assert pinned.manifest.version == 2 and sorted(pinned.manifest.rigs) == ["h36m-s1", "h36m-s5"]
+    assert len(pinned.read_table(columns=["frame"])) == 40 and Dataset(root).manifest.version == 3
+    with pytest.raises(DatasetError, match="no manifest version 9"):
+        Dataset(root, version=9)

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel
 from rigpose_testing import REPO
 
-from rigpose.config import EvaluateJob, Strict, TrainJob, load_config
+from rigpose.config import EvaluateJob, RetrainJob, Strict, TrainJob, load_config
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -27,7 +27,7 @@ def _sections(cls: type[BaseModel]) -> list[type[BaseModel]]:
     return out
 
 
-JOBS = [("train.yaml", TrainJob), ("evaluate.yaml", EvaluateJob)]
+JOBS = [("train.yaml", TrainJob), ("evaluate.yaml", EvaluateJob), ("retrain.yaml", RetrainJob)]
 
 
 @pytest.mark.parametrize(("name", "cls"), JOBS, ids=[n for n, _ in JOBS])

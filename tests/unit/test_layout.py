@@ -1,4 +1,5 @@
-"""The package's import order: each layer imports only the layers before it, and no module imports itself in a circle.
+"""The package's import order: each layer imports only the layers before it, and no module imports itself in a circle;
+and nothing imports Ray at import time.
 
 The order is written once, in `LAYERS`; a module's layer is its first dotted part below `rigpose` (foundation modules
 are one layer together). Every import counts, lazy ones inside functions included, read from the source with `ast`.
@@ -117,3 +118,28 @@ def test_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from rigpose.train.trainer import train\n")
     assert imports_of(bad) == [(2, "rigpose.train.trainer")]
     assert layer_of("rigpose.train.trainer") > layer_of("rigpose.model.lifter")
+
+
+def _module_level_ray_imports(path: Path) -> list[int]:
+    """Lines where `path` imports Ray outside any function or class body (that is, when it is imported)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    lines = []
+    for node in tree.body:
+        nodes = [node] if not isinstance(node, ast.If) else [*node.body, *node.orelse]  # `if TYPE_CHECKING:` too
+        for n in nodes:
+            names = ([a.name for a in n.names] if isinstance(n, ast.Import) else
+                     [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+            if any(name == "ray" or name.startswith("ray.") for name in names) and not (
+                    isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)):
+                lines.append(n.lineno)
+    return lines
+
+
+def test_no_module_or_test_imports_ray_when_it_is_imported() -> None:
+    """Importing Ray fixes its token-auth mode (RAY_AUTH_MODE) for the rest of the process: a module or test file
+    that imports Ray at its top, collected before the integration fixtures set token auth, makes every Ray of the
+    test run refuse the token. Ray is imported inside the functions that use it (also keeps `rigpose --help` quick)."""
+    repo = PACKAGE.parents[1]
+    files = sorted([*all_modules().values(), *(repo / "tests").rglob("*.py")])
+    offenders = {str(p.relative_to(repo)): lines for p in files if (lines := _module_level_ray_imports(p))}
+    assert offenders == {}

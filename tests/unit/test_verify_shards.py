@@ -14,7 +14,6 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 from typer.testing import CliRunner
 
 import rigpose.train.trainer as trainer
@@ -85,7 +84,7 @@ def _refused(job: TrainJob, match: str) -> str:
         trainer.train(job)
     message = str(info.value)
     assert "\n" not in message
-    assert not ray.is_initialized()
+    assert not _ray_started()
     assert not Path(job.run.output_dir).exists()  # refused before run.json was written
     return message
 
@@ -217,7 +216,7 @@ def test_cli_train_prints_the_refusal_as_one_line_and_exits_1(root: Path, tmp_pa
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and f"shard {shard}: sha256" in errors[0]
     assert "Traceback" not in result.output
-    assert not ray.is_initialized()
+    assert not _ray_started()
 
 
 # ------------------------------------------------------------------------ a read error inside Ray, after the check
@@ -247,3 +246,9 @@ def test_a_read_error_inside_ray_without_a_path_names_the_dataset(root: Path) ->
     message = trainer._read_failure(error, ds, ds.shards())
     assert message is not None and message.startswith(f"reading the dataset {root} failed in Ray: ArrowInvalid: ")
     assert trainer._read_failure(ZeroDivisionError("division by zero"), ds, ds.shards()) is None
+
+
+def _ray_started() -> bool:
+    import ray  # here, not at the top: importing Ray fixes its auth mode for the process (tests/unit/test_layout.py)
+
+    return ray.is_initialized()

@@ -150,10 +150,17 @@ def manifest_path(root: str) -> str | None:
     return protocol_url(fs, mpath) if n is not None or fs.exists(mpath) else None
 
 
-def read_manifest(root: str) -> Manifest | None:
-    """The latest committed manifest of the dataset at `root`, or None if there is none (not a dataset yet)."""
+def read_manifest(root: str, version: int | None = None) -> Manifest | None:
+    """The latest committed manifest of the dataset at `root` (or its version `version`), or None if there is none
+    (not a dataset yet). DatasetError for a version that does not exist (or was vacuumed)."""
     fs, path = url_to_fs(root)
-    mpath, n = _current_file(fs, path)
+    if version is not None:
+        mpath, n = version_file(path, version), version
+        if not fs.exists(mpath):
+            raise DatasetError(f"{root}: no manifest version {version} (latest: {latest_version(fs, path)}; "
+                               "`rigpose datasets vacuum --keep-versions` removes old ones)")
+    else:
+        mpath, n = _current_file(fs, path)
     try:
         with fs.open(mpath, "rb") as f:
             text = f.read().decode()

@@ -52,10 +52,11 @@ def read_shard(fs: fsspec.AbstractFileSystem, root: str, shard: ShardInfo, colum
 class Dataset:
     """A committed dataset: its manifest, rigs, and readers for its shards."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, version: int | None = None) -> None:
+        """The dataset at `root` as its latest committed manifest lists it (or as its version `version` did)."""
         self.root = str(root).rstrip("/")
         self.fs, self.path = url_to_fs(self.root)
-        manifest = read_manifest(self.root)
+        manifest = read_manifest(self.root, version)
         if manifest is None:
             raise DatasetError(
                 f"{self.root}: no {MANIFEST}; not a RigPose dataset (or a write that never committed)"

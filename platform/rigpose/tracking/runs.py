@@ -310,9 +310,7 @@ class RunLogger:
             return self.run_id
         client = self.client()
         target = self.spec.target
-        exp = client.get_experiment_by_name(target.experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-            target.experiment, artifact_location=target.artifact_location)
+        exp_id = experiment_id(client, target)
         run = client.create_run(exp_id, run_name=self.spec.run_name, tags=self.spec.tags)
         self.run_id = run.info.run_id
         fs, path = url_to_fs(self.spec.run_dir)
@@ -351,6 +349,30 @@ class RunLogger:
             client.log_batch(run_id, params=new[i:i + 100])
         if changed:
             client.log_batch(run_id, tags=changed)
+
+
+def experiment_id(client: Any, target: TrackingTarget) -> str:
+    """The id of `target.experiment`, created (with the target's artifact location) when it does not exist."""
+    exp = client.get_experiment_by_name(target.experiment)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(client.create_experiment(target.experiment, artifact_location=target.artifact_location))
+
+
+def record_run(target: TrackingTarget, run_name: str, *, tags: dict[str, str],
+               artifacts: dict[str, bytes]) -> str:
+    """A finished MLflow run that records a decision or a report (no training): `tags` and text `artifacts`
+    ({name: bytes}), both scrubbed. Returns its run id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
+    secrets = secret_values()
+    run = client.create_run(experiment_id(client, target), run_name=run_name,
+                            tags={k: scrub(str(v), secrets)[:5000] for k, v in tags.items()})
+    for name, data in artifacts.items():
+        _log_bytes(client, run.info.run_id, name, scrub(data.decode(), secrets).encode())
+    client.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
 
 
 def _log_bytes(client: Any, run_id: str, name: str, data: bytes) -> None:

@@ -11,6 +11,11 @@ resumes from the latest checkpoint, and `FailureConfig(max_failures)` restarts t
 failure. `run.json`, written before training starts, records what the checkpoints were trained on (dataset,
 manifest hash, rigs, model, supervision); a re-run that would resume them with other data or another model is refused.
 
+Warm start (`model.init_weights`): the weights are resolved and loaded here before Ray starts (`load_init_weights`:
+a models:/NAME@ALIAS URI pinned to its version, skeleton and architecture checked against the job) and go to the
+workers in memory (`train_loop_config["init"]`), which start from them unless they resume from a checkpoint. Where
+they came from is recorded in run.json, every checkpoint and model.pt's meta (`init_weights`).
+
 Tracking (`job.tracking`, rigpose.train.publish): one MLflow run per training run (its id kept in the run folder's
 `mlflow.json`, so retries and resumes log into the same run); rank 0 logs every epoch; after `fit()` the driver
 logs the evaluation, artifacts and pictures and registers the model with alias `candidate`.
@@ -34,13 +39,16 @@ from rigpose.data.pipeline import build_datasets, training_shards
 from rigpose.data.reader import Dataset
 from rigpose.data.validate import verify_shards
 from rigpose.model.checkpoint import MODEL_FILE, save_lifter
+from rigpose.skeleton import Skeleton
 from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
 from rigpose.train.progress import TrainingProgress
 from rigpose.train.worker import STATE_FILE, build_lifter, load_state, train_func
 
-__all__ = ["STATE_FILE", "manifest_sha256", "storage_root", "train"]
+__all__ = ["STATE_FILE", "load_init_weights", "manifest_sha256", "storage_root", "train"]
 
 RUN_FILE = "run.json"
+#: ModelConfig fields that decide the shapes of the lifter's weights (with the skeleton's joints)
+SHAPE_FIELDS = ("width", "num_blocks", "output")
 
 
 def manifest_sha256(ds: Dataset) -> str:
@@ -55,17 +63,56 @@ def storage_root(output_dir: str) -> str:
     return str(Path(output_dir.removeprefix("file://")).expanduser().resolve())
 
 
+def load_init_weights(job: TrainJob, skeleton: Skeleton) -> dict[str, Any] | None:
+    """The warm-start weights `job.model.init_weights` names, loaded on the driver: {"state_dict": CPU tensors,
+    "source": where they came from, scrubbed, as run.json, checkpoints and model.pt record it}; None without them.
+
+    A models:/NAME@ALIAS URI is pinned to the version the alias points at now ("resolved": models:/NAME/VERSION), so
+    the weights recorded are the weights loaded even if the alias moves; registry URIs resolve on the job's tracking
+    target (`rigpose.tracking.runs.resolve_target`). ValueError naming model.init_weights when they cannot be loaded,
+    or when their skeleton (`skeleton`: the dataset's) or SHAPE_FIELDS differ from the job's.
+    """
+    from rigpose.inference.models import load_model
+    from rigpose.tracking.registry import is_model_uri, pin_model_uri
+    from rigpose.tracking.runs import resolve_target
+    from rigpose.tracking.secrets import scrub, scrub_obj
+
+    given = job.model.init_weights
+    if given is None:
+        return None
+    where = f"model.init_weights {scrub(given)!r}"
+    tracking_uri = resolve_target(job).uri if is_model_uri(given) else None
+    local = tracking_uri is None and "://" not in given  # recorded absolute: the file, wherever the job ran from
+    resolved = str(Path(given).expanduser().resolve()) if local else given
+    try:
+        resolved = pin_model_uri(resolved, tracking_uri=tracking_uri)
+        model, model_skeleton, meta = load_model(resolved, tracking_uri=tracking_uri)
+    except (ValueError, OSError, RuntimeError, KeyError) as e:  # no such file, not a model, registry errors
+        raise ValueError(f"{where}: cannot load the weights ({scrub(str(e))})") from None
+    if model_skeleton.name != skeleton.name:
+        raise ValueError(f"{where}: its skeleton is {model_skeleton.name!r}, the dataset's is {skeleton.name!r}")
+    differ = [f"model.{k} {getattr(model.config, k)!r} there, {getattr(job.model, k)!r} in the job"
+              for k in SHAPE_FIELDS if getattr(model.config, k) != getattr(job.model, k)]
+    if differ:
+        raise ValueError(f"{where}: another architecture than the job's ({'; '.join(differ)}); set the job's model "
+                         "section to the weights' architecture, or drop model.init_weights")
+    source = {"init_weights": given, "resolved": resolved,
+              "meta": {k: v for k, v in meta.items() if k != "init_weights"}}  # one generation of lineage
+    return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "source": scrub_obj(source)}
 
 
-def _run_record(job: TrainJob, sha: str) -> dict[str, Any]:
+def _run_record(job: TrainJob, sha: str, *, init: dict[str, Any] | None = None) -> dict[str, Any]:
     """What run.json records, scrubbed (rigpose.tracking.secrets) as it is written: the resume check compares a
-    new record with the stored one, so both are scrubbed alike."""
+    new record with the stored one, so both are scrubbed alike. `init`: `load_init_weights`'s result; its source is
+    recorded, never compared (a resumed run ignores init_weights: its checkpoint's weights win)."""
     from rigpose.tracking.secrets import scrub_obj
 
     rig_ids = sorted(job.data.rig_ids) if job.data.rig_ids else None  # the selection, not its order, matters
     return scrub_obj({"dataset": job.data.url, "manifest_sha256": sha, "rig_ids": rig_ids,
                       "supervision": job.supervision, "job": job.model_dump(),
-                      "model": job.model.model_dump(include={"width", "num_blocks", "output"})})  # weights' shapes
+                      "model": job.model.model_dump(include=set(SHAPE_FIELDS)),  # the weights' shapes
+                      "init_weights": init["source"] if init is not None else None})
 
 
 def _check_resumable(run_dir: str, record: dict[str, Any]) -> bool:
@@ -107,13 +154,14 @@ def train(job: TrainJob) -> dict[str, Any]:
     import rigpose
 
     print(f"[rigpose] code: {Path(rigpose.__file__).parent} (rigpose {rigpose.__version__})", flush=True)
-    ds = Dataset(job.data.url)
+    ds = Dataset(job.data.url, job.data.manifest_version)  # pinned, or the latest version now
     shards = training_shards(ds, job.data)  # ValueError naming data.train_split / val_split / rig_ids
     verify_shards(ds, shards, mode=job.data.verify)  # DatasetError naming the first bad shard: all before Ray
     sha = manifest_sha256(ds)
     storage = storage_root(job.run.output_dir)
     run_dir = f"{storage}/{job.run.name}"
-    record = _run_record(job, sha)
+    init = load_init_weights(job, ds.skeleton)  # ValueError naming model.init_weights, before anything is written
+    record = _run_record(job, sha, init=init)
     resumed = _check_resumable(run_dir, record)
     if not resumed:
         _write_json(run_dir, RUN_FILE, record)
@@ -139,7 +187,8 @@ def train(job: TrainJob) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"job": job.model_dump(), "skeleton": ds.skeleton.name, "manifest_sha256": sha,
-                           "t_start": t_start, "tracking": tracker.spec if tracker is not None else None},
+                           "t_start": t_start, "tracking": tracker.spec if tracker is not None else None,
+                           "init": init},
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
                                      resources_per_worker=resources),
@@ -241,7 +290,8 @@ def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str) -> dic
 
     meta = scrub_obj({"supervision": job.supervision, "dataset": job.data.url,
                       "manifest_sha256": state["manifest_sha256"], "epochs": state["epoch"] + 1,
-                      "steps": state["step"], "run_name": job.run.name, "world_size": state.get("world_size", 1)})
+                      "steps": state["step"], "run_name": job.run.name, "world_size": state.get("world_size", 1),
+                      "init_weights": state.get("init_weights")})
     save_lifter(f"{run_dir}/{MODEL_FILE}", model, skeleton, meta=meta)
     _write_json(run_dir, "history.json", state["history"])
     _write_json(run_dir, "job.json", job.model_dump())

@@ -7,6 +7,8 @@ module only wires it to Ray Train:
   (`num_replicas`, see `rigpose.train.loop.train_epoch`);
 - batches from `ray.train.get_dataset_shard(...).iter_torch_batches(...)` with a local shuffle buffer;
 - on (re)start, `ray.train.get_checkpoint()` restores model, optimizer, scheduler, epoch, step and history;
+  without a checkpoint, `config["init"]` (the driver's `load_init_weights`: warm-start weights, in memory) replaces
+  the random initialisation on every rank before DDP wraps the model (`warm_start`);
 - every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8).
 
 Tracking (rank 0 only): with `config["tracking"]` (a `rigpose.tracking.runs.RunSpec`), every epoch's metrics go to the
@@ -14,7 +16,8 @@ MLflow run of this training run (`RunLogger`: never fails training, queues while
 
 Checkpoint = a folder holding `STATE_FILE`: a torch.save dict {model, optimizer, scheduler, epoch (0-based, last
 finished), step, history (per-epoch metrics), job (the job config, scrubbed: `rigpose.tracking.secrets`), skeleton,
-manifest_sha256, world_size}. The real config (its tracking URI with a password, if any) stays in memory.
+manifest_sha256, world_size, init_weights (the warm start's source, None after a random one)}. The real config (its
+tracking URI with a password, if any) stays in memory.
 """
 
 from __future__ import annotations
@@ -53,6 +56,18 @@ def load_state(checkpoint: Any, *, map_location: Any = "cpu") -> dict[str, Any]:
     """The state dict saved in a Ray Train checkpoint of this module (local or on object storage)."""
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / STATE_FILE, map_location=map_location, weights_only=False)
+
+
+def warm_start(model: Lifter, init: dict[str, Any] | None, state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Load the warm-start weights `init` ({"state_dict", "source"}, see rigpose.train.trainer.load_init_weights)
+    into the new `model`, unless the attempt resumes from a checkpoint's `state` (whose weights win: `model` is left
+    alone). Returns the init source the checkpoints record: the resumed state's, `init`'s, or None (random init)."""
+    if state is not None:
+        return state.get("init_weights")
+    if init is None:
+        return None
+    model.load_state_dict(init["state_dict"])
+    return init["source"]
 
 
 def say(message: str) -> None:
@@ -101,7 +116,7 @@ class _FirstBatchClock:
 
 
 def train_func(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start", "tracking"}."""
+    """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start", "tracking", "init"}."""
     import ray.train
     import ray.train.torch
 
@@ -110,21 +125,26 @@ def train_func(config: dict[str, Any]) -> None:
     skeleton = get_skeleton(config["skeleton"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(job.optim.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = ray.train.torch.prepare_model(build_lifter(job, skeleton))
     device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    state = load_state(checkpoint, map_location=device) if checkpoint is not None else None
+    torch.manual_seed(job.optim.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    lifter = build_lifter(job, skeleton)
+    init_source = warm_start(lifter, config.get("init"), state)  # every rank alike, before DDP's broadcast
+    if rank == 0 and state is None and init_source is not None:
+        say(f"warm start from {init_source['resolved']}")
+    model = ray.train.torch.prepare_model(lifter)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(job, world), weight_decay=job.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=job.optim.lr_decay)
     start_epoch, step, history = 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = load_state(checkpoint, map_location=device)
+    if state is not None:
         getattr(model, "module", model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
         if rank == 0:
-            say(f"resuming from the checkpoint of epoch {start_epoch}/{job.optim.epochs} (step {step})")
+            ignored = "; model.init_weights ignored (the checkpoint's weights win)" if config.get("init") else ""
+            say(f"resuming from the checkpoint of epoch {start_epoch}/{job.optim.epochs} (step {step}){ignored}")
     if rank == 0 and start_epoch >= job.optim.epochs:
         say(f"run {job.run.name!r} has already trained {start_epoch} epochs: nothing to do")
     tracker = None
@@ -169,7 +189,8 @@ def train_func(config: dict[str, Any]) -> None:
                 torch.save({"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": result.epoch, "step": global_step,
                             "history": history, "job": saved_job, "skeleton": skeleton.name,
-                            "manifest_sha256": config["manifest_sha256"], "world_size": world}, Path(d) / STATE_FILE)
+                            "manifest_sha256": config["manifest_sha256"], "world_size": world,
+                            "init_weights": init_source}, Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 print_epoch(metrics, job.optim.epochs)
             ray.train.report(metrics, checkpoint=ckpt)
