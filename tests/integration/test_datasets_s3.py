@@ -189,3 +189,38 @@ def test_a_writer_killed_between_shards_on_s3_leaves_the_dataset_valid_and_vacuu
     assert r.exit_code == 0, r.output
     assert f"removed {len(orphans) + 1} file(s)" in r.output  # the shards and the writer's heartbeat
     assert not _unlisted_s3(root) and validate_dataset(root).ok
+
+
+@pytest.mark.parametrize("mode", ["conditional-put", "settle"])
+def test_processes_racing_for_a_lease_on_s3_hold_it_one_at_a_time_and_take_over_an_expired_one(
+        s3_bucket: str, tmp_path: Path, mode: str) -> None:
+    """A holder killed with SIGKILL (ttl 3 s) blocks until its expiry; then 2 processes race for the expired lease
+    (2 holds each): the first hold starts at the expiry and no two overlap (rigpose.storage.Lease)."""
+    import json
+
+    from rigpose_testing import lease_holds, lease_racer
+
+    from rigpose.storage import Lease, LeaseHeld, exclusive_writes_work, url_to_fs
+
+    url, barrier = f"{s3_bucket}/locks/lease.json", tmp_path / "barrier"
+    barrier.mkdir()
+    fs, path = url_to_fs(url)
+    exclusive = None if mode == "conditional-put" else False
+    assert exclusive_writes_work(fs, "rigpose-test/locks")  # moto honours If-None-Match: the probe finds it
+    settle_s = 1.0  # the settle protocol's margin for a write to land after the racer found the name free
+    dead = lease_racer(url, tmp_path / "dead.log", exclusive=exclusive, ttl_s=3.0, stage="die", settle_s=settle_s)
+    out, err = dead.communicate(timeout=60)
+    assert dead.returncode == -9, err[-2000:]
+    expires = json.loads(out)["expires"]
+    with pytest.raises(LeaseHeld, match=f"pid {dead.pid}"):
+        Lease(fs, path, owner="early", ttl_s=30.0, exclusive=exclusive).acquire()
+    logs = [tmp_path / f"racer{i}.log" for i in range(2)]
+    procs = [lease_racer(url, log, rounds=2, barrier=barrier, n=len(logs), exclusive=exclusive, settle_s=settle_s)
+             for log in logs]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    holds = lease_holds(logs)
+    assert len(holds) == 4 and expires <= holds[0][0] < expires + 20.0  # + their start-up, on a busy machine
+    fs.invalidate_cache()
+    assert not fs.glob("rigpose-test/locks/lease*")  # released, and the dead holder's object cleaned up

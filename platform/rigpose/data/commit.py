@@ -7,8 +7,8 @@ The protocol (the Delta Lake / Iceberg way), for `rigpose.data.writer.DatasetWri
    (its heartbeat: the files of a writer whose heartbeat is fresh are never collected).
 2. `publish` builds the new manifest on the latest version and creates `_manifests/v<N+1>.json` only if it does
    not exist yet: `os.link` on local disk, a conditional PUT (`If-None-Match: *`) on object storage, and, where an
-   endpoint ignores that header, under a lease object with an expiry (`_manifests/_lease.json`). Creating that
-   file is the commit.
+   endpoint ignores that header, under a lease with an expiry (`rigpose.storage.Lease`, its objects
+   `_manifests/_lease.<generation>.json`). Creating that file is the commit.
 3. A writer that loses the race re-reads the new latest version, checks for conflicts (the same rig/sequence
    written by both: refused, naming both) and tries N+2, and so on.
 4. `manifest.json` is then refreshed to a copy of the latest version, for plain tools (`jq`, a browser).
@@ -40,7 +40,15 @@ from rigpose.data.manifest import (
     read_manifest,
     version_file,
 )
-from rigpose.storage import exclusive_writes_work, protocol_url, url_to_fs, write_bytes_atomic, write_bytes_exclusive
+from rigpose.storage import (
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    exclusive_writes_work,
+    url_to_fs,
+    write_bytes_atomic,
+    write_bytes_exclusive,
+)
 
 WRITERS = "_writers"
 LEASE = "_lease.json"
@@ -48,7 +56,6 @@ LEASE = "_lease.json"
 DEFAULT_GRACE_S = 3600.0
 HEARTBEAT_S = 60.0
 LEASE_TTL_S = 120.0
-LEASE_SETTLE_S = 1.0
 LEASE_WAIT_S = 600.0
 MAX_ATTEMPTS = 200
 #: set to 1 to commit under the lease even where conditional writes work (for endpoints that claim them wrongly)
@@ -121,43 +128,27 @@ def refresh_copy(fs: Any, path: str) -> None:
             return
 
 
-def _read_lease(fs: Any, lease: str) -> dict[str, Any] | None:
-    fs.invalidate_cache(posixpath.dirname(lease))
-    try:
-        with fs.open(lease, "rb") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _create_under_lease(fs: Any, path: str, target: str, data: bytes, *, token: str, root: str) -> bool:
-    """Where conditional writes do not work: take the lease (write it, wait, read back: the last writer holds it),
-    then create `target` if it is absent. A lease whose holder died lapses after LEASE_TTL_S."""
-    lease = posixpath.join(path, VERSIONS, LEASE)
-    deadline = time.monotonic() + LEASE_WAIT_S
-    while True:
-        held = _read_lease(fs, lease)
-        if held is None or held.get("owner") == token or float(held.get("expires", 0)) < time.time():
-            body = {"owner": token, "expires": time.time() + LEASE_TTL_S}
-            write_bytes_atomic(fs, lease, json.dumps(body).encode())
-            time.sleep(LEASE_SETTLE_S)
-            held = _read_lease(fs, lease)
-            if held is not None and held.get("owner") == token:
-                try:
-                    fs.invalidate_cache(posixpath.dirname(target))
-                    if fs.exists(target):
-                        return False
-                    write_bytes_atomic(fs, target, data)
-                    return True
-                finally:
-                    if (_read_lease(fs, lease) or {}).get("owner") == token:
-                        with contextlib.suppress(FileNotFoundError):
-                            fs.rm_file(lease)
-        if time.monotonic() > deadline:
-            raise DatasetError(f"{root}: the commit lease {protocol_url(fs, lease)} stayed held by "
-                               f"{(held or {}).get('owner')!r} for {LEASE_WAIT_S:.0f} s; nothing of this ingest "
-                               "is visible")
-        time.sleep(random.uniform(0.05, 0.3))
+    """Where conditional writes do not work: create `target` if it is absent, under the commit lease
+    (`rigpose.storage.Lease`, write/settle/read-back protocol: the last writer holds it). A lease whose holder died
+    lapses after LEASE_TTL_S."""
+    lease = Lease(fs, posixpath.join(path, VERSIONS, LEASE), owner=token, ttl_s=LEASE_TTL_S, wait_s=LEASE_WAIT_S,
+                  exclusive=False)
+    try:
+        lease.acquire()
+    except LeaseHeld as e:
+        raise DatasetError(f"{root}: gave up committing: {e}; nothing of this ingest is visible") from e
+    try:
+        fs.invalidate_cache(posixpath.dirname(target))
+        if fs.exists(target):
+            return False
+        lease.renew()  # still ours right before the write (a stall past the expiry raises): no second writer
+        write_bytes_atomic(fs, target, data)
+        return True
+    except LeaseLost:
+        return False  # another writer has the lease now: re-base and try again
+    finally:
+        lease.release()
 
 
 @dataclass
