@@ -70,3 +70,36 @@ def s3_bucket(s3_server: str) -> Iterator[str]:
     fs.mkdir("rigpose-test")
     yield "s3://rigpose-test"
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A bucket of the module's own on the local S3 endpoint (rigpose-<module>), kept for the whole module."""
+    import s3fs
+
+    name = "rigpose-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def server(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 for the module: sqlite store, artifacts in the module's bucket; its URL."""
+    from rigpose_testing import mlflow_server
+
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), artifacts=f"{bucket}/mlartifacts", env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """rigpose's local Ray (rigpose.cluster.connect.init_ray) for the module."""
+    import ray
+
+    from rigpose.cluster.connect import init_ray
+
+    init_ray(None)
+    yield
+    ray.shutdown()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rigpose_testing import captured_output, descendants, free_port, mlflow_server, stop_processes
+from rigpose_testing import captured_output, descendants, free_port, stop_processes
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
@@ -92,39 +92,12 @@ def wait_server(proc: subprocess.Popen, port: int, folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server: str) -> str:
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("rigpose-mlflow")
-    return "s3://rigpose-mlflow"
-
-
-@pytest.fixture(scope="module")
-def server(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), artifacts=f"{bucket}/mlartifacts", env=env) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def dataset(bucket: str) -> str:
     from rigpose.data.synth.build import build_dataset
 
     url = f"{bucket}/datasets/tiny"
     build_dataset(str(recipes_dir() / "tiny.yaml"), url, progress=False)
     return url
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    import ray
-
-    from rigpose.cluster.connect import init_ray
-
-    init_ray(None)
-    yield
-    ray.shutdown()
 
 
 def _job(data: str, out: Path, name: str, uri: str, *extra: str):

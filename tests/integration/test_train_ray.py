@@ -25,17 +25,6 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from rigpose.cluster.connect import init_ray
-
-    init_ray(None)
-    yield
-    ray.shutdown()
-
-
 def _overrides(data: str, out: Path, name: str) -> list[str]:
     return [f"data.url={data}", "data.val_split=test", "optim.epochs=2", "model.width=32", "model.num_blocks=1",
             "data.batch_size=64", f"run.output_dir={out}", f"run.name={name}",

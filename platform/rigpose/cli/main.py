@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("datasets", "rigpose.cli.datasets"),
     ("datasets ingest", "rigpose.cli.ingest"),
     ("models", "rigpose.cli.models"),
+    ("", "rigpose.cli.retrain"),  # retrain
 )
 
 

@@ -34,6 +34,7 @@ def configure_output(*, verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (here or in workers)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its "View run ... at: URL" lines
     quiet_driver_logs()  # libraries already imported: their loggers directly
 
 

@@ -1,0 +1,91 @@
+"""Retraining on a new rig end to end (`rigpose retrain`): real `mlflow server`, the S3 endpoint, local Ray.
+
+A dataset on S3 with rig A -> the first retrain trains and promotes a champion (no champion yet) -> a second run
+reports nothing new -> rig B (another rig, another camera count) is ingested -> `--dry-run` lists it and changes
+nothing -> a retrain trains a candidate warm-started from the champion, gates both rigs and moves the alias or
+keeps it with the reason; the decision is an MLflow run with `decision.json` and tags on the candidate; the
+candidate's lineage names both rigs -> a last run reports nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from rigpose_testing import REPO
+from typer.testing import CliRunner
+
+from rigpose.cli.main import app
+from rigpose.resources import recipes_dir
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MODEL = "rt-lifter"
+RIG_A, RIG_B = "h36m-s1", "humaneva-s1"
+
+
+def _recipe(tmp: Path, rig: str) -> Path:
+    """The shipped tiny recipe through `rig`, with a validation split (what the gate compares on)."""
+    d = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
+    d.update(name=f"tiny-{rig}", rigs=[rig], frames=300)
+    d["splits"].update(fractions={"train": 0.7, "val": 0.3}, held_out_clips=[])
+    path = tmp / f"{rig}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _run(*args: str) -> str:
+    r = CliRunner().invoke(app, ["retrain", *args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_retrain_promotes_a_first_champion_then_gates_a_new_rig(bucket: str, server: str, local_ray: None,
+                                                               tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from rigpose.data.synth.build import build_dataset
+
+    data = f"{bucket}/datasets/retrain"
+    build_dataset(str(_recipe(tmp_path, RIG_A)), data, progress=False)
+    job = tmp_path / "retrain.yaml"
+    job.write_text(yaml.safe_dump({"train_job": str(REPO / "jobs" / "train.yaml"), "overrides": [
+        f"data.url={data}", "data.val_split=val", "optim.epochs=1", "model.width=32", "model.num_blocks=1",
+        "data.batch_size=64", f"run.output_dir={tmp_path / 'runs'}", f"tracking.uri={server}",
+        f"tracking.model_name={MODEL}", "tracking.experiment=retrain-it", "tracking.eval_max_rows=100"],
+        "gate": {"max_rows": 200}}))
+    client = MlflowClient(tracking_uri=server, registry_uri=server)
+
+    first = _run(str(job))
+    assert f"{RIG_A}: new rig" in first and "no champion yet" in first
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert "nothing new" in _run(str(job))
+
+    build_dataset(str(_recipe(tmp_path, RIG_B)), data, progress=False)  # a new rig lands (3 cameras, not 4)
+    planned = _run(str(job), "--dry-run")
+    assert f"{RIG_B}: new rig" in planned and f"{RIG_A}:" not in planned.split("since")[1].split("would")[0]
+    assert "would train a candidate" in planned and len(client.search_model_versions(f"name='{MODEL}'")) == 1
+
+    out = _run(str(job))
+    assert "warm-started from rt-lifter version 1" in out
+    table = [ln for ln in out.splitlines() if ln.strip().startswith((RIG_A, RIG_B)) and " px" in ln]
+    assert len(table) == 2, out  # both rigs gated, the champion's zero-shot figure on the new rig among them
+    promoted = "is now version 2" in out
+    aliases = client.get_registered_model(MODEL).aliases
+    assert aliases["champion"] == ("2" if promoted else "1")
+    assert aliases.get("previous") == ("1" if promoted else None)
+    v2 = client.get_model_version(MODEL, "2")
+    assert v2.tags["rigpose.retrain.promoted"] == str(promoted).lower()
+    assert set(v2.tags["rigpose.rig_ids"].split(",")) == {RIG_A, RIG_B}  # lineage: every rig it saw
+    reason = v2.tags["rigpose.retrain.reason"]
+    assert reason in out and reason.startswith("promoted" if promoted else "kept the champion")
+    decision_run = v2.tags["rigpose.retrain.decision_run"]
+    record = json.loads(client.download_artifacts(decision_run, "decision.json", str(tmp_path)) and
+                        (tmp_path / "decision.json").read_text())
+    assert record["targets"] == [RIG_B] and record["promoted"] == promoted
+    assert [r["rig_id"] for r in record["decision"]["rows"]] == [RIG_A, RIG_B]
+    assert record["decision"]["rows"][1]["champion"] is not None  # the old champion's zero-shot error on rig B
+
+    assert "nothing new" in _run(str(job))
+    assert "🏃" not in out and "View run" not in out  # rigpose's own lines only (MLflow's URL lines are off)

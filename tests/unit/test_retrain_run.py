@@ -1,0 +1,76 @@
+"""The retrain cycle's guards and schedule (rigpose.retrain.run): periods, a held lease skips the cycle without
+training, the schedule repeats until SIGTERM, and a dry run changes nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from rigpose_testing import REPO
+
+from rigpose.config import RetrainJob
+from rigpose.resources import recipes_dir
+from rigpose.retrain.run import LEASE_FILE, Outcome, parse_every, retrain, run_every
+from rigpose.storage import Lease, url_to_fs
+
+
+def test_periods_are_parsed_and_bad_ones_named() -> None:
+    assert [parse_every(t) for t in ("45s", "30m", "6h", "1d", "1.5h")] == [45, 1800, 21600, 86400, 5400]
+    for bad in ("6", "h", "0h", "-1m", "6 hours"):
+        with pytest.raises(ValueError, match="every"):
+            parse_every(bad)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from rigpose.data.synth.build import build_dataset
+
+    out = str(tmp_path_factory.mktemp("retrain") / "tiny")
+    build_dataset(str(recipes_dir() / "tiny.yaml"), out, progress=False)
+    return out
+
+
+def _job(dataset: str, tmp_path: Path) -> RetrainJob:
+    return RetrainJob(train_job=str(REPO / "jobs" / "train.yaml"), overrides=[
+        f"data.url={dataset}", f"run.output_dir={tmp_path / 'runs'}", "tracking.model_name=unit-lifter",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+
+
+def test_a_dry_run_lists_every_rig_as_new_without_a_champion_and_trains_nothing(dataset: str, tmp_path: Path) -> None:
+    lines: list[str] = []
+    out = retrain(_job(dataset, tmp_path), dry_run=True, say=lines.append)
+    assert out.status == "planned" and out.candidate is None
+    assert "no unit-lifter@champion yet" in lines[0] and lines[1].startswith("  h36m-s1: new rig")
+    assert "would train a candidate" in lines[-1] and not (tmp_path / "runs").exists()
+
+
+def test_a_retrain_finding_the_lease_held_skips_its_cycle_and_trains_nothing(dataset: str, tmp_path: Path) -> None:
+    fs, path = url_to_fs(dataset)
+    lines: list[str] = []
+    with Lease(fs, f"{path}/{LEASE_FILE}", owner="another retrain", ttl_s=60):
+        out = retrain(_job(dataset, tmp_path), say=lines.append)
+    assert out.status == "busy" and "another retrain" in lines[-1] and "skipping" in lines[-1]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_schedule_repeats_and_stops_on_sigterm_after_the_current_cycle(dataset: str, tmp_path: Path) -> None:
+    calls: list[float] = []
+
+    def cycle(job: RetrainJob, **_: object) -> Outcome:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("storage was down")  # a failed cycle is reported; the schedule goes on
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # during a cycle: it finishes, then the schedule stops
+        return Outcome(status="nothing new", plan=None)  # type: ignore[arg-type]
+
+    job = _job(dataset, tmp_path).model_copy(update={"every": "1s"})
+    lines: list[str] = []
+    before = signal.getsignal(signal.SIGTERM)
+    n = run_every(job, say=lines.append, cycle=cycle)
+    assert n == len(calls) == 3 and calls[1] - calls[0] >= 0.95  # one period between cycles
+    assert any("storage was down" in ln for ln in lines) and lines[-1] == "retrain schedule stopped after 3 cycle(s)"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
