@@ -34,7 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from rigpose import geometry as g
 from rigpose.config import VERIFY_MODES, VerifyMode
-from rigpose.data.manifest import MANIFEST, DatasetError, ShardInfo
+from rigpose.data.manifest import DatasetError, ShardInfo
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import ARROW_SCHEMA, frames_from_table
 from rigpose.rig import RigError, validate_rig
@@ -177,7 +177,9 @@ def validate_dataset(url: str) -> ValidationReport:
     listed = {posixpath.join(ds.path, s.path) for s in ds.manifest.shards}
     for path in ds.fs.glob(posixpath.join(ds.path, "rig_id=*", "split=*", "*.parquet")):
         if path not in listed:
-            report.notes.append(f"{posixpath.relpath(path, ds.path)}: not in {MANIFEST} (ignored by readers)")
+            report.notes.append(f"{posixpath.relpath(path, ds.path)}: not in manifest version "
+                                f"{ds.manifest.version} (ignored by readers; a running ingest's, or left by a "
+                                f"failed one: `rigpose datasets vacuum {ds.root}` removes those)")
     return report
 
 
