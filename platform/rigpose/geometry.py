@@ -186,8 +186,11 @@ def project_camera(points_cam: Array, K: Array, dist: Array) -> Array:
     """Camera-frame points [..., N, 3] (m) -> pixels [..., N, 2]; K [..., 3, 3], dist [..., 5] broadcast over N."""
     _check_last("points_cam", points_cam, 3)
     z = points_cam[..., 2]
-    z_safe = _where(z > 0, z, float("nan"))
-    xy = points_cam[..., :2] / z_safe[..., None]
+    front = z > 0
+    # divide by a finite stand-in, then mask: NaN in the forward pass only, never in a gradient (x / NaN would
+    # send NaN back to the points even where nothing downstream uses the pixel)
+    xy = points_cam[..., :2] / _where(front, z, 1.0)[..., None]
+    xy = _where(front[..., None], xy, float("nan"))
     return normalized_to_pixels(distort(xy, dist), K)
 
 

@@ -113,3 +113,33 @@ def test_inpainting_counts_only_hidden_joints_in_focal_scaled_pixels() -> None:
     s, c = losses.inpainting_2d(xy_pred, xy_obs, hidden, K)
     assert c == 2
     torch.testing.assert_close(s / c, torch.tensor(10.0))  # 0.01 x 1000 px
+
+
+def test_a_lift_behind_another_camera_gets_no_weight_and_a_finite_gradient() -> None:
+    """A source's pose placed behind a target camera (easy with cameras all around, e.g. studio-8) has no pixel
+    there: it must count for nothing, and its gradient must stay finite (a NaN gradient ruined whole training runs:
+    x / NaN and |NaN| send NaN back even with a zero upstream gradient)."""
+    b = to_torch(synthetic_batch(8))
+    cams = batch_cameras(b)
+    rel = _true_rel(b).clone().requires_grad_(True)
+    offset = torch.zeros_like(rel)
+    offset[0, 1] = 20.0  # view 1's lift of frame 0 thrown 20 m away: behind some of the other cameras
+    s, c = losses.cross_view_reprojection(rel + offset, b["root_world"], b["root_ok"], b["kp"], b["w"], cams)
+    s.backward()
+    assert torch.isfinite(s) and torch.isfinite(rel.grad).all()
+    world = losses.to_world((rel + offset).detach(), cams.R, b["root_world"])
+    behind = (losses.to_camera(world[:1, 1], cams.R[:1], cams.t[:1])[0, ..., 2] <= 0).any(-1)  # [T]
+    assert behind.any(), "the test pose is not behind any camera"
+    full = b["w"].sum() * 3
+    assert c < full  # those pairs carry no weight
+
+
+def test_projection_is_nan_behind_the_camera_with_a_zero_gradient_there() -> None:
+    from rigpose.geometry import project_camera
+
+    pts = torch.tensor([[0.1, 0.2, 2.0], [0.1, 0.2, -1.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    K = torch.tensor([[1000.0, 0, 500], [0, 1000, 500], [0, 0, 1]])
+    pix = project_camera(pts, K, torch.zeros(5))
+    assert torch.isfinite(pix[0]).all() and torch.isnan(pix[1:]).all()
+    torch.where(torch.isfinite(pix), pix, torch.zeros_like(pix)).sum().backward()
+    assert torch.isfinite(pts.grad).all() and (pts.grad[1:] == 0).all()

@@ -59,13 +59,13 @@ def cross_view_reprojection(
     # every source's world pose in every target camera: [B, S, T, J, 3]
     X_cam = torch.einsum("btik,bsjk->bstji", cams.R, world) + cams.t[:, None, :, None]
     pix = project_camera(X_cam, cams.K[:, None], cams.dist[:, None])  # [B, S, T, J, 2]
-    err = (pix - kp_BVJ2[:, None]).norm(dim=-1)  # [B, S, T, J]
+    kp = torch.nan_to_num(kp_BVJ2)[:, None].expand_as(pix)  # missing joints (weight 0): a finite stand-in
+    bad = ~torch.isfinite(pix).all(-1)  # behind the target camera: no pixel, no weight, no gradient
+    err = (torch.where(bad[..., None], kp, pix) - kp).norm(dim=-1)  # [B, S, T, J]; 0 where bad (finite)
     source_ok = (w_BVJ.sum(-1) > 0).to(err.dtype)  # [B, S] views that were lifted from something
     weight = w_BVJ[:, None] * source_ok[:, :, None, None] * root_ok_B[:, None, None, None]
     if not include_self:
         weight = weight * (1 - torch.eye(V, dtype=err.dtype, device=err.device))[None, :, :, None]
-    err = torch.nan_to_num(err, nan=0.0, posinf=0.0)  # behind-camera projections carry no weight below
-    bad = ~torch.isfinite(pix).all(-1)
     weight = torch.where(bad, torch.zeros_like(weight), weight)
     penalty = err if huber_px is None else huber(err, huber_px)
     return (penalty * weight).sum(), weight.sum()
