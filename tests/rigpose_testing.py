@@ -359,12 +359,18 @@ def mlflow_server(folder: Path, *, artifacts: str | None = None, env: dict[str, 
                 time.sleep(1.0)
         yield f"http://127.0.0.1:{port}"
     finally:
-        children = descendants(proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        stop_processes(children, timeout_s=20)
+        stop_with_children(proc)
         log.close()
+
+
+def stop_with_children(proc: subprocess.Popen, *, timeout_s: float = 20.0) -> None:
+    """Stop `proc` and the processes it started (`mlflow server` / `models serve` run uvicorn as a child, which
+    would outlive its parent); only those: found from its pid, never by name."""
+    children = descendants(proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    stop_processes(children, timeout_s=timeout_s)

@@ -353,12 +353,6 @@ def _utc(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
-def modified_age_s(fs: fsspec.AbstractFileSystem, path: str, now: float | None = None) -> float:
-    """Seconds since `path` was last written (its mtime, or an object's LastModified)."""
-    stamp = fs.modified(path)
-    return (time.time() if now is None else now) - stamp.timestamp()
-
-
 @contextlib.contextmanager
 def published_parquet(out_url: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     """A ParquetWriter on a temp file that becomes `out_url` only when the block finishes without error."""

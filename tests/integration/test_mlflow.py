@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rigpose_testing import captured_output, descendants, free_port, stop_processes
+from rigpose_testing import captured_output, free_port, stop_with_children
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
@@ -70,16 +70,8 @@ def start_mlflow_server(folder: Path, artifacts: str, port: int) -> subprocess.P
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Stop `proc` and the processes it started (`mlflow server` / `models serve` run uvicorn as a child, which
-    would outlive its parent); only those: found from its pid, never by name."""
-    children = descendants(proc.pid)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    stop_processes(children, timeout_s=20)
+    """Stop `proc` and its children (rigpose_testing.stop_with_children), then close its log."""
+    stop_with_children(proc)
     if getattr(proc, "log", None) is not None:
         proc.log.close()
 

@@ -338,14 +338,20 @@ def no_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return tried
 
 
-def test_cli_dry_run_prints_the_submission_and_the_values_sent_without_contacting_the_cluster(
-        monkeypatch: pytest.MonkeyPatch, no_cluster: list[str]) -> None:
+def _dry_run(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str):
+    """`rigpose submit jobs/train.yaml --dry-run ARGS` from the repo with only `env` (plus a secret key and an
+    unreachable cluster address) of the forwarded and credential variables set."""
     monkeypatch.chdir(REPO)
     for name in FORWARDED_ENV + CREDENTIAL_ENV:
         monkeypatch.delenv(name, raising=False)
-    env = {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:1", "AWS_SECRET_ACCESS_KEY": "secret-key",
-           "AWS_ENDPOINT_URL": "http://minio:minio-pw@127.0.0.1:9000"}
-    result = CliRunner().invoke(app, ["submit", "jobs/train.yaml", "--dry-run", "--set", "optim.epochs=2"], env=env)
+    env = {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:1", "AWS_SECRET_ACCESS_KEY": "secret-key", **env}
+    return CliRunner().invoke(app, ["submit", "jobs/train.yaml", "--dry-run", *args], env=env)
+
+
+def test_cli_dry_run_prints_the_submission_and_the_values_sent_without_contacting_the_cluster(
+        monkeypatch: pytest.MonkeyPatch, no_cluster: list[str]) -> None:
+    result = _dry_run(monkeypatch, {"AWS_ENDPOINT_URL": "http://minio:minio-pw@127.0.0.1:9000"},
+                      "--set", "optim.epochs=2")
     assert result.exit_code == 0, result.output
     entry = _train("optim.epochs=2", f"data.url={REPO}/outputs/datasets/demo", f"run.output_dir={REPO}/outputs/runs")
     assert f"entrypoint: {entry}\n" in result.stdout
@@ -358,13 +364,8 @@ def test_cli_dry_run_prints_the_submission_and_the_values_sent_without_contactin
 
 def test_cli_dry_run_with_forwarded_credentials_shows_them_as_stars(
         monkeypatch: pytest.MonkeyPatch, no_cluster: list[str]) -> None:
-    monkeypatch.chdir(REPO)
-    for name in FORWARDED_ENV + CREDENTIAL_ENV:
-        monkeypatch.delenv(name, raising=False)
-    env = {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:1", "AWS_SECRET_ACCESS_KEY": "secret-key",
-           "MLFLOW_TRACKING_URI": "http://bob:bob-pw@mlflow:5000"}
-    result = CliRunner().invoke(app, ["submit", "jobs/train.yaml", "--dry-run", "--forward-credentials",
-                                      "--set", "tracking.uri=http://carol:carol-pw@mlflow:5000"], env=env)
+    result = _dry_run(monkeypatch, {"MLFLOW_TRACKING_URI": "http://bob:bob-pw@mlflow:5000"}, "--forward-credentials",
+                      "--set", "tracking.uri=http://carol:carol-pw@mlflow:5000")
     assert result.exit_code == 0, result.output
     assert "  AWS_SECRET_ACCESS_KEY=***\n  MLFLOW_TRACKING_URI=http://bob:***@mlflow:5000\n" in result.stdout
     assert "--set tracking.uri=http://carol:***@mlflow:5000" in result.stdout  # the entrypoint, as shown
