@@ -154,7 +154,7 @@ class TrainJob(Strict):
         return self
 
 
-MultiViewMethod = Literal["fusion", "refinement", "adaptation"]
+MultiViewMethod = Literal["posterior", "fusion", "refinement", "adaptation"]
 MULTI_VIEW_METHODS: tuple[str, ...] = get_args(MultiViewMethod)
 FusionWeighting = Literal["confidence", "uniform"]
 ViewMode = Literal["single", "multi"]
@@ -168,9 +168,12 @@ class MultiViewConfig(Strict):
     """Multi-view inference (rigpose.model.multiview.lift_multiview): what is done beyond lifting each view."""
 
     method: MultiViewMethod = Field(
-        "fusion", description="'fusion': the views' lifts averaged in the world frame; 'refinement': fusion, then "
-                                  "optimised against every view's 2D; 'adaptation': the lifter fine-tuned on the test "
-                                  "2D first (adapt_*), then fusion and refinement.")
+        "posterior", description="'posterior': each joint the posterior of every view's 2D (weighed by its estimated "
+                                 "noise) and the fused lifts (weighed by their own uncertainty), robust "
+                                 "triangulation where the two disagree, with a per-joint uncertainty; 'fusion': "
+                                 "the views' lifts averaged in the world frame; 'refinement': fusion, then "
+                                 "optimised against every view's 2D; 'adaptation': the lifter fine-tuned on the test "
+                                 "2D first (adapt_*), then fusion and refinement.")
     weighting: FusionWeighting = Field(
         "confidence", description="Fusion weights: 'confidence' (detector scores) or 'uniform' (one per view).")
     refine_steps: int = Field(100, ge=0, description="L-BFGS iterations of the refinement (methods refinement and "

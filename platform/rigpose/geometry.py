@@ -299,6 +299,13 @@ def triangulate(pixels: Array, cameras: CameraLike, scores: Array | None = None)
     return _dlt(xy, _projection_matrices(R, t), w)
 
 
+def triangulate_normalized(xy: Array, R: Array, t: Array, weights: Array) -> Array:
+    """Weighted DLT from undistorted normalised coordinates xy [..., V, J, 2] of cameras R [..., V, 3, 3],
+    t [..., V, 3] with weights [..., V, J] (0 = not seen) -> world points [..., J, 3] metres; NaN where fewer than
+    two views have positive weight. `triangulate` without the undistortion (for callers that hold xy already)."""
+    return _dlt(xy, _projection_matrices(R, t), weights)
+
+
 def reprojection_error(points_world: Array, pixels: Array, cameras: CameraLike) -> Array:
     """Pixel distance [..., V, J] between `points_world` [..., J, 3] projected into each view and `pixels`."""
     pts = points_world[..., None, :, :]

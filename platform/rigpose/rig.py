@@ -2,8 +2,9 @@
 
 Conventions (../DESIGN.md): world -> camera ``x_cam = R @ X_world + t``; ``K`` 3x3 in pixels; ``dist`` =
 ``[k1, k2, p1, p2, k3]`` with OpenCV's meaning; metres everywhere. An in-memory `Rig` is always in metres
-(``units == "m"``). A rig file may say ``"units": "mm"``: only ``t`` carries a length, so `load_rig` divides ``t``
-by 1000 and the loaded rig says ``"m"``; `save_rig` always writes metres.
+(``units == "m"``). A rig file may say ``"units": "mm"``: only ``t`` and ``floor_z`` carry a length, so `load_rig`
+divides them by 1000 and the loaded rig says ``"m"``; `save_rig` always writes metres. The optional ``floor_z``
+is the world z of the floor plane (metres, world z up); absent or null means the floor is not known.
 
 Every rejection is a `RigError` (a ``ValueError``) whose message is one line naming the file, the rig, the camera
 and the field, e.g. ``x.json: rig 'h36m-s1' camera '54138969' field 'R': not a rotation (...)``.
@@ -33,6 +34,8 @@ _RIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # rig ids become file nam
 _CAMERA_KEYS = ("name", "width", "height", "K", "dist", "R", "t")
 _ARRAY_SHAPES = {"K": (3, 3), "dist": (5,), "R": (3, 3), "t": (3,)}
 _LENGTH_SCALE = {"m": 1.0, "mm": 1e-3}
+_RIG_KEYS = ("rig_id", "units", "cameras")  # required top-level keys
+_RIG_OPTIONAL_KEYS = ("floor_z",)
 
 
 class RigError(ValueError):
@@ -107,11 +110,13 @@ class Camera:
 
 @dataclass(frozen=True)
 class Rig:
-    """A calibrated multi-camera rig: an id, cameras in view order, and ``units`` (always ``"m"`` in memory)."""
+    """A calibrated multi-camera rig: an id, cameras in view order, ``units`` (always ``"m"`` in memory) and
+    ``floor_z``, the world z (metres) of the floor plane where it is known (None: unknown)."""
 
     rig_id: str
     cameras: tuple[Camera, ...]
     units: str = "m"
+    floor_z: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cameras", tuple(self.cameras))
@@ -151,9 +156,10 @@ class Rig:
 def validate_rig(rig: Rig, *, source: str | None = None, min_cameras: int = 2) -> None:
     """Raise `RigError` (one line naming file, rig, camera, field) unless `rig` is fit for training.
 
-    Rejects: a bad rig id, units other than "m", fewer than `min_cameras` cameras, duplicate camera names,
-    non-finite numbers, non-positive image size or focal length, a K not of the form [[fx, s, cx], [0, fy, cy],
-    [0, 0, 1]], a principal point outside the image, and an R that is not a rotation (within 1e-6).
+    Rejects: a bad rig id, units other than "m", a ``floor_z`` that is neither None nor a finite number, fewer than
+    `min_cameras` cameras, duplicate camera names, non-finite numbers, non-positive image size or focal length, a K
+    not of the form [[fx, s, cx], [0, fy, cy], [0, 0, 1]], a principal point outside the image, and an R that is not
+    a rotation (within 1e-6).
     """
     rid = rig.rig_id
     if not isinstance(rid, str) or not _RIG_ID.match(rid):
@@ -161,6 +167,11 @@ def validate_rig(rig: Rig, *, source: str | None = None, min_cameras: int = 2) -
     if rig.units != "m":
         raise RigError(f"in-memory rigs are in metres ('m'), got {rig.units!r}", source=source, rig_id=rid,
                        field="units")
+    floor_z = rig.floor_z
+    if floor_z is not None and (isinstance(floor_z, bool) or not isinstance(floor_z, int | float | np.floating)
+                                or not math.isfinite(floor_z)):
+        raise RigError(f"expected a finite number (metres) or null, got {_describe(floor_z)}", source=source,
+                       rig_id=rid, field="floor_z")
     if len(rig.cameras) < min_cameras:
         raise RigError(f"{len(rig.cameras)} camera(s), need at least {min_cameras} for 2D-supervised training",
                        source=source, rig_id=rid, field="cameras")
@@ -233,13 +244,13 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
-def _require_keys(d: dict, keys: tuple[str, ...], err: Any) -> None:
+def _require_keys(d: dict, keys: tuple[str, ...], err: Any, optional: tuple[str, ...] = ()) -> None:
     missing = [k for k in keys if k not in d]
     if missing:
         raise err(f"missing key {missing[0]!r}", field=missing[0])
-    unknown = sorted(set(d) - set(keys))
+    unknown = sorted(set(d) - set(keys) - set(optional))
     if unknown:
-        raise err(f"unknown key {unknown[0]!r} (expected {', '.join(keys)})", field=unknown[0])
+        raise err(f"unknown key {unknown[0]!r} (expected {', '.join((*keys, *optional))})", field=unknown[0])
 
 
 def _parse_camera(d: Any, index: int, *, scale: float, source: str, rig_id: str) -> Camera:
@@ -268,9 +279,10 @@ def _parse_camera(d: Any, index: int, *, scale: float, source: str, rig_id: str)
 
 
 def rig_from_dict(d: Any, *, source: str) -> Rig:
-    """Parse a rig file's JSON object (keys and shapes checked; values are `validate_rig`'s job).
+    """Parse a rig file's JSON object (keys, types and shapes checked; values are `validate_rig`'s job).
 
-    ``units`` "mm" converts ``t`` to metres. `source` names the file in error messages.
+    ``units`` "mm" converts ``t`` and ``floor_z`` to metres. The optional ``floor_z`` (a number, or null /
+    absent for an unknown floor) becomes `Rig.floor_z`. `source` names the file in error messages.
     """
     if not isinstance(d, dict):
         raise RigError(f"expected a JSON object at the top level, got {_describe(d)}", source=source)
@@ -280,17 +292,22 @@ def rig_from_dict(d: Any, *, source: str) -> Rig:
     def err(reason: str, *, field: str | None = None) -> RigError:
         return RigError(reason, source=source, rig_id=label, field=field)
 
-    _require_keys(d, ("rig_id", "units", "cameras"), err)
+    _require_keys(d, _RIG_KEYS, err, optional=_RIG_OPTIONAL_KEYS)
     if not isinstance(rig_id, str):
         raise err(f"expected a string, got {_describe(rig_id)}", field="rig_id")
     if d["units"] not in _LENGTH_SCALE:
         raise err(f"expected 'm' or 'mm', got {d['units']!r}", field="units")
     if not isinstance(d["cameras"], list):
         raise err(f"expected a list of cameras, got {_describe(d['cameras'])}", field="cameras")
+    floor_z = d.get("floor_z")
+    if floor_z is not None and (isinstance(floor_z, bool) or not isinstance(floor_z, int | float)):
+        raise err(f"expected a number (metres, world z of the floor) or null, got {_describe(floor_z)}",
+                  field="floor_z")
     scale = _LENGTH_SCALE[d["units"]]
     cameras = tuple(_parse_camera(c, i, scale=scale, source=source, rig_id=rig_id)
                     for i, c in enumerate(d["cameras"]))
-    return Rig(rig_id=rig_id, cameras=cameras, units="m")
+    return Rig(rig_id=rig_id, cameras=cameras, units="m",
+               floor_z=None if floor_z is None else float(floor_z) * scale)
 
 
 def _round(x: float, significant_digits: int | None) -> float:
@@ -299,14 +316,18 @@ def _round(x: float, significant_digits: int | None) -> float:
 
 
 def rig_to_dict(rig: Rig, *, significant_digits: int | None = None) -> dict[str, Any]:
-    """The rig file's JSON object (metres). `significant_digits` rounds the floats (None: exact round trip)."""
+    """The rig file's JSON object (metres). `significant_digits` rounds the floats (None: exact round trip).
+
+    ``floor_z`` is written only when the floor is known, so rigs without one keep their files unchanged.
+    """
 
     def nums(a: np.ndarray) -> Any:
         return np.vectorize(lambda x: _round(x, significant_digits), otypes=[object])(a).tolist()
 
     cameras = [{"name": c.name, "width": int(c.width), "height": int(c.height),
                 **{k: nums(getattr(c, k)) for k in _ARRAY_SHAPES}} for c in rig.cameras]
-    return {"rig_id": rig.rig_id, "units": rig.units, "cameras": cameras}
+    floor = {} if rig.floor_z is None else {"floor_z": _round(rig.floor_z, significant_digits)}
+    return {"rig_id": rig.rig_id, "units": rig.units, **floor, "cameras": cameras}
 
 
 def rig_to_json(rig: Rig, *, significant_digits: int | None = None) -> str:
@@ -316,7 +337,8 @@ def rig_to_json(rig: Rig, *, significant_digits: int | None = None) -> str:
         "    {\n" + ",\n".join(f"      {json.dumps(k)}: {json.dumps(v)}" for k, v in c.items()) + "\n    }"
         for c in d["cameras"]
     )
-    return (f'{{\n  "rig_id": {json.dumps(d["rig_id"])},\n  "units": {json.dumps(d["units"])},\n'
+    floor = f'  "floor_z": {json.dumps(d["floor_z"])},\n' if "floor_z" in d else ""
+    return (f'{{\n  "rig_id": {json.dumps(d["rig_id"])},\n  "units": {json.dumps(d["units"])},\n{floor}'
             f'  "cameras": [\n{cams}\n  ]\n}}\n')
 
 

@@ -239,11 +239,14 @@ def test_lift_dataset_writes_the_documented_columns_in_both_modes(tiny: dict[str
     multi = str(Path(tiny["dir"]) / "out" / "multi.parquet")
     info = lift_dataset(tiny["model"], tiny["data"], split="test", out_url=multi, mode="multi")
     t = pq.read_table(multi)
-    assert t.column_names == ["rig_id", "sequence", "frame", "num_views", "joints_world_rel", "joints_world"]
+    assert t.column_names == ["rig_id", "sequence", "frame", "num_views", "joints_world_rel", "joints_world",
+                              "uncertainty"]
     assert t.num_rows == info["rows"] == rows
     absolute = np.asarray(t.column("joints_world").drop_null().to_pylist()).reshape(-1, 16, 3)
     rel = np.asarray(t.column("joints_world_rel").to_pylist()).reshape(-1, 16, 3)
     assert len(absolute) > 0.9 * rows and np.isfinite(rel).all()
+    sigma = np.asarray(t.column("uncertainty").to_pylist())  # the default method states one per joint, metres
+    assert sigma.shape == (rows, 16) and (sigma > 0).all() and (sigma < 1.0).all()
     assert sorted(p.name for p in (Path(tiny["dir"]) / "out").iterdir()) == ["multi.parquet", "single.parquet"]
 
 

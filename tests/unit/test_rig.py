@@ -306,6 +306,56 @@ def test_load_rig_reports_nan_in_a_file_as_non_finite(tmp_path: Path) -> None:
     assert_one_line_naming(e.value, "nan.json", "camera 'c0'", "field 't'", "non-finite")
 
 
+# ---------------------------------------------------------------------------------------------- floor
+
+
+def with_floor(rig: Rig, floor_z: Any) -> Rig:
+    return Rig(rig_id=rig.rig_id, cameras=rig.cameras, units=rig.units, floor_z=floor_z)
+
+
+@pytest.mark.parametrize("floor_z", [0.0, -0.0125, 1.5])
+def test_floor_z_round_trips_through_the_rig_file(tmp_path: Path, floor_z: float) -> None:
+    rig = with_floor(make_rig(2), floor_z)
+    save_rig(rig, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["floor_z"] == floor_z
+    loaded = load_rig(tmp_path / "r.json")
+    assert loaded == rig and loaded.floor_z == floor_z
+    assert rig_from_dict(json.loads(json.dumps(rig_to_dict(rig))), source="x") == rig
+
+
+def test_a_rig_without_a_known_floor_writes_no_floor_z_and_files_without_one_load(tmp_path: Path) -> None:
+    rig = make_rig(2)
+    assert rig.floor_z is None
+    save_rig(rig, tmp_path / "r.json")
+    assert "floor_z" not in json.loads((tmp_path / "r.json").read_text())
+    assert load_rig(tmp_path / "r.json").floor_z is None
+    assert rig_from_dict({**good_dict(), "floor_z": None}, source="f.json").floor_z is None
+
+
+def test_floor_z_in_a_millimetre_rig_file_is_converted_to_metres() -> None:
+    d = {**good_dict(), "units": "mm", "floor_z": 25}
+    assert rig_from_dict(d, source="f.json").floor_z == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize("bad", ["0.0", True, [0.0]])
+def test_parsing_rejects_a_floor_z_that_is_not_a_number_naming_rig_and_field(bad: Any) -> None:
+    with pytest.raises(RigError) as e:
+        rig_from_dict({**good_dict(), "floor_z": bad}, source="f.json")
+    assert_one_line_naming(e.value, "f.json: rig 'test-rig' field 'floor_z'", "expected a number")
+    assert e.value.field == "floor_z" and e.value.rig_id == "test-rig"
+
+
+def test_load_rig_rejects_a_non_finite_floor_z_naming_rig_and_field(tmp_path: Path) -> None:
+    (tmp_path / "nan.json").write_text(json.dumps({**good_dict(), "floor_z": float("nan")}))
+    with pytest.raises(RigError) as e:
+        load_rig(tmp_path / "nan.json")
+    assert_one_line_naming(e.value, "nan.json: rig 'test-rig' field 'floor_z'", "finite number")
+    with pytest.raises(RigError, match="rig 'test-rig' field 'floor_z'"):
+        validate_rig(with_floor(make_rig(2), float("inf")))
+    with pytest.raises(RigError, match="field 'floor_z'"):
+        validate_rig(with_floor(make_rig(2), "0"))
+
+
 # ---------------------------------------------------------------------------------------------- calibration TOML
 
 

@@ -56,6 +56,13 @@ def test_every_shipped_rig_validates_and_sees_the_capture_centre(path: Path) -> 
     rb.check_sees(rig)
 
 
+@pytest.mark.parametrize("path", shipped_paths(), ids=lambda p: p.stem)
+def test_shipped_rigs_know_the_floor_where_their_source_does(path: Path) -> None:
+    # H36M's world and the synthetic studio stand people on z = 0; HumanEva-I's floor is only inferred
+    expected = None if path.stem.startswith("humaneva") else 0.0
+    assert load_rig(path).floor_z == expected
+
+
 @needs_shared
 def test_shipped_rig_files_equal_a_fresh_regeneration(tmp_path: Path) -> None:
     assert rb.main(["--out", str(tmp_path), "--shared", str(SHARED)]) == 0
@@ -64,6 +71,7 @@ def test_shipped_rig_files_equal_a_fresh_regeneration(tmp_path: Path) -> None:
     for new, old in zip(fresh, shipped_paths(), strict=True):
         d_new, d_old = json.loads(new.read_text()), json.loads(old.read_text())
         assert d_new["rig_id"] == d_old["rig_id"] and d_new["units"] == d_old["units"]
+        assert d_new.get("floor_z") == d_old.get("floor_z")
         assert [(c["name"], c["width"], c["height"]) for c in d_new["cameras"]] == \
                [(c["name"], c["width"], c["height"]) for c in d_old["cameras"]]
         # 12 significant digits written: allow a last-digit difference from another machine's floating point

@@ -257,7 +257,9 @@ def test_pyfunc_predicts_what_the_lifter_gives_on_raw_detector_rows(tiny: Datase
     for c in ("keypoints", "scores", "K", "dist", "R", "t"):
         rows.at[0, c] = [rows.loc[0, c][0]]
     out = model.predict(None, rows)
-    assert list(out.columns) == ["joints_3d", "joints_cam", "num_views"]
+    assert list(out.columns) == ["joints_3d", "joints_cam", "num_views", "uncertainty"]
+    sigma = np.stack([np.asarray(x) for x in out["uncertainty"]])  # the default method's, metres per joint
+    assert sigma.shape == (len(rows), 16) and (sigma > 0).all()
     vm = f.view_mask.copy()
     vm[0, 1:] = False
     f = type(f)(**{**f.__dict__, "keypoints": kp, "cameras": cams})

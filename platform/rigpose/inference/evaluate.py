@@ -4,13 +4,19 @@ What is measured (metric functions in `rigpose.metrics`; 3D metrics only where t
 is read for metrics and nothing else: the model, the fusion and the baselines see a batch built without it):
 
 - "single": every view lifted alone; root-relative, in that camera's frame: mpjpe_mm, pa_mpjpe_mm, n_mpjpe_mm,
-  pck150; mpjpe_abs_mm uses the lifter's own metric root. heldout_px: the lift from view s placed at the root
+  pck150; mpjpe_abs_mm uses the lifter's own metric root. On rigs whose floor is known (the rig file's floor_z),
+  the lift made metric by the feet on the floor (`rigpose.model.floor`): floor_mpjpe_mm (root-relative at the
+  estimated body scale), floor_root_mm (world-frame root error), floor_scale (the body scale estimated).
+  heldout_px: the lift from view s placed at the root
   triangulated from the other views, projected into the other views, vs their 2D (per source camera).
 - "multi": world frame, root-relative (mpjpe_mm, pa_mpjpe_mm, n_mpjpe_mm, pck150) and absolute (mpjpe_abs_mm),
   for the lifter's multi-view answer (`MultiViewConfig.method`) and, as baselines, weighted DLT ("dlt") and robust
   triangulation ("robust"). heldout_px: leave view t out entirely (the batch is rebuilt without it, so even the
   triangulated anchors never see it), answer from the rest, project into t, compare with t's 2D (per camera t).
   coverage: the fraction of labelled joints the method gave a finite answer for (DLT needs two views per joint).
+  For a method that states a per-joint uncertainty (the default "posterior"): uncertainty_mm, its mean, and
+  within_uncertainty, the share of labelled joints whose world-frame error is under it (calibration: about 0.6-0.7
+  for a calibrated Gaussian RMS radius).
 
 With adaptation (`MultiViewConfig.steps_to_adapt` > 0) the lifter is fine-tuned per batch on that batch's own
 multi-view 2D (test-time adaptation) before lifting; for the multi-view held-out metric it is adapted again
@@ -40,7 +46,7 @@ from rigpose.data.schema import Frames
 from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
     iter_frames,
-    lift_multi,
+    lift_multi_uncertain,
     lift_single,
     model_batch,
     open_inputs,
@@ -108,8 +114,33 @@ def _camera_keys(frames: Frames) -> np.ndarray:
     return np.char.add(np.char.add(frames.rig_id.astype(str)[:, None], "/"), frames.camera_names.astype(str))
 
 
+def _floor_metrics(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], rel: np.ndarray, root: np.ndarray,
+                   gt_cam: np.ndarray, skeleton: Skeleton, floors: dict[str, float | None], keys: np.ndarray) -> None:
+    """The single view made metric by the known floor (`rigpose.model.floor`), on the rows of rigs whose floor is
+    known: floor_mpjpe_mm (root-relative, camera frame, at the estimated body scale), floor_root_mm (world-frame
+    root error), floor_scale (the estimated body scale)."""
+    from rigpose.model.floor import metric_single_view
+
+    roots = tuple(skeleton.root_joints)
+    known = np.array([floors.get(str(r)) is not None for r in frames.rig_id])
+    for floor_z in {floors[str(r)] for r in np.unique(frames.rig_id[known])}:
+        rows = known & np.array([floors.get(str(r)) == floor_z for r in frames.rig_id])
+        ok = np.isfinite(rel[rows]).all((-1, -2)) & (frames.view_mask[rows])
+        m = metric_single_view(torch.from_numpy(np.nan_to_num(rel[rows])), torch.from_numpy(np.nan_to_num(root[rows])),
+                               batch["R"][rows].double(), batch["t"][rows].double(), torch.from_numpy(ok), skeleton,
+                               floor_z=float(floor_z), groups=sequence_groups(frames.take(rows)),
+                               w_BVJ=batch["w"][rows].double())
+        scale = np.where(ok, m.scale.numpy(), np.nan)
+        rel_m = rel[rows] * scale[..., None, None]
+        acc.add("single", "floor_mpjpe_mm", ev.mpjpe(rel_m, ev.root_relative(gt_cam[rows], roots)), keys[rows])
+        world_root = np.where(ok[..., None], m.world.numpy()[:, :, list(roots)].mean(2), np.nan)  # [b, V, 3]
+        gt_root = frames.joints_3d[rows][:, list(roots)].mean(1).astype(np.float64)  # [b, 3]
+        acc.add("single", "floor_root_mm", 1000 * np.linalg.norm(world_root - gt_root[:, None], axis=-1), keys[rows])
+        acc.add("single", "floor_scale", scale, keys[rows])
+
+
 def _single_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: torch.nn.Module,
-                  skeleton: Skeleton) -> None:
+                  skeleton: Skeleton, floors: dict[str, float | None] | None = None) -> None:
     roots = tuple(skeleton.root_joints)
     rel, root = lift_single(model, batch)  # [B, V, J, 3], [B, V, 3]
     keys = _camera_keys(frames)
@@ -122,13 +153,16 @@ def _single_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], m
     for name, values in ev.pose_metrics(rel, ev.root_relative(gt_cam, roots)).items():
         acc.add("single", name, values, keys)
     acc.add("single", "mpjpe_abs_mm", ev.mpjpe(rel + root[:, :, None], gt_cam), keys)
+    if floors and any(v is not None for v in floors.values()):
+        _floor_metrics(acc, frames, batch, rel, root, gt_cam, skeleton, floors, keys)
 
 
 def _answers(method: str, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
-             groups: torch.Tensor, multi_view: MultiViewConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(world poses [B, J, 3] metres, NaN = no answer; root known [B] bool) of one multi-view method, computed
-    from a 2D-only batch (`model` already adapted to it where adaptation is on); `method` is "dlt", "robust" or
-    `multi_view.method`."""
+             groups: torch.Tensor, multi_view: MultiViewConfig
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(world poses [B, J, 3] metres, NaN = no answer; root known [B] bool; per-joint uncertainty [B, J] metres
+    or None) of one multi-view method, computed from a 2D-only batch (`model` already adapted to it where
+    adaptation is on); `method` is "dlt", "robust" or `multi_view.method`."""
     roots = list(skeleton.root_joints)
     if method in ("dlt", "robust"):
         if method == "dlt":
@@ -136,19 +170,24 @@ def _answers(method: str, batch: dict[str, torch.Tensor], model: Lifter, skeleto
                 X = g.triangulate(_np(batch, "kp"), _cams(batch), _np(batch, "w"))
         else:
             X = np.where(_np(batch, "pseudo_ok")[..., None] > 0, _np(batch, "pseudo_world"), np.nan)
-        return X, np.isfinite(X[:, roots]).all((-1, -2))
-    X = lift_multi(model, batch, skeleton, multi_view, groups=groups)
+        return X, np.isfinite(X[:, roots]).all((-1, -2)), None
+    X, sigma = lift_multi_uncertain(model, batch, skeleton, multi_view, groups=groups)
     seen = (_np(batch, "w").sum(-1) > 0).any(-1)  # a frame with no 2D at all has no answer
-    return np.where(seen[:, None, None], X, np.nan), _np(batch, "root_ok") > 0
+    return np.where(seen[:, None, None], X, np.nan), _np(batch, "root_ok") > 0, sigma
 
 
 def _multi_3d(acc: _Means, section: str, X: np.ndarray, root_ok: np.ndarray, gt: np.ndarray,
-              roots: tuple[int, ...]) -> None:
+              roots: tuple[int, ...], sigma: np.ndarray | None = None) -> None:
     for name, values in ev.pose_metrics(ev.root_relative(X, roots), ev.root_relative(gt, roots)).items():
         acc.add(section, name, values)
     acc.add(section, "mpjpe_abs_mm", ev.mpjpe(np.where(root_ok[:, None, None], X, np.nan), gt))
     labelled = np.isfinite(gt).all(-1)
     acc.add(section, "coverage", np.isfinite(X).all(-1)[labelled].astype(np.float64))
+    if sigma is not None:
+        err = np.linalg.norm(X - gt, axis=-1)  # [B, J] metres
+        ok = labelled & np.isfinite(err) & np.isfinite(sigma)
+        acc.add(section, "uncertainty_mm", 1000.0 * sigma[ok])
+        acc.add(section, "within_uncertainty", (err[ok] < sigma[ok]).astype(np.float64))
 
 
 def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
@@ -158,8 +197,8 @@ def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], mo
     methods = (multi_view.method, "dlt", "robust")
     if frames.joints_3d is not None:
         for method in methods:
-            X, root_ok = _answers(method, batch, model_adapted, skeleton, groups, multi_view)
-            _multi_3d(acc, method, X, root_ok, frames.joints_3d.astype(np.float64), roots)
+            X, root_ok, sigma = _answers(method, batch, model_adapted, skeleton, groups, multi_view)
+            _multi_3d(acc, method, X, root_ok, frames.joints_3d.astype(np.float64), roots, sigma)
     if not heldout:
         return
     keys = _camera_keys(frames)
@@ -174,7 +213,7 @@ def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], mo
         cam_v = g.CameraArrays(*(a[:, v] for a in cams))
         model_v = adapt_for(model, batch_v, skeleton, multi_view)
         for method in methods:
-            X, _ = _answers(method, batch_v, model_v, skeleton, groups, multi_view)
+            X, _, _ = _answers(method, batch_v, model_v, skeleton, groups, multi_view)
             err = ev.reprojection_errors(X, kp[:, v], w[:, v], cam_v)  # [B, J]
             err[~real] = np.nan
             acc.add(method, "heldout_px", err, np.broadcast_to(keys[:, v, None], err.shape))
@@ -210,6 +249,7 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
     if rig_ids is not None and (unknown := sorted(set(rig_ids) - set(ds.manifest.rigs))):
         raise ValueError(f"{data_url}: no rig {unknown}; has {sorted(ds.manifest.rigs)}")
     model.to(device)
+    floors = {rig_id: ds.rig(rig_id).floor_z for rig_id in ds.manifest.rigs} if "single" in modes else {}
     acc = _Means()
     num_frames, has_3d = 0, False
     for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows, with_3d=True,
@@ -220,7 +260,7 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
         batch = model_batch(frames, skeleton, device=device)  # 2D only: joints_3d stays in `frames`
         model_adapted = adapt_for(model, batch, skeleton, multi_view)
         if "single" in modes:
-            _single_batch(acc, frames, batch, model_adapted, skeleton)
+            _single_batch(acc, frames, batch, model_adapted, skeleton, floors)
         if "multi" in modes:
             _multi_batch(acc, frames, batch, model, skeleton, model_adapted=model_adapted, multi_view=multi_view,
                          device=device, heldout=multi_heldout)

@@ -25,6 +25,8 @@ mode "multi" (one row per frame):
 | num_views        | int8                | views that had at least one 2D keypoint                                   |
 | joints_world_rel | list<float32> [J*3] | fused world-frame pose minus its root; null when no view has 2D           |
 | joints_world     | list<float32> [J*3] | fused absolute world pose; null where the root cannot be triangulated     |
+| uncertainty      | list<float32> [J]   | per-joint uncertainty, metres (RMS 3D error the method claims); null when  |
+|                  |                     | the method states none (only "posterior", the default, does)              |
 
 The file's schema metadata holds `rigpose.skeleton`, `rigpose.joint_names` (JSON), `rigpose.mode`,
 `rigpose.model` and `rigpose.split`. The batch helpers here are shared with `rigpose.inference.evaluate`.
@@ -47,7 +49,7 @@ from rigpose.inference.models import load_model
 from rigpose.model.fusion import lift_single
 from rigpose.model.inputs import model_inputs
 from rigpose.model.lifter import Lifter
-from rigpose.model.multiview import adapt_for, fuse_and_refine
+from rigpose.model.multiview import adapt_for, estimate
 from rigpose.skeleton import Skeleton
 from rigpose.storage import published_parquet
 
@@ -95,15 +97,24 @@ def sequence_groups(frames: Frames) -> torch.Tensor:
 
 def lift_multi(model: Lifter, batch: dict[str, torch.Tensor], skeleton: Skeleton, multi_view: MultiViewConfig, *,
                groups: torch.Tensor | None = None) -> np.ndarray:
-    """World poses [B, J, 3] metres (NaN for frames with no usable view) by `multi_view.method`
-    (`rigpose.model.multiview.fuse_and_refine`): "fusion" fuses the per-view lifts; "refinement" and "adaptation"
-    also refine them against every view's 2D. Adaptation itself is the caller's (`adapt_for`), so one adapted
-    lifter serves the single- and multi-view lifts.
+    """World poses [B, J, 3] metres (NaN for frames with no usable view) by `multi_view.method`; see
+    `lift_multi_uncertain`."""
+    return lift_multi_uncertain(model, batch, skeleton, multi_view, groups=groups)[0]
+
+
+def lift_multi_uncertain(model: Lifter, batch: dict[str, torch.Tensor], skeleton: Skeleton,
+                         multi_view: MultiViewConfig, *, groups: torch.Tensor | None = None
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(world poses [B, J, 3] metres, NaN for frames with no usable view; per-joint uncertainty [B, J] metres or
+    None) by `multi_view.method` (`rigpose.model.multiview.estimate`): "posterior" combines the fused lifts with
+    every view's 2D; "fusion" fuses the per-view lifts; "refinement" and "adaptation" also refine them against every
+    view's 2D. Adaptation itself is the caller's (`adapt_for`), so one adapted lifter serves the single- and
+    multi-view lifts.
     """
     if groups is not None:
         groups = groups.to(batch["w"].device)
-    X = fuse_and_refine(model, batch, skeleton, multi_view, groups=groups)
-    return X.detach().cpu().double().numpy()
+    X, sigma = estimate(model, batch, skeleton, multi_view, groups=groups)
+    return X.detach().cpu().double().numpy(), None if sigma is None else sigma.detach().cpu().double().numpy()
 
 
 _LIST_F32 = pa.list_(pa.float32())
@@ -111,7 +122,7 @@ _KEYS = [pa.field("rig_id", pa.string()), pa.field("sequence", pa.string()), pa.
 SINGLE_SCHEMA = pa.schema([*_KEYS, pa.field("view", pa.int8()), pa.field("camera_name", pa.string()),
                            pa.field("joints_cam", _LIST_F32), pa.field("root_cam", _LIST_F32)])
 MULTI_SCHEMA = pa.schema([*_KEYS, pa.field("num_views", pa.int8()), pa.field("joints_world_rel", _LIST_F32),
-                          pa.field("joints_world", _LIST_F32)])
+                          pa.field("joints_world", _LIST_F32), pa.field("uncertainty", _LIST_F32)])
 
 
 def _flat(X: np.ndarray) -> pa.Array:
@@ -139,13 +150,17 @@ def single_table(frames: Frames, rel: np.ndarray, root: np.ndarray) -> pa.Table:
 
 
 def multi_table(frames: Frames, X_world: np.ndarray, root_ok: np.ndarray, num_views: np.ndarray,
-                root_joints: tuple[int, ...]) -> pa.Table:
-    """Rows of mode "multi" (see the module docstring) for one batch; X_world [B, J, 3], root_ok [B] bool."""
+                root_joints: tuple[int, ...], uncertainty: np.ndarray | None = None) -> pa.Table:
+    """Rows of mode "multi" (see the module docstring) for one batch; X_world [B, J, 3], root_ok [B] bool,
+    uncertainty [B, J] metres or None (all null)."""
     rel = X_world - X_world[:, list(root_joints)].mean(1, keepdims=True)
     absolute = np.where(root_ok[:, None, None], X_world, np.nan)
+    if uncertainty is None:
+        uncertainty = np.full(X_world.shape[:2], np.nan)
     return pa.Table.from_arrays([
         _strings(frames.rig_id), _strings(frames.sequence), pa.array(frames.frame, pa.int64()),
         pa.array(num_views.astype(np.int8), pa.int8()), _flat(rel), _flat(absolute),
+        _flat(uncertainty[..., None]),
     ], schema=MULTI_SCHEMA)
 
 
@@ -181,9 +196,9 @@ def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
     m = adapt_for(model, batch, skeleton, multi_view, multi=mode == "multi")
     if mode == "single":
         return single_table(frames, *lift_single(m, batch))
-    X = lift_multi(m, batch, skeleton, multi_view, groups=sequence_groups(frames))
+    X, sigma = lift_multi_uncertain(m, batch, skeleton, multi_view, groups=sequence_groups(frames))
     num_views = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
-    return multi_table(frames, X, batch["root_ok"].cpu().numpy() > 0, num_views, tuple(skeleton.root_joints))
+    return multi_table(frames, X, batch["root_ok"].cpu().numpy() > 0, num_views, tuple(skeleton.root_joints), sigma)
 
 
 def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mode: str = "single",

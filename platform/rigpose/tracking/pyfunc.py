@@ -1,8 +1,9 @@
 """The MLflow pyfunc lifter: raw 2D keypoints + cameras per row in, world and camera-frame 3D poses out.
 
 The world pose is the multi-view answer of `rigpose.config.MultiViewConfig` (the one default, or the "multi_view"
-entry of the logged model's `model_config`). Every row is its own frame, with its own skeleton in the refinement;
-only the 2D noise level that weighs the refinement's prior is estimated over all of a request's rows.
+entry of the logged model's `model_config`); "uncertainty" is its per-joint uncertainty in metres (the default
+method "posterior" states one; other methods give NaN). Every row is its own frame, with its own skeleton in the
+refinement; only the noise levels that weigh the prior against the 2D are estimated over all of a request's rows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rigpose.skeleton import Skeleton
 INPUT_COLUMNS = ("keypoints", "scores", "K", "dist", "R", "t")
 
 
-OUTPUT_COLUMNS = ("joints_3d", "joints_cam", "num_views")
+OUTPUT_COLUMNS = ("joints_3d", "joints_cam", "num_views", "uncertainty")
 
 
 ARTIFACT_KEY = "lifter"
@@ -72,17 +73,22 @@ def lift_arrays(model: Lifter, skeleton: Skeleton, keypoints: np.ndarray, scores
                 cameras: g.CameraArrays, view_mask: np.ndarray, *, multi_view: MultiViewConfig | None = None,
                 device: str = "cpu") -> dict[str, np.ndarray]:
     """{"joints_3d" [N, J, 3] world m (by `multi_view`, default `MultiViewConfig()`), "joints_cam" [N, V, J, 3]
-    camera m (single-view lifts), "num_views" [N]} for raw 2D + cameras; each row is its own frame."""
+    camera m (single-view lifts), "num_views" [N], "uncertainty" [N, J] m (NaN when the method states none)} for raw
+    2D + cameras; each row is its own frame."""
     from rigpose.model.fusion import lift_single
-    from rigpose.model.multiview import lift_multiview
+    from rigpose.model.multiview import estimate
 
+    multi_view = multi_view or MultiViewConfig()
     batch = model_inputs(keypoints, scores, cameras, view_mask, root_joints=tuple(skeleton.root_joints),
                          device=device, pseudo_3d=False)
     rel, root = lift_single(model, batch)
     rows = torch.arange(len(keypoints), device=device)  # one refinement group per row: rows are independent
-    world = lift_multiview(model, batch, skeleton, multi_view, groups=rows).detach().cpu().double().numpy()
+    X, sigma_t = estimate(model, batch, skeleton, multi_view, groups=rows)
+    world = X.detach().cpu().double().numpy()
+    sigma = np.full(world.shape[:2], np.nan) if sigma_t is None else sigma_t.detach().cpu().double().numpy()
     used = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
-    return {"joints_3d": world, "joints_cam": rel + root[..., None, :], "num_views": used.astype(np.int64)}
+    return {"joints_3d": world, "joints_cam": rel + root[..., None, :], "num_views": used.astype(np.int64),
+            "uncertainty": sigma}
 
 
 class LifterModel(mlflow.pyfunc.PythonModel):
@@ -113,6 +119,7 @@ class LifterModel(mlflow.pyfunc.PythonModel):
             "joints_3d": [x.tolist() for x in out["joints_3d"]],
             "joints_cam": [x[: int(n)].tolist() for x, n in zip(out["joints_cam"], vm.sum(1), strict=True)],
             "num_views": out["num_views"],
+            "uncertainty": [x.tolist() for x in out["uncertainty"]],
         })
 
 

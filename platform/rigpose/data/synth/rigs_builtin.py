@@ -14,9 +14,11 @@ world millimetres, intrinsics in pixels with ``radial_distortion`` [k1, k2, k3] 
 
 World frames and capture centres: both published worlds are z up, with the camera centres 1.4-1.6 m above z = 0
 and 4-5.5 m from the origin on all sides. H36M's floor is z = 0; for HumanEva-I that is inferred (camera heights,
-and optical axes meeting near (-0.1, 0, 0.9) m, a standing person's mid-body), not read from its mocap. So
-(0, 0, 1) m is the capture centre of every shipped rig, and `builtin_rigs` checks that every camera sees it in
-front (z_cam > 0) and inside its image. HumanEva-I's S3 calibration equals S1's to 0.1 micrometre in the source.
+and optical axes meeting near (-0.1, 0, 0.9) m, a standing person's mid-body), not read from its mocap. So the
+H36M rigs and `studio-8` (whose synthetic performers stand on z = 0) say ``floor_z = 0``, HumanEva-I's say nothing
+(floor unknown); (0, 0, 1) m is the capture centre of every shipped rig, and `builtin_rigs` checks that every
+camera sees it in front (z_cam > 0) and inside its image. HumanEva-I's S3 calibration equals S1's to 0.1 micrometre
+in the source.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def check_sees(rig: Rig, point: np.ndarray = CAPTURE_CENTER) -> None:
                            f"{cam.width}x{cam.height} image", rig_id=rig.rig_id, camera=cam.name, field="R")
 
 
-def _published_rigs(path: Path, prefix: str, subjects: Sequence[str]) -> list[Rig]:
+def _published_rigs(path: Path, prefix: str, subjects: Sequence[str], *, floor_z: float | None) -> list[Rig]:
     calib = json.loads(path.read_text())
     rigs = []
     for subject in subjects:
@@ -85,22 +87,23 @@ def _published_rigs(path: Path, prefix: str, subjects: Sequence[str]) -> list[Ri
                            source=str(path), rig_id=f"{prefix}-{subject.lower()}", field="extrinsics")
         cameras = tuple(camera_from_published(i, e, name=i["id"]) for i, e in zip(calib["intrinsics"], extrinsics,
                                                                                    strict=True))
-        rigs.append(Rig(rig_id=f"{prefix}-{subject.lower()}", cameras=cameras))
+        rigs.append(Rig(rig_id=f"{prefix}-{subject.lower()}", cameras=cameras, floor_z=floor_z))
     return rigs
 
 
 def h36m_rigs(path: Path) -> list[Rig]:
-    """`h36m-s1` ... `h36m-s11` from ``h36m_cameras.json``: 4 cameras named by their intrinsic ids."""
-    return _published_rigs(path, "h36m", H36M_SUBJECTS)
+    """`h36m-s1` ... `h36m-s11` from ``h36m_cameras.json``: 4 cameras named by their intrinsic ids; floor z = 0."""
+    return _published_rigs(path, "h36m", H36M_SUBJECTS, floor_z=0.0)
 
 
 def humaneva_rigs(path: Path) -> list[Rig]:
-    """`humaneva-s1` ... `humaneva-s3` from ``humaneva_cameras.json``: cameras C1, C2, C3 (640x480)."""
-    return _published_rigs(path, "humaneva", HUMANEVA_SUBJECTS)
+    """`humaneva-s1` ... `humaneva-s3` from ``humaneva_cameras.json``: cameras C1, C2, C3 (640x480); floor unknown."""
+    return _published_rigs(path, "humaneva", HUMANEVA_SUBJECTS, floor_z=None)
 
 
 def studio_rig(*, num_cameras: int = 8, radius: float = 4.5) -> Rig:
-    """`studio-8`: 1920x1080 cameras on a ring of `radius` m, heights alternating 1.2 / 2.6 m, aimed at (0, 0, 1) m.
+    """`studio-8`: 1920x1080 cameras on a ring of `radius` m, heights alternating 1.2 / 2.6 m, aimed at (0, 0, 1) m;
+    floor z = 0 (the synthetic performers stand on it).
 
     Lenses differ a little from camera to camera (f 1390-1425 px, principal point a few px off centre, mild
     barrel distortion), as they would after a real calibration; all values are fixed, so the file is reproducible.
@@ -114,7 +117,7 @@ def studio_rig(*, num_cameras: int = 8, radius: float = 4.5) -> Rig:
         K = np.array([[f, 0.0, 960.0 + (i % 3) - 1.0], [0.0, f, 540.0 + (i % 4) - 1.5], [0.0, 0.0, 1.0]])
         dist = np.array([-0.06 + 0.004 * (i % 3), 0.02 - 0.002 * (i % 2), 0.0003, -0.0002, 0.0])
         cameras.append(Camera(name=f"cam{i}", width=1920, height=1080, K=K, dist=dist, R=R, t=t))
-    return Rig(rig_id=f"studio-{num_cameras}", cameras=tuple(cameras))
+    return Rig(rig_id=f"studio-{num_cameras}", cameras=tuple(cameras), floor_z=0.0)
 
 
 def builtin_rigs(shared: Path) -> list[Rig]:
