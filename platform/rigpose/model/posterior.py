@@ -12,7 +12,7 @@ closed form (Gauss-Newton steps of small dense systems; no iterative optimiser o
   w_vj: the detector score.
 - P: the fused per-view lifts (`rigpose.model.fusion.fuse`), the learned prior; T: a free translation of it (its
   error is largely a whole-body offset, which the 2D pins down); s_j: the prior's own uncertainty at joint j
-  (`estimate_prior_noise`).
+  (`estimate_prior_noise`, inflated by PRIOR_INFLATION for the correlation of a lift's errors across joints).
 - |X_n|: bone n's length in the estimate; L_n: its length in the frame's sequence (`groups`; the median over its
   frames, left and right averaged);
   b_n: how much that length truly varies (`bone_noise`: rigid bones are held tight, a detector's non-bones loose).
@@ -48,7 +48,12 @@ FRAME_FALLBACK_SHARE = 0.5  # more than this share of a frame's triangulated joi
 SHRINK_OBS = 20.0  # observations worth of the pooled estimate mixed into each per-camera/joint noise estimate
 MIN_SIGMA_PX = 0.25  # floor of the 2D noise (exact synthetic 2D has none)
 MIN_PRIOR_M = 0.005  # floor of the prior's uncertainty, metres
+# the J joints' errors of one lift are correlated (a wrong limb moves several joints), which a per-joint prior counts
+# as independent evidence; its uncertainty is inflated by this factor (measured on 12 dev cells of 3 rigs x 5 and
+# 12 px x all views / one dropped: 2-3 x gave the lowest error and the best-calibrated uncertainty)
+PRIOR_INFLATION = 2.5
 MAX_PRIOR_ERROR_M = 0.5  # prior-vs-triangulation distances count at most this much in its noise estimate
+RANSAC_INLIER_PX = 20.0  # smallest inlier gate of the robust triangulation, pixels
 GAUSS_NEWTON_STEPS = 1
 MIN_BONE_SIGMA_M = 0.005  # floor of a bone length's variation within a sequence, metres
 JOINT_STEPS = 1
@@ -160,7 +165,8 @@ def robust_triangulation(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         kp = batch["kp"][b, :, j].to(dt)  # [M, V, 2]
         kp = torch.where(w[b, :, j, None] > 0, kp, torch.full_like(kp, float("nan")))
         cams = g.CameraArrays(*(batch[k][b].to(dt) for k in ("K", "dist", "R", "t")))
-        X[b, j] = g.triangulate_robust(kp[:, :, None], cams, w[b, :, j, None].to(dt))[:, 0]
+        gate = max(RANSAC_INLIER_PX, TUKEY_C * sigma)  # the fixed 20 px gate would cut inliers of noisy 2D
+        X[b, j] = g.triangulate_robust(kp[:, :, None], cams, w[b, :, j, None].to(dt), inlier_px=gate)[:, 0]
     return X, n_views
 
 
@@ -184,12 +190,14 @@ def _data_terms(X_BJ3: torch.Tensor, batch: Batch, sigma_BVJ: torch.Tensor, *, r
 
 
 def estimate_prior_noise(prior_BJ3: torch.Tensor, tri_BJ3: torch.Tensor, tri_var_BJ: torch.Tensor,
-                         use_BJ: torch.Tensor) -> torch.Tensor:
+                         use_BJ: torch.Tensor, *, iters: int = 8) -> torch.Tensor:
     """The prior's uncertainty s [J] metres (per axis), from its distance to the triangulation where `use_BJ`.
 
-    Both poses are centred on their common joints (the prior's translation is free); the mean squared distance
-    per joint, capped at MAX_PRIOR_ERROR_M, less the triangulation's own variance `tri_var_BJ` (trace, m^2), is
-    3 s_j^2. Shrunk towards all joints' value by SHRINK_OBS frames; floored at MIN_PRIOR_M.
+    Both poses are centred on their common joints (the prior's translation is free). Their distance d_bj (capped at
+    MAX_PRIOR_ERROR_M) is modelled as N(0, (s_j^2 + v_bj) I_3) with v_bj = `tri_var_BJ` / 3 the triangulation's own
+    variance per axis, and s_j is its maximum-likelihood value (the random-effects fixed point: frames where the
+    triangulation is precise count most, so badly conditioned frames do not swamp the estimate). Shrunk towards
+    all joints' pooled value by SHRINK_OBS frames; floored at MIN_PRIOR_M.
     """
     J = prior_BJ3.shape[1]
     okf = use_BJ.to(prior_BJ3.dtype)[..., None]
@@ -197,14 +205,25 @@ def estimate_prior_noise(prior_BJ3: torch.Tensor, tri_BJ3: torch.Tensor, tri_var
     d = (torch.nan_to_num(prior_BJ3) - torch.nan_to_num(tri_BJ3)) * okf
     d = d - d.sum(1, keepdim=True) / n
     frame_ok = use_BJ.sum(1, keepdim=True) >= 4  # a centre from >= 4 joints
-    sel = use_BJ & frame_ok
-    d2 = (d.norm(dim=-1).clamp_max(MAX_PRIOR_ERROR_M).square() - tri_var_BJ) * sel  # [B, J]
-    count = sel.sum(0).to(d2.dtype)
+    sel = (use_BJ & frame_ok).to(d.dtype)  # [B, J]
+    count = sel.sum(0)
     if float(count.sum()) == 0:
         return torch.full((J,), 0.05, dtype=prior_BJ3.dtype, device=prior_BJ3.device)
-    pooled = float(d2.sum() / count.sum())
-    per_joint = (d2.sum(0) + SHRINK_OBS * pooled) / (count + SHRINK_OBS)
-    return (per_joint / 3.0).clamp_min(MIN_PRIOR_M**2).sqrt()
+    q = d.norm(dim=-1).clamp_max(MAX_PRIOR_ERROR_M).square() / 3.0  # [B, J] per axis
+    v = tri_var_BJ / 3.0
+
+    def fixed_point(q: torch.Tensor, v: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:  # over dim 0
+        s2 = ((q - v) * sel).sum(0) / sel.sum(0).clamp_min(1)
+        s2 = s2.clamp_min(MIN_PRIOR_M**2)
+        for _ in range(iters):
+            w = sel / (s2 + v).square()
+            s2 = (((q - v) * w).sum(0) / w.sum(0).clamp_min(1e-30)).clamp_min(MIN_PRIOR_M**2)
+        return s2
+
+    pooled = fixed_point(q.reshape(-1, 1), v.reshape(-1, 1), sel.reshape(-1, 1))[0]
+    per_joint = fixed_point(q, v, sel)
+    s2 = (count * per_joint + SHRINK_OBS * pooled) / (count + SHRINK_OBS)
+    return s2.clamp_min(MIN_PRIOR_M**2).sqrt()
 
 
 def _solve(H: torch.Tensor, g: torch.Tensor, X: torch.Tensor, lam: torch.Tensor, P: torch.Tensor
@@ -349,7 +368,7 @@ def combine(prior_BJ3: torch.Tensor, batch: Batch, skeleton: Skeleton | None = N
         cov_tri = torch.linalg.inv(H_tri + eye * torch.where(well, 1e-9, 1.0)[..., None, None]
                                    * (H_tri.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True)[..., None] + 1e-9))
         var_tri = torch.where(well, cov_tri.diagonal(dim1=-2, dim2=-1).sum(-1), torch.zeros_like(P[..., 0]))
-        s = estimate_prior_noise(P, tri, var_tri, well & frame_ok[:, None])  # [J]
+        s = PRIOR_INFLATION * estimate_prior_noise(P, tri, var_tri, well & frame_ok[:, None])  # [J]
         lam = (1.0 / s.square())[None].expand(B, J) * frame_ok[:, None]
         # where the prior and the views disagree, the joint is the triangulation (first solve gives T)
         X, cov = X_tri, cov_tri
