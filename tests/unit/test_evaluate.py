@@ -230,8 +230,11 @@ def test_lift_dataset_writes_the_documented_columns_in_both_modes(tiny: dict[str
     single = str(Path(tiny["dir"]) / "out" / "single.parquet")
     info = lift_dataset(tiny["model"], tiny["data"], split="test", out_url=single, batch_size=16)
     t = pq.read_table(single)
-    assert t.column_names == ["rig_id", "sequence", "frame", "view", "camera_name", "joints_cam", "root_cam"]
+    assert t.column_names == ["rig_id", "sequence", "frame", "view", "camera_name", "joints_cam", "root_cam",
+                              "body_scale"]
     assert t.num_rows == info["rows"] == 4 * rows and info["frames"] == rows
+    scales = np.asarray(t.column("body_scale").drop_null().to_pylist())  # the shipped rig's floor is known
+    assert ((scales >= 0.5) & (scales <= 2.0)).all()
     cams = t.column("joints_cam").drop_null().to_pylist()
     assert len(cams) >= 0.9 * t.num_rows and {len(c) for c in cams} == {16 * 3}
     assert np.allclose(np.asarray(cams).reshape(-1, 16, 3)[:, 0], 0.0)  # root-relative

@@ -45,9 +45,12 @@ from rigpose.config import VIEW_MODES, MultiViewConfig
 from rigpose.data.schema import Frames
 from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
+    Floors,
+    dataset_floors,
     iter_frames,
     lift_multi_uncertain,
     lift_single,
+    metric_scale,
     model_batch,
     open_inputs,
     sequence_groups,
@@ -115,32 +118,21 @@ def _camera_keys(frames: Frames) -> np.ndarray:
 
 
 def _floor_metrics(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], rel: np.ndarray, root: np.ndarray,
-                   gt_cam: np.ndarray, skeleton: Skeleton, floors: dict[str, float | None], keys: np.ndarray) -> None:
-    """The single view made metric by the known floor (`rigpose.model.floor`), on the rows of rigs whose floor is
-    known: floor_mpjpe_mm (root-relative, camera frame, at the estimated body scale), floor_root_mm (world-frame
-    root error), floor_scale (the estimated body scale)."""
-    from rigpose.model.floor import metric_single_view
-
+                   gt_cam: np.ndarray, skeleton: Skeleton, floors: Floors, keys: np.ndarray) -> None:
+    """The single view made metric by the known floor (`rigpose.inference.lift.metric_scale`), on the rows of rigs
+    whose floor is known: floor_mpjpe_mm (root-relative, camera frame, at the estimated body scale), floor_root_mm
+    (the root's error, camera frame = world frame distance), floor_scale (the estimated body scale)."""
     roots = tuple(skeleton.root_joints)
-    known = np.array([floors.get(str(r)) is not None for r in frames.rig_id])
-    for floor_z in {floors[str(r)] for r in np.unique(frames.rig_id[known])}:
-        rows = known & np.array([floors.get(str(r)) == floor_z for r in frames.rig_id])
-        ok = np.isfinite(rel[rows]).all((-1, -2)) & (frames.view_mask[rows])
-        m = metric_single_view(torch.from_numpy(np.nan_to_num(rel[rows])), torch.from_numpy(np.nan_to_num(root[rows])),
-                               batch["R"][rows].double(), batch["t"][rows].double(), torch.from_numpy(ok), skeleton,
-                               floor_z=float(floor_z), groups=sequence_groups(frames.take(rows)),
-                               w_BVJ=batch["w"][rows].double())
-        scale = np.where(ok, m.scale.numpy(), np.nan)
-        rel_m = rel[rows] * scale[..., None, None]
-        acc.add("single", "floor_mpjpe_mm", ev.mpjpe(rel_m, ev.root_relative(gt_cam[rows], roots)), keys[rows])
-        world_root = np.where(ok[..., None], m.world.numpy()[:, :, list(roots)].mean(2), np.nan)  # [b, V, 3]
-        gt_root = frames.joints_3d[rows][:, list(roots)].mean(1).astype(np.float64)  # [b, 3]
-        acc.add("single", "floor_root_mm", 1000 * np.linalg.norm(world_root - gt_root[:, None], axis=-1), keys[rows])
-        acc.add("single", "floor_scale", scale, keys[rows])
+    scale = metric_scale(frames, batch, rel, root, skeleton, floors)  # [B, V], NaN where unknown
+    gt_rel = ev.root_relative(gt_cam, roots)
+    acc.add("single", "floor_mpjpe_mm", ev.mpjpe(rel * scale[..., None, None], gt_rel), keys)
+    gt_root = gt_cam[:, :, list(roots)].mean(2)  # [B, V, 3]
+    acc.add("single", "floor_root_mm", 1000 * np.linalg.norm(root * scale[..., None] - gt_root, axis=-1), keys)
+    acc.add("single", "floor_scale", scale, keys)
 
 
 def _single_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: torch.nn.Module,
-                  skeleton: Skeleton, floors: dict[str, float | None] | None = None) -> None:
+                  skeleton: Skeleton, floors: Floors | None = None) -> None:
     roots = tuple(skeleton.root_joints)
     rel, root = lift_single(model, batch)  # [B, V, J, 3], [B, V, 3]
     keys = _camera_keys(frames)
@@ -249,7 +241,7 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
     if rig_ids is not None and (unknown := sorted(set(rig_ids) - set(ds.manifest.rigs))):
         raise ValueError(f"{data_url}: no rig {unknown}; has {sorted(ds.manifest.rigs)}")
     model.to(device)
-    floors = {rig_id: ds.rig(rig_id).floor_z for rig_id in ds.manifest.rigs} if "single" in modes else {}
+    floors = dataset_floors(ds) if "single" in modes else {}
     acc = _Means()
     num_frames, has_3d = 0, False
     for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows, with_3d=True,

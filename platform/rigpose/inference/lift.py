@@ -16,6 +16,9 @@ mode "single" (one row per real camera view of each frame; padding views of smal
 | camera_name | string                 | the camera's name                                                       |
 | joints_cam  | list<float32> [J*3]    | root-relative pose in this camera's frame; null when the view has no 2D |
 | root_cam    | list<float32> [3]      | the lifter's metric root in this camera's frame; null likewise          |
+| body_scale  | float32                | on rigs whose floor is known (the rig file's floor_z): the body scale   |
+|             |                        | the feet on the floor gave (`rigpose.model.floor`), already applied to  |
+|             |                        | joints_cam and root_cam (metric); null where the floor is unknown       |
 
 mode "multi" (one row per frame):
 
@@ -120,7 +123,8 @@ def lift_multi_uncertain(model: Lifter, batch: dict[str, torch.Tensor], skeleton
 _LIST_F32 = pa.list_(pa.float32())
 _KEYS = [pa.field("rig_id", pa.string()), pa.field("sequence", pa.string()), pa.field("frame", pa.int64())]
 SINGLE_SCHEMA = pa.schema([*_KEYS, pa.field("view", pa.int8()), pa.field("camera_name", pa.string()),
-                           pa.field("joints_cam", _LIST_F32), pa.field("root_cam", _LIST_F32)])
+                           pa.field("joints_cam", _LIST_F32), pa.field("root_cam", _LIST_F32),
+                           pa.field("body_scale", pa.float32())])
 MULTI_SCHEMA = pa.schema([*_KEYS, pa.field("num_views", pa.int8()), pa.field("joints_world_rel", _LIST_F32),
                           pa.field("joints_world", _LIST_F32), pa.field("uncertainty", _LIST_F32)])
 
@@ -139,14 +143,47 @@ def _strings(x: np.ndarray) -> pa.Array:
     return pa.array([str(s) for s in x], pa.string())
 
 
-def single_table(frames: Frames, rel: np.ndarray, root: np.ndarray) -> pa.Table:
-    """Rows of mode "single" (see the module docstring) for one batch: rel [B, V, J, 3], root [B, V, 3]."""
+def single_table(frames: Frames, rel: np.ndarray, root: np.ndarray, scale: np.ndarray | None = None) -> pa.Table:
+    """Rows of mode "single" (see the module docstring) for one batch: rel [B, V, J, 3], root [B, V, 3] (metric
+    already where `scale` [B, V], the body scale applied, is finite; None = all null)."""
     b, v = np.nonzero(frames.view_mask)
+    if scale is None:
+        scale = np.full(frames.view_mask.shape, np.nan)
+    body = scale[b, v]
     return pa.Table.from_arrays([
         _strings(frames.rig_id[b]), _strings(frames.sequence[b]), pa.array(frames.frame[b], pa.int64()),
         pa.array(v.astype(np.int8), pa.int8()), _strings(frames.camera_names[b, v]),
         _flat(rel[b, v]), _flat(root[b, v][:, None]),
+        pa.array(body.astype(np.float32), pa.float32(), mask=~np.isfinite(body)),
     ], schema=SINGLE_SCHEMA)
+
+
+Floors = dict[str, float | None]  # rig_id -> world z of its floor (metres), None where unknown
+
+
+def dataset_floors(ds: Dataset) -> Floors:
+    """{rig_id: floor_z or None} of every rig of the dataset (its rig files)."""
+    return {rig_id: ds.rig(rig_id).floor_z for rig_id in ds.manifest.rigs}
+
+
+def metric_scale(frames: Frames, batch: dict[str, torch.Tensor], rel: np.ndarray, root: np.ndarray,
+                 skeleton: Skeleton, floors: Floors | None) -> np.ndarray:
+    """[B, V] the body scale of each view's lift from the feet on its rig's known floor (`rigpose.model.floor`,
+    one scale per sequence and view); NaN on rigs whose floor is unknown and views without a lift."""
+    from rigpose.model.floor import metric_single_view
+
+    scale = np.full(frames.view_mask.shape, np.nan)
+    for floor_z in {z for z in (floors or {}).values() if z is not None}:
+        rows = np.array([(floors or {}).get(str(r)) == floor_z for r in frames.rig_id])
+        if not rows.any():
+            continue
+        ok = np.isfinite(rel[rows]).all((-1, -2)) & frames.view_mask[rows]
+        m = metric_single_view(torch.from_numpy(np.nan_to_num(rel[rows])), torch.from_numpy(np.nan_to_num(root[rows])),
+                               batch["R"][rows].cpu().double(), batch["t"][rows].cpu().double(), torch.from_numpy(ok),
+                               skeleton, floor_z=float(floor_z), groups=sequence_groups(frames.take(rows)),
+                               w_BVJ=batch["w"][rows].cpu().double())
+        scale[rows] = np.where(ok, m.scale.numpy(), np.nan)
+    return scale
 
 
 def multi_table(frames: Frames, X_world: np.ndarray, root_ok: np.ndarray, num_views: np.ndarray,
@@ -182,12 +219,15 @@ def output_schema(mode: str, *, skeleton: Skeleton, model: str, split: str) -> p
 
 
 def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
-                multi_view: MultiViewConfig | None = None, device: str = "cpu") -> pa.Table:
+                multi_view: MultiViewConfig | None = None, device: str = "cpu", floors: Floors | None = None
+                ) -> pa.Table:
     """One batch of `frames` lifted: rows of `mode` (see the module docstring), without the file metadata.
 
     The per-batch body of `lift_dataset`, shared with the Ray Data path (`rigpose.inference.lift_ray`). Adaptation
     (`MultiViewConfig.steps_to_adapt`) fine-tunes a copy of the model on this batch, and refinement groups frames
     by sequence within it, so those two depend on how the frames are batched; single-view lifts and fusion do not.
+    `floors` ({rig_id: floor_z}, `dataset_floors`) makes single-view lifts metric on rigs whose floor is known (the
+    body scale is one per sequence and view within the batch).
     """
     check_mode(mode)
     multi_view = multi_view or MultiViewConfig()
@@ -195,7 +235,12 @@ def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
     batch = model_batch(frames, skeleton, device=device, pseudo_3d=steps > 0)  # only adaptation's losses may read it
     m = adapt_for(model, batch, skeleton, multi_view, multi=mode == "multi")
     if mode == "single":
-        return single_table(frames, *lift_single(m, batch))
+        rel, root = lift_single(m, batch)
+        scale = metric_scale(frames, batch, rel, root, skeleton, floors)
+        known = np.isfinite(scale)
+        rel = np.where(known[..., None, None], rel * scale[..., None, None], rel)
+        root = np.where(known[..., None], root * scale[..., None], root)
+        return single_table(frames, rel, root, scale)
     X, sigma = lift_multi_uncertain(m, batch, skeleton, multi_view, groups=sequence_groups(frames))
     num_views = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
     return multi_table(frames, X, batch["root_ok"].cpu().numpy() > 0, num_views, tuple(skeleton.root_joints), sigma)
@@ -207,17 +252,19 @@ def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mo
     """Lift `split` of the dataset at `data_url` with the model at `model_path`; write Parquet to `out_url`.
 
     mode "single": every view on its own (`multi_view.adapt_steps` > 0 first fine-tunes a copy of the model on each
-    batch's own multi-view 2D); mode "multi": world poses by `multi_view` (default `MultiViewConfig()`).
-    Returns {"out": out_url, "rows": rows written, "frames": frames read}.
+    batch's own multi-view 2D), metric where the rig's floor is known; mode "multi": world poses by `multi_view`
+    (default `MultiViewConfig()`). Returns {"out": out_url, "rows": rows written, "frames": frames read}.
     """
     check_mode(mode)
     model, skeleton, ds = open_inputs(model_path, data_url, split=split)
+    floors = dataset_floors(ds)
     model.to(device)
     rows = frames_read = 0
     schema = output_schema(mode, skeleton=skeleton, model=str(model_path), split=split)
     with published_parquet(out_url, schema) as writer:
         for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows):
-            table = lift_frames(model, skeleton, frames, mode=mode, multi_view=multi_view, device=device)
+            table = lift_frames(model, skeleton, frames, mode=mode, multi_view=multi_view, device=device,
+                                floors=floors)
             writer.write_table(table.replace_schema_metadata(schema.metadata))
             rows += table.num_rows
             frames_read += len(frames)

@@ -37,6 +37,7 @@ from rigpose.data.schema import ARROW_SCHEMA, EVAL_ONLY_COLUMNS, frames_from_tab
 from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
     check_mode,
+    dataset_floors,
     lift_frames,
     open_dataset,
     output_schema,
@@ -64,15 +65,16 @@ class LiftBatches:
 
     def __init__(self, model: str, *, mode: str, multi_view: MultiViewConfig, num_joints: int,
                  num_views: int, num_threads: int, tracking_uri: str | None = None,
-                 registry_uri: str | None = None) -> None:
+                 registry_uri: str | None = None, floors: dict[str, float | None] | None = None) -> None:
         torch.set_num_threads(num_threads)
         self.model, self.skeleton, _ = load_model(model, tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.mode, self.multi_view = mode, multi_view
-        self.num_joints, self.num_views = num_joints, num_views
+        self.num_joints, self.num_views, self.floors = num_joints, num_views, floors
 
     def __call__(self, table: pa.Table) -> pa.Table:
         frames = frames_from_table(table, num_joints=self.num_joints, num_views=self.num_views, with_3d=False)
-        return lift_frames(self.model, self.skeleton, frames, mode=self.mode, multi_view=self.multi_view)
+        return lift_frames(self.model, self.skeleton, frames, mode=self.mode, multi_view=self.multi_view,
+                           floors=self.floors)
 
 
 
@@ -154,7 +156,7 @@ def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_view: Mult
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         fn_constructor_kwargs={"model": model, "mode": mode, "multi_view": multi_view,
                                "num_joints": ds.skeleton.num_joints, "num_views": ds.manifest.max_views,
-                               "num_threads": num_threads, "tracking_uri": tracking_uri,
+                               "num_threads": num_threads, "tracking_uri": tracking_uri, "floors": dataset_floors(ds),
                                "registry_uri": registry_uri})
     rd.context.execution_options.preserve_order = True  # the first max_rows rows; the in-process path's order
     rd.context.target_max_block_size = BLOCK_BYTES
