@@ -81,15 +81,53 @@ class LossConfig(Strict):
     hide_joint_prob: float = Field(0.05, ge=0, lt=1, description="Probability of hiding a visible input joint.")
 
 
-class OptimConfig(Strict):
-    """Optimiser and schedule."""
+LrSchedule = Literal["cosine", "exponential", "constant"]  # optim.schedule (rigpose.train.schedule.lr_factor)
 
-    lr: float = Field(3e-4, gt=0, description="Adam learning rate (1e-3 diverged in measurements).")
-    lr_decay: float = Field(0.9, gt=0, le=1, description="Learning-rate factor applied after every epoch.")
+
+class OptimConfig(Strict):
+    """Optimiser, training budget and learning-rate schedule (rigpose.train.schedule), all counted in optimizer
+    steps: a run takes `steps` steps whatever the size of the dataset, unless the job sets `epochs`.
+
+    The budget resolves to exactly one of the two: setting `epochs` (e.g. `--set optim.epochs=2`) makes the run that
+    many passes over the training split and clears `steps` (null in the validated job, its tracked params and
+    job.json); `steps` and `epochs` both null is an error.
+    """
+
+    lr: float = Field(3e-4, gt=0, description="Adam peak learning rate (1e-3 diverged in measurements).")
+    steps: int | None = Field(3000, ge=1, description="Training budget in optimizer steps (each of num_workers x "
+                                                      "data.batch_size frames); the last epoch may be partial. "
+                                                      "Ignored (null) when epochs is set.")
+    epochs: int | None = Field(None, ge=1, description="When set, the budget is this many passes over the training "
+                                                       "split instead of `steps` (null = use steps).")
+    schedule: LrSchedule = Field(
+        "cosine", description="Learning-rate factor per step after the warm-up: 'cosine' from 1 down to "
+                              "min_lr_ratio at the last step; 'exponential' lr_decay per epoch (steps_per_epoch "
+                              "steps), a staircase as the former per-epoch schedule; 'constant' 1.")
+    warmup_steps: int = Field(200, ge=0, description="Linear warm-up from lr/warmup_steps to lr over this many "
+                                                     "first steps, every schedule; capped at a tenth of the run's "
+                                                     "steps (0 = none).")
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="schedule 'cosine': the final learning rate, as a "
+                                                              "fraction of lr.")
+    lr_decay: float = Field(0.9, gt=0, le=1, description="schedule 'exponential' only: learning-rate factor per "
+                                                         "epoch of training (applied at every epoch boundary).")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
-    epochs: int = Field(12, ge=1, description="Passes over the training split.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     seed: int = Field(0, description="Seed for initialisation and augmentation.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_replace_steps(cls, data: Any) -> Any:
+        # before validation, so that a job file stating the default `steps` and an `--set optim.epochs=N` override
+        # resolve to the epochs budget alone (the file cannot be told apart from an explicit steps)
+        if isinstance(data, dict) and data.get("epochs") is not None:
+            return {**data, "steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> OptimConfig:
+        if self.steps is None and self.epochs is None:
+            raise ValueError("optim.steps and optim.epochs are both null: set the training budget with one of them")
+        return self
 
 
 class ScalingConfigModel(Strict):

@@ -63,3 +63,19 @@ def test_a_progress_line_carries_epoch_step_loss_and_throughput() -> None:
     line = tp.progress_line(epoch=2, epochs=12, step=40, steps=77, loss=21.5, frames_per_s=1812.25)
     assert line.startswith("[rigpose] progress ")
     assert line.endswith('{"epoch": 2, "epochs": 12, "step": 40, "steps": 77, "loss": 21.5, "frames_per_s": 1812.2}')
+
+
+def test_progress_counts_the_runs_steps_of_its_budget(dispatcher, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    d, _ = dispatcher
+    connect._forward_only_rigpose_lines()
+    clock = [0.0]
+    monkeypatch.setattr(tp.time, "monotonic", lambda: clock[0])
+    line = tp.progress_line(epoch=1, epochs=3, step=4, steps=7, loss=2.0, frames_per_s=800.0, global_step=11,
+                            total_steps=20)
+    assert line.endswith('"global_step": 11, "total_steps": 20}')
+    with tp.TrainingProgress(epochs=3, steps_per_epoch=7, total_steps=20) as bar:
+        clock[0] += tp.PLAIN_EVERY_S
+        d.emit({"pid": 1, "is_err": False, "lines": [line]})
+        assert bar._done({"epoch": 1, "step": 4, "global_step": 11}) == 11.0  # the bar runs over the 20 steps
+    assert capsys.readouterr().out.splitlines() == ["[rigpose] epoch 2/3 step 11/20 loss 2 800 frames/s"]

@@ -48,9 +48,9 @@ def _fit(supervision: str, epochs: int = 12) -> list[dict]:
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     history: list[dict] = []
-    fit(model, opt, None, DEEPMIMIC16, train_batches=lambda e: data, val_batches=lambda: val, epochs=epochs,
-        loss_cfg=LossConfig(), supervision=supervision, dropout=0.0, dropout_mode="constant", grad_clip=1.0,
-        on_epoch=lambda r, step: history.append(r.metrics()))
+    fit(model, opt, None, DEEPMIMIC16, train_batches=lambda e: data, val_batches=lambda: val,
+        total_steps=epochs * len(data), max_epochs=epochs, loss_cfg=LossConfig(), supervision=supervision,
+        dropout=0.0, dropout_mode="constant", grad_clip=1.0, on_epoch=lambda r, step: history.append(r.metrics()))
     return history
 
 

@@ -24,14 +24,19 @@ def version() -> None:
 def demo(
     seed: int = typer.Option(0, help="Seed for the rig check's pose placement and detector noise."),
     noise_px: float = typer.Option(5.0, help="Rig check: Gaussian 2D detector noise, pixels (std)."),
-    epochs: int | None = typer.Option(None, help="Override the job's optim.epochs (quick runs)."),
+    epochs: int | None = typer.Option(None, help="Train this many epochs (optim.epochs) instead of the demo's steps "
+                                                 "budget."),
+    steps: int | None = typer.Option(None, min=1, help="Train this many optimizer steps (optim.steps; default "
+                                                "rigpose.cli.demo.DEMO_STEPS)."),
     rigs_only: bool = typer.Option(False, "--rigs-only", help="Only the rig check (no dataset, training)."),
     output_dir: Path = typer.Option(Path("outputs"), help="Where the demo dataset and run are written."),
 ) -> None:
     """Run the main job end to end: rig check, build the demo dataset, train from 2D only, evaluate."""
     from rigpose.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(seed=seed, noise_px=noise_px, epochs=epochs, train=not rigs_only,
+    if epochs is not None and steps is not None:
+        _fail("demo: --epochs and --steps both set a training budget; give one")
+    raise typer.Exit(run_demo(seed=seed, noise_px=noise_px, epochs=epochs, steps=steps, train=not rigs_only,
                               output_dir=output_dir))
 
 

@@ -11,6 +11,7 @@ definitions. Shape letters: B frames, V views, J joints.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,9 +24,10 @@ import torch
 from rigpose.config import LossConfig
 from rigpose.geometry import CameraArrays, world_to_camera
 from rigpose.metrics import finite_sum_count, heldout_view_px, mpjpe, pa_mpjpe, root_relative
-from rigpose.model.lifter import Lifter, dropout_schedule
+from rigpose.model.lifter import Lifter
 from rigpose.model.objective import lift_views, loss_terms, total_loss
 from rigpose.skeleton import Skeleton
+from rigpose.train.schedule import dropout_at
 
 Batch = dict[str, torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -33,7 +35,8 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class EpochResult:
-    """What one epoch did: mean of each loss term, validation metric(s), throughput."""
+    """What one epoch did: mean of each loss term, validation metric(s), throughput. `steps`: optimizer steps of
+    this epoch; `step`: the run's steps after it, of `total_steps`; `lr`, `dropout`: those of its last step."""
 
     epoch: int
     steps: int
@@ -41,11 +44,14 @@ class EpochResult:
     seconds: float
     lr: float
     dropout: float
+    step: int
+    total_steps: int
     train: dict[str, float] = field(default_factory=dict)
     val: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        out = {"epoch": self.epoch, "steps": self.steps, "frames_per_s": self.frames / max(self.seconds, 1e-9),
+        out = {"epoch": self.epoch, "steps": self.steps, "step": self.step, "total_steps": self.total_steps,
+               "frames_per_s": self.frames / max(self.seconds, 1e-9),
                "lr": self.lr, "dropout": self.dropout, "epoch_s": self.seconds}
         out.update({f"train/{k}": v for k, v in self.train.items()})
         out.update({f"val/{k}": v for k, v in self.val.items()})
@@ -142,21 +148,29 @@ def train_epoch(
     supervision: str,
     step0: int,
     grad_clip: float,
+    scheduler: Any = None,
+    max_steps: int | None = None,
+    before_step: Callable[[int], None] | None = None,
     reduce: Reduce = lambda x: x,
     num_replicas: int = 1,
     generator: torch.Generator | None = None,
 ) -> tuple[int, int, dict[str, float]]:
-    """One pass over `batches`. Returns (steps, frames, mean of each loss term over the epoch).
+    """One pass over `batches`, or its first `max_steps` (the budget ends inside this epoch; no batch beyond them is
+    drawn). Returns (steps, frames, mean of each loss term over the epoch).
 
-    Under DDP (`num_replicas` > 1, `reduce` an all-reduce) each rank's loss is its share of the global mean (its
-    sums over the all-reduced counts); DDP averages gradients over the ranks, so backpropagating `num_replicas` x
-    that share gives every rank the gradient of the global mean: the same step as one process on the union of
-    the ranks' batches (tests/unit/test_distributed.py checks it with two gloo processes).
+    `before_step(global step)` runs before every step (the per-step dropout); `scheduler.step()` after every
+    optimizer step (a per-step learning-rate schedule). Under DDP (`num_replicas` > 1, `reduce` an all-reduce) each
+    rank's loss is its share of the global mean (its sums over the all-reduced counts); DDP averages gradients over
+    the ranks, so backpropagating `num_replicas` x that share gives every rank the gradient of the global mean: the
+    same step as one process on the union of the ranks' batches (tests/unit/test_distributed.py checks it with two
+    gloo processes).
     """
     model.train()
     sums: dict[str, torch.Tensor] = {}
     steps = frames = 0
-    for batch in batches:
+    for batch in batches if max_steps is None else itertools.islice(batches, max_steps):
+        if before_step is not None:
+            before_step(step0 + steps)
         terms = loss_terms(model, batch, skeleton, loss_cfg=loss_cfg, supervision=supervision, step=step0 + steps,
                            train=True, generator=generator)
         loss, means = total_loss(terms, loss_cfg, reduce=reduce)
@@ -164,6 +178,8 @@ def train_epoch(
         (loss * num_replicas).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         for k, v in means.items():  # kept as tensors: no .item() (and no sync) inside the step
             sums[k] = sums.get(k, torch.zeros(())) + v.cpu()
         sums["loss"] = sums.get("loss", torch.zeros(())) + loss.detach().cpu()
@@ -183,7 +199,8 @@ def fit(
     *,
     train_batches: Callable[[int], Iterable[Batch]],
     val_batches: Callable[[], Iterable[Batch]] | None,
-    epochs: int,
+    total_steps: int,
+    max_epochs: int | None = None,
     start_epoch: int = 0,
     start_step: int = 0,
     loss_cfg: LossConfig,
@@ -196,28 +213,44 @@ def fit(
     num_replicas: int = 1,
     seed: int = 0,
 ) -> int:
-    """Train from `start_epoch` to `epochs`; calls `on_epoch(result, global_step)` after each. Returns the step."""
+    """Train from optimizer step `start_step` (the start of epoch `start_epoch`) to the budget of `total_steps` steps
+    (the last epoch stops part-way where the budget ends inside it), or to the end of epoch `max_epochs` - 1 when
+    that comes first (an epochs budget). `scheduler` (or None) is stepped after every optimizer step, the dropout
+    (`rigpose.train.schedule.dropout_at`, mode `dropout_mode`) set before every step. Calls `on_epoch(result,
+    global_step)` after each epoch, the last partial one too. Returns the global step reached.
+
+    ValueError when an epoch has no full batch (it would never reach the budget).
+    """
     generator = torch.Generator().manual_seed(seed + 7919 * start_epoch)
     lifter: Lifter = getattr(model, "module", model)
-    step = start_step
-    for epoch in range(start_epoch, epochs):
-        p = dropout if dropout_mode == "constant" else dropout_schedule(epoch, epochs, start=dropout)
-        lifter.set_dropout(p)
+    step, epoch = start_step, start_epoch
+    last = {"lr": optimizer.param_groups[0]["lr"], "dropout": -1.0}  # of the latest step taken
+
+    def before_step(global_step: int) -> None:
+        p = dropout_at(global_step, total_steps, start=dropout, mode=dropout_mode)
+        if p != last["dropout"]:
+            lifter.set_dropout(p)
+        last.update(lr=optimizer.param_groups[0]["lr"], dropout=p)
+
+    while step < total_steps and (max_epochs is None or epoch < max_epochs):
         t0 = time.perf_counter()
         steps, frames, train_means = train_epoch(
             model, optimizer, train_batches(epoch), skeleton, loss_cfg=loss_cfg, supervision=supervision,
-            step0=step, grad_clip=grad_clip, reduce=reduce, num_replicas=num_replicas, generator=generator)
+            step0=step, grad_clip=grad_clip, scheduler=scheduler, max_steps=total_steps - step,
+            before_step=before_step, reduce=reduce, num_replicas=num_replicas, generator=generator)
+        if steps == 0:
+            raise ValueError(f"epoch {epoch}: the training data gave no full batch (lower data.batch_size or "
+                             "scaling.num_workers, or use more rows)")
         step += steps
         seconds = time.perf_counter() - t0
         frames = int(reduce(torch.tensor([float(frames)]))[0])  # all ranks: frames_per_s is the job's throughput
         val = (validate(model, val_batches(), root_joints=skeleton.root_joints, reduce=reduce)
                if val_batches is not None else {})
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
         if not math.isfinite(train_means.get("loss", 0.0)):
             raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({train_means}); lower the "
                                      "learning rate (optim.lr) or check the data with `rigpose datasets validate`")
-        on_epoch(EpochResult(epoch=epoch, steps=steps, frames=frames, seconds=seconds, lr=lr, dropout=p,
+        on_epoch(EpochResult(epoch=epoch, steps=steps, frames=frames, seconds=seconds, lr=last["lr"],
+                             dropout=last["dropout"], step=step, total_steps=total_steps,
                              train=train_means, val=val), step)
+        epoch += 1
     return step

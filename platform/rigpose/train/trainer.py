@@ -5,6 +5,10 @@ a new local Ray), builds the Ray datasets (`rigpose.data.pipeline`), runs `rigpo
 `scaling.num_workers` workers, and after `fit()` writes into the run folder `<run.output_dir>/<run.name>/`:
 `model.pt` (what `evaluate` and `lift` take as `--model`), `history.json` and `job.json`.
 
+The budget is counted in optimizer steps (`optim.steps`, or `optim.epochs` passes): the driver counts each rank's
+steps per epoch from the manifest (`steps_per_epoch`) before Ray starts and hands it to the workers, which train
+to the budget on a per-step schedule (`rigpose.train.schedule`); the progress bar runs over those steps.
+
 The run folder is also Ray Train's storage (`RunConfig(storage_path=run.output_dir, name=run.name)`): its
 `checkpoint_*` folders and checkpoint-manager snapshot live there, so re-running the same job (same run name)
 resumes from the latest checkpoint, and `FailureConfig(max_failures)` restarts the workers from it after a
@@ -42,9 +46,10 @@ from rigpose.model.checkpoint import MODEL_FILE, save_lifter
 from rigpose.skeleton import Skeleton
 from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
 from rigpose.train.progress import TrainingProgress
+from rigpose.train.schedule import num_epochs, total_steps
 from rigpose.train.worker import STATE_FILE, build_lifter, load_state, train_func
 
-__all__ = ["STATE_FILE", "load_init_weights", "manifest_sha256", "storage_root", "train"]
+__all__ = ["STATE_FILE", "load_init_weights", "manifest_sha256", "steps_per_epoch", "storage_root", "train"]
 
 RUN_FILE = "run.json"
 #: ModelConfig fields that decide the shapes of the lifter's weights (with the skeleton's joints)
@@ -158,6 +163,9 @@ def train(job: TrainJob) -> dict[str, Any]:
     shards = training_shards(ds, job.data)  # ValueError naming data.train_split / val_split / rig_ids
     verify_shards(ds, shards, mode=job.data.verify)  # DatasetError naming the first bad shard: all before Ray
     sha = manifest_sha256(ds)
+    per_epoch = steps_per_epoch(job, ds)
+    budget = total_steps(job.optim, per_epoch)  # ValueError: no full batch in the training split
+    epochs = num_epochs(budget, per_epoch)
     storage = storage_root(job.run.output_dir)
     run_dir = f"{storage}/{job.run.name}"
     init = load_init_weights(job, ds.skeleton)  # ValueError naming model.init_weights, before anything is written
@@ -188,7 +196,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         train_func,
         train_loop_config={"job": job.model_dump(), "skeleton": ds.skeleton.name, "manifest_sha256": sha,
                            "t_start": t_start, "tracking": tracker.spec if tracker is not None else None,
-                           "init": init},
+                           "init": init, "steps_per_epoch": per_epoch},
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
                                      resources_per_worker=resources),
@@ -202,7 +210,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     try:
         # --verbose: Ray's own printing, rank 0's lines among it; otherwise one progress display fed by them
         with (contextlib.nullcontext() if verbose() else
-              TrainingProgress(epochs=job.optim.epochs, steps_per_epoch=_steps_per_epoch(job, ds))):
+              TrainingProgress(epochs=epochs, steps_per_epoch=per_epoch, total_steps=budget)):
             result = trainer.fit()
     except TrainingFailedError as e:  # wraps the workers' errors (WorkerGroupError): one line of them
         if (message := _read_failure(e, ds, shards)) is not None:
@@ -221,14 +229,15 @@ def train(job: TrainJob) -> dict[str, Any]:
     return out
 
 
-def _steps_per_epoch(job: TrainJob, ds: Dataset) -> int | None:
-    """The progress bar's first guess of steps per epoch (each rank's full batches); None when rigs are selected
-    (the manifest's split rows would overcount). Rank 0 reports the real number after the first epoch."""
-    if job.data.rig_ids:
-        return None
-    rows = int(ds.manifest.splits().get(job.data.train_split, {}).get("rows", 0))
+def steps_per_epoch(job: TrainJob, ds: Dataset) -> int:
+    """Optimizer steps per epoch: each rank's full batches (`drop_last`) of its equal share of the training rows
+    (Ray Train splits the train dataset with `streaming_split(equal=True)`), from the manifest's rows of the train
+    split's selected shards (`data.rig_ids`) and `data.max_rows`. The schedule and the epochs budget use it, so a
+    steps budget takes ceil(steps / this) epochs. 0 when the split has no full batch."""
+    shards = ds.shards(splits=[job.data.train_split], rig_ids=job.data.rig_ids)
+    rows = sum(s.rows for s in shards)
     rows = min(rows, job.data.max_rows) if job.data.max_rows else rows
-    return max(rows // (job.data.batch_size * job.scaling.num_workers), 1) if rows else None
+    return rows // job.scaling.num_workers // job.data.batch_size
 
 
 # What Ray Data and pyarrow say when a Parquet file cannot be read (Ray Data names the file in the first one);

@@ -1,4 +1,4 @@
-"""What every Ray Train worker runs: model + DDP, resume from the latest checkpoint, the epoch loop, reporting.
+"""What every Ray Train worker runs: model + DDP, resume from the latest checkpoint, the training loop, reporting.
 
 `train_func` is the `TorchTrainer` train function. The math lives in `rigpose.train.loop` (no Ray there); this
 module only wires it to Ray Train:
@@ -6,7 +6,11 @@ module only wires it to Ray Train:
 - losses normalised by the all-reduced count of visible keypoints (`reduce`), gradients of the global mean
   (`num_replicas`, see `rigpose.train.loop.train_epoch`);
 - batches from `ray.train.get_dataset_shard(...).iter_torch_batches(...)` with a local shuffle buffer;
-- on (re)start, `ray.train.get_checkpoint()` restores model, optimizer, scheduler, epoch, step and history;
+- the budget in optimizer steps (`rigpose.train.schedule.total_steps` of the driver's `config["steps_per_epoch"]`),
+  a `LambdaLR` of `lr_factor` stepped after every optimizer step, the dropout switched by step (`dropout_at`);
+  training stops at the budget, inside an epoch if it ends there (that partial epoch reports and checkpoints);
+- on (re)start, `ray.train.get_checkpoint()` restores model, optimizer, scheduler, epoch, step and history (the
+  schedule continues at the checkpoint's step: `resume_scheduler`);
   without a checkpoint, `config["init"]` (the driver's `load_init_weights`: warm-start weights, in memory) replaces
   the random initialisation on every rank before DDP wraps the model (`warm_start`);
 - every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8).
@@ -38,6 +42,7 @@ from rigpose.skeleton import Skeleton, get_skeleton
 from rigpose.tracking.secrets import scrub, scrub_obj
 from rigpose.train.loop import Batch, EpochResult, fit
 from rigpose.train.progress import progress_line
+from rigpose.train.schedule import lr_scheduler, num_epochs, resume_scheduler, total_steps
 
 STATE_FILE = "state.pt"
 
@@ -81,10 +86,13 @@ def say(message: str) -> None:
 
 class _StepProgress:
     """Rank 0: a `progress_line` every `every_s` seconds while an epoch runs (the driver's bar, see
-    `rigpose.train.progress`). Counts steps and frames as batches pass; no sync, no `.item()`."""
+    `rigpose.train.progress`). Counts steps and frames as batches pass; no sync, no `.item()`. `step0`: the run's
+    steps before the current epoch (the worker moves it on after each)."""
 
-    def __init__(self, epochs: int, history: list[dict[str, Any]], *, every_s: float) -> None:
-        self.epochs, self.history, self.every_s = epochs, history, every_s
+    def __init__(self, epochs: int, total_steps: int, history: list[dict[str, Any]], *, step0: int,
+                 every_s: float) -> None:
+        self.epochs, self.total_steps, self.history, self.every_s = epochs, total_steps, history, every_s
+        self.step0 = step0
 
     def wrap(self, batches: Iterable[Batch], epoch: int) -> Iterator[Batch]:
         last = self.history[-1] if self.history else {}
@@ -98,7 +106,8 @@ class _StepProgress:
                 t_said = now
                 sys.stdout.write(progress_line(epoch=epoch, epochs=self.epochs, step=step,
                                                steps=last.get("steps"), loss=last.get("train/loss"),
-                                               frames_per_s=frames / max(now - t0, 1e-9)) + "\n")
+                                               frames_per_s=frames / max(now - t0, 1e-9),
+                                               global_step=self.step0 + step, total_steps=self.total_steps) + "\n")
                 sys.stdout.flush()
 
 
@@ -116,7 +125,8 @@ class _FirstBatchClock:
 
 
 def train_func(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start", "tracking", "init"}."""
+    """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start", "tracking", "init",
+    "steps_per_epoch"} (the last: each rank's full batches per epoch, `rigpose.train.trainer.steps_per_epoch`)."""
     import ray.train
     import ray.train.torch
 
@@ -135,18 +145,21 @@ def train_func(config: dict[str, Any]) -> None:
         say(f"warm start from {init_source['resolved']}")
     model = ray.train.torch.prepare_model(lifter)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(job, world), weight_decay=job.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=job.optim.lr_decay)
+    steps_per_epoch = int(config["steps_per_epoch"])
+    budget = total_steps(job.optim, steps_per_epoch)
+    epochs = num_epochs(budget, steps_per_epoch)  # the last one partial when the steps budget ends inside it
+    scheduler = lr_scheduler(optimizer, job.optim, budget, steps_per_epoch=steps_per_epoch)
     start_epoch, step, history = 0, 0, []
     if state is not None:
         getattr(model, "module", model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+        resume_scheduler(scheduler, state["scheduler"], step=step)
         if rank == 0:
             ignored = "; model.init_weights ignored (the checkpoint's weights win)" if config.get("init") else ""
-            say(f"resuming from the checkpoint of epoch {start_epoch}/{job.optim.epochs} (step {step}){ignored}")
-    if rank == 0 and start_epoch >= job.optim.epochs:
-        say(f"run {job.run.name!r} has already trained {start_epoch} epochs: nothing to do")
+            say(f"resuming from the checkpoint of epoch {start_epoch}/{epochs} (step {step}/{budget}){ignored}")
+    if rank == 0 and (step >= budget or (job.optim.epochs is not None and start_epoch >= job.optim.epochs)):
+        say(f"run {job.run.name!r} has already trained {start_epoch} epochs ({step} steps): nothing to do")
     tracker = None
     if rank == 0 and config.get("tracking") is not None:
         from rigpose.tracking.runs import RunLogger
@@ -159,7 +172,7 @@ def train_func(config: dict[str, Any]) -> None:
     # rank 0 feeds the driver's progress bar (other ranks pass their batches through); rarer with --verbose, where
     # the lines are shown raw among Ray's
     every_s = float("inf") if rank != 0 else 30.0 if verbose() else 2.0
-    progress = _StepProgress(job.optim.epochs, history, every_s=every_s)
+    progress = _StepProgress(epochs, budget, history, step0=step, every_s=every_s)
     tracking_s = [0.0]
 
     def batches(shard: Any, *, shuffle: bool) -> Iterable[Batch]:
@@ -183,6 +196,7 @@ def train_func(config: dict[str, Any]) -> None:
         if tracker is not None and result.epoch > start_epoch:
             metrics["tracking_s"] = tracking_s[0]  # rank 0's time logging the previous epoch to MLflow
         history.append(metrics)
+        progress.step0 = global_step
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
@@ -192,7 +206,7 @@ def train_func(config: dict[str, Any]) -> None:
                             "manifest_sha256": config["manifest_sha256"], "world_size": world,
                             "init_weights": init_source}, Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
-                print_epoch(metrics, job.optim.epochs)
+                print_epoch(metrics, epochs)
             ray.train.report(metrics, checkpoint=ckpt)
         if tracker is not None:  # after the checkpoint: a slow tracking server never delays it
             t0 = time.perf_counter()
@@ -202,7 +216,7 @@ def train_func(config: dict[str, Any]) -> None:
     fit(model, optimizer, scheduler, skeleton,
         train_batches=lambda epoch: progress.wrap(clock.wrap(batches(train_shard, shuffle=True)), epoch),
         val_batches=(lambda: batches(val_shard, shuffle=False)) if val_shard is not None else None,
-        epochs=job.optim.epochs, start_epoch=start_epoch, start_step=step, loss_cfg=job.loss,
+        total_steps=budget, max_epochs=job.optim.epochs, start_epoch=start_epoch, start_step=step, loss_cfg=job.loss,
         supervision=job.supervision, dropout=job.model.dropout, dropout_mode=job.model.dropout_schedule,
         grad_clip=job.optim.grad_clip, on_epoch=on_epoch, reduce=reduce, num_replicas=world,
         seed=job.optim.seed + rank)
@@ -211,10 +225,11 @@ def train_func(config: dict[str, Any]) -> None:
 
 
 def print_epoch(m: dict[str, Any], epochs: int) -> None:
-    """One log line per epoch (rank 0)."""
+    """One log line per epoch (rank 0): `epoch E/N step S/T ...` (the run's steps after it, of its budget)."""
     terms = " ".join(f"{k[6:]}={v:.3g}" for k, v in m.items() if k.startswith("train/") and k != "train/loss")
     val = f" val_reproj={m['val/reprojection_px']:.2f}px" if "val/reprojection_px" in m else ""
     if "val/mpjpe_mm" in m:
         val += f" val_mpjpe={m['val/mpjpe_mm']:.1f}mm"
-    say(f"epoch {int(m['epoch']) + 1}/{epochs} loss={m['train/loss']:.4g}{val} {terms} lr={m['lr']:.2g} "
+    steps = f" step {int(m['step'])}/{int(m['total_steps'])}" if "step" in m else ""
+    say(f"epoch {int(m['epoch']) + 1}/{epochs}{steps} loss={m['train/loss']:.4g}{val} {terms} lr={m['lr']:.2g} "
         f"{m['frames_per_s']:.0f} frames/s")
