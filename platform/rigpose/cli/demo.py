@@ -128,9 +128,30 @@ def run_demo(*, seed: int = 0, noise_px: float = 5.0, output_dir: Path = Path("o
 
     report = evaluate(out["model"], data_url, split="test", json_path=str(Path(out["run_dir"]) / "evaluation.json"))
     print_results(report, console=console)
+    verdict = multiview_verdict(report)
+    if verdict:
+        console.print(verdict)
     console.print(f"evaluation JSON: {Path(out['run_dir']) / 'evaluation.json'}")
     console.rule("[bold]5/5 model registry (MLflow)")
     return registry_step(out, data_url, console=console)
+
+
+def multiview_verdict(report: dict) -> str | None:
+    """One line: the lifter's multi-view MPJPE against weighted and robust triangulation of the same 2D (None when
+    the report has no multi-view 3D metrics)."""
+    multi = report.get("multi") or {}
+    method = report.get("multi_mode")
+
+    def mm(name: str) -> float | None:
+        return ((multi.get(name) or {}).get("overall") or {}).get("mpjpe_mm")
+
+    ours, dlt, robust = mm(method), mm("dlt"), mm("robust")
+    if None in (ours, dlt, robust):
+        return None
+    better = ours < min(dlt, robust)
+    return (f"multi-view ({method}): {ours:.1f} mm, {ours / robust:.2f} x robust triangulation ({robust:.1f} mm) and "
+            f"{ours / dlt:.2f} x weighted DLT ({dlt:.1f} mm): "
+            + ("better than both" if better else "NOT better than triangulation"))
 
 
 def registry_step(out: dict, data_url: str, *, console: Console) -> int:
