@@ -177,7 +177,7 @@ def _tukey(r: torch.Tensor) -> torch.Tensor:
 
 def _data_terms(X_BJ3: torch.Tensor, batch: Batch, sigma_BVJ: torch.Tensor, *, robust: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gauss-Newton terms of the 2D at X [B, J, 3]: (H [B, J, 3, 3] 1/m^2, g [B, J, 3] 1/m, inlier views [B, J])."""
+    """Gauss-Newton terms of the 2D at X [B, J, 3]: (H [B, J, 3, 3] 1/m^2, gradient [B, J, 3] 1/m, inlier views [B, J])."""
     res, jac, front = _pinhole(X_BJ3, batch)
     obs = (batch["w"] > 0) & (batch["view_mask"][..., None] > 0) & front
     r = res.norm(dim=-1) / sigma_BVJ
@@ -185,8 +185,8 @@ def _data_terms(X_BJ3: torch.Tensor, batch: Batch, sigma_BVJ: torch.Tensor, *, r
     if robust:
         a = a * _tukey(r)
     H = torch.einsum("bvj,bvjik,bvjil->bjkl", a, jac, jac)
-    g = torch.einsum("bvj,bvjik,bvji->bjk", a, jac, res)
-    return H, g, ((a > 0) & obs).sum(1)
+    grad = torch.einsum("bvj,bvjik,bvji->bjk", a, jac, res)
+    return H, grad, ((a > 0) & obs).sum(1)
 
 
 def estimate_prior_noise(prior_BJ3: torch.Tensor, tri_BJ3: torch.Tensor, tri_var_BJ: torch.Tensor,
@@ -226,16 +226,16 @@ def estimate_prior_noise(prior_BJ3: torch.Tensor, tri_BJ3: torch.Tensor, tri_var
     return s2.clamp_min(MIN_PRIOR_M**2).sqrt()
 
 
-def _solve(H: torch.Tensor, g: torch.Tensor, X: torch.Tensor, lam: torch.Tensor, P: torch.Tensor
+def _solve(H: torch.Tensor, grad: torch.Tensor, X: torch.Tensor, lam: torch.Tensor, P: torch.Tensor
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Gauss-Newton step of data (H, g at X) + prior lam_j |X_j - P_j - T|^2 / 2 with T free, solved exactly
+    """One Gauss-Newton step of data (H, gradient at X) + prior lam_j |X_j - P_j - T|^2 / 2 with T free, solved exactly
     (block-arrowhead system: per joint 3x3, then T from its 3x3 Schur complement). Returns (X' [B, J, 3],
     posterior covariance [B, J, 3, 3])."""
     eye = torch.eye(3, dtype=X.dtype, device=X.device)
     ridge = 1e-9 * (H.diagonal(dim1=-2, dim2=-1).mean(-1) + lam)[..., None, None] + 1e-12
     M = H + (lam[..., None, None] + ridge) * eye  # [B, J, 3, 3]
     Minv = torch.linalg.inv(M)
-    b = (H @ X[..., None])[..., 0] - g + lam[..., None] * P  # [B, J, 3]
+    b = (H @ X[..., None])[..., 0] - grad + lam[..., None] * P  # [B, J, 3]
     Mb = (Minv @ b[..., None])[..., 0]
     S = (lam[..., None, None] * (eye - lam[..., None, None] * Minv)).sum(1)  # [B, 3, 3]
     S = S + (1e-9 * lam.sum(1) + 1e-12)[:, None, None] * eye
@@ -255,10 +255,10 @@ def sequence_bone_lengths(X_BJ3: torch.Tensor, bones: tuple[tuple[int, int], ...
     """[B, N] each frame's sequence's bone lengths (metres): the median over the sequence's frames of the estimates
     X [B, J, 3] (NaN frames ignored), left and right averaged."""
     lengths = _bone_lengths(X_BJ3, bones)
-    g = torch.unique(groups, return_inverse=True)[1]
+    gid = torch.unique(groups, return_inverse=True)[1]
     out = torch.empty_like(lengths)
     for k in range(int(g.max()) + 1):
-        sel = g == k
+        sel = gid == k
         out[sel] = lengths[sel].nanmedian(0).values
     for a, b in symmetric:
         mean = 0.5 * (out[:, a] + out[:, b])
@@ -289,9 +289,9 @@ def bone_noise(X_BJ3: torch.Tensor, cov_BJ33: torch.Tensor, L_BN: torch.Tensor,
 
 
 def _joint_solve(X: torch.Tensor, T: torch.Tensor, P: torch.Tensor, lam: torch.Tensor, H: torch.Tensor,
-                 g: torch.Tensor, bones: tuple[tuple[int, int], ...], L_BN: torch.Tensor, beta: torch.Tensor, *,
+                 grad: torch.Tensor, bones: tuple[tuple[int, int], ...], L_BN: torch.Tensor, beta: torch.Tensor, *,
                  with_cov: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One Gauss-Newton step of data (H, g at X) + prior + bone lengths L_BN (weights beta [N], 1/m^2), all joints and
+    """One Gauss-Newton step of data (H, gradient at X) + prior + bone lengths L_BN (weights beta [N], 1/m^2), all joints and
     the prior's translation T together (a dense (3J + 3)-square system per frame). Returns (X', T', marginal
     covariance of each joint [B, J, 3, 3])."""
     B, J, _ = X.shape
@@ -305,7 +305,7 @@ def _joint_solve(X: torch.Tensor, T: torch.Tensor, P: torch.Tensor, lam: torch.T
     A[:, J, J] = lamI.sum(1) + (1e-9 * lam.sum(1) + 1e-9)[:, None, None] * eye
     rho = X - P - T[:, None]
     b = torch.zeros(B, J + 1, 3, dtype=X.dtype, device=X.device)
-    b[:, :J] = g + lam[..., None] * rho
+    b[:, :J] = grad + lam[..., None] * rho
     b[:, J] = -(lam[..., None] * rho).sum(1)
     for n, (c, p) in enumerate(bones):
         d = X[:, c] - X[:, p]
@@ -373,8 +373,8 @@ def combine(prior_BJ3: torch.Tensor, batch: Batch, skeleton: Skeleton | None = N
         # where the prior and the views disagree, the joint is the triangulation (first solve gives T)
         X, cov = X_tri, cov_tri
         for step in range(GAUSS_NEWTON_STEPS):
-            H, g, _ = _data_terms(X, batch, sigma)
-            X, cov = _solve(H, g, X, lam, P)
+            H, grad, _ = _data_terms(X, batch, sigma)
+            X, cov = _solve(H, grad, X, lam, P)
             if step == 0:
                 T = (X - P).mul(lam[..., None]).sum(1) / lam.sum(1, keepdim=True).clamp_min(1e-12)  # [B, 3]
                 d = tri.nan_to_num() - (P + T[:, None])
@@ -394,9 +394,9 @@ def combine(prior_BJ3: torch.Tensor, batch: Batch, skeleton: Skeleton | None = N
             T = (X - P).mul(lam[..., None]).sum(1) / lam.sum(1, keepdim=True).clamp_min(1e-12)
             beta = 1.0 / bone_noise(X, cov, L_BN, skeleton.bones).square()
             for step in range(JOINT_STEPS):
-                H, g, _ = _data_terms(X, batch, sigma)
+                H, grad, _ = _data_terms(X, batch, sigma)
                 L_use = torch.where(have_L, L_BN, _bone_lengths(X, skeleton.bones))
-                X, T, cov_j = _joint_solve(X, T, P, lam, H, g, skeleton.bones, L_use, beta,
+                X, T, cov_j = _joint_solve(X, T, P, lam, H, grad, skeleton.bones, L_use, beta,
                                            with_cov=step == JOINT_STEPS - 1)
             cov = cov_j
         sigma_m = cov.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
