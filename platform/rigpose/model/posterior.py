@@ -177,7 +177,8 @@ def _tukey(r: torch.Tensor) -> torch.Tensor:
 
 def _data_terms(X_BJ3: torch.Tensor, batch: Batch, sigma_BVJ: torch.Tensor, *, robust: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gauss-Newton terms of the 2D at X [B, J, 3]: (H [B, J, 3, 3] 1/m^2, gradient [B, J, 3] 1/m, inlier views [B, J])."""
+    """Gauss-Newton terms of the 2D at X [B, J, 3]: (H [B, J, 3, 3] 1/m^2, gradient [B, J, 3] 1/m, inlier views
+    [B, J])."""
     res, jac, front = _pinhole(X_BJ3, batch)
     obs = (batch["w"] > 0) & (batch["view_mask"][..., None] > 0) & front
     r = res.norm(dim=-1) / sigma_BVJ
@@ -257,7 +258,7 @@ def sequence_bone_lengths(X_BJ3: torch.Tensor, bones: tuple[tuple[int, int], ...
     lengths = _bone_lengths(X_BJ3, bones)
     gid = torch.unique(groups, return_inverse=True)[1]
     out = torch.empty_like(lengths)
-    for k in range(int(g.max()) + 1):
+    for k in range(int(gid.max()) + 1):
         sel = gid == k
         out[sel] = lengths[sel].nanmedian(0).values
     for a, b in symmetric:
@@ -291,8 +292,8 @@ def bone_noise(X_BJ3: torch.Tensor, cov_BJ33: torch.Tensor, L_BN: torch.Tensor,
 def _joint_solve(X: torch.Tensor, T: torch.Tensor, P: torch.Tensor, lam: torch.Tensor, H: torch.Tensor,
                  grad: torch.Tensor, bones: tuple[tuple[int, int], ...], L_BN: torch.Tensor, beta: torch.Tensor, *,
                  with_cov: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One Gauss-Newton step of data (H, gradient at X) + prior + bone lengths L_BN (weights beta [N], 1/m^2), all joints and
-    the prior's translation T together (a dense (3J + 3)-square system per frame). Returns (X', T', marginal
+    """One Gauss-Newton step of data (H, gradient at X) + prior + bone lengths L_BN (weights beta [N], 1/m^2), all
+    joints and the prior's translation T together (a dense (3J + 3)-square system per frame). Returns (X', T', marginal
     covariance of each joint [B, J, 3, 3])."""
     B, J, _ = X.shape
     eye = torch.eye(3, dtype=X.dtype, device=X.device)
