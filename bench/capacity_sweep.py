@@ -5,7 +5,9 @@ Every configuration trains with the same job (`jobs/train.yaml`, tracking off) a
 first row is the library's default. The answer is the configuration with the lowest test MPJPE; the train-split
 column shows whether a configuration underfits (train close to test) or overfits (train far below test).
 
-    .venv/bin/python bench/capacity_bench.py [--steps 3000] [--only NAME ...] [--json outputs/bench/capacity.json]
+    .venv/bin/python bench/capacity_sweep.py [--steps 3000] [--only NAME ...] [--json outputs/bench/capacity.json]
+
+Not part of `make bench` (which runs bench/*_bench.py): six trainings take over an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def build_demo(out: Path, frames: int | None) -> str:
         recipe = load_recipe(recipe_path("demo"))
         if frames is not None:
             recipe = recipe.model_copy(update={"frames": frames})
-        build_dataset(recipe, str(out), progress=False, command="bench/capacity_bench.py")
+        build_dataset(recipe, str(out), progress=False, command="bench/capacity_sweep.py")
     return str(out)
 
 
