@@ -29,7 +29,6 @@ the estimate claims. Shape letters: B frames, V views, J joints, N bones.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +38,7 @@ from rigpose import geometry as g
 from rigpose.config import MultiViewConfig
 from rigpose.model.fusion import FUSE_KEYS, Batch, check_batch, fuse
 from rigpose.model.losses import to_camera
+from rigpose.model.refine import _RAYLEIGH_MEDIAN_SQ
 from rigpose.skeleton import Skeleton
 
 POSTERIOR_KEYS = (*FUSE_KEYS, "kp", "K", "dist")
@@ -57,7 +57,6 @@ RANSAC_INLIER_PX = 20.0  # smallest inlier gate of the robust triangulation, pix
 GAUSS_NEWTON_STEPS = 1
 MIN_BONE_SIGMA_M = 0.005  # floor of a bone length's variation within a sequence, metres
 JOINT_STEPS = 1
-_RAYLEIGH_MEDIAN_SQ = 2.0 * math.log(2.0)  # median of |e|^2 / sigma^2 for e ~ N(0, sigma^2 I_2)
 
 
 @dataclass(frozen=True)
