@@ -184,6 +184,27 @@ def test_a_jump_frame_keeps_the_sequence_scale_and_lands_at_its_true_height() ->
     assert root_err.max() < 0.01  # the jump frame too: 0.3 m up, as it truly was
 
 
+def test_the_root_follows_each_contact_frames_own_floor_where_the_lifters_depth_wobbles() -> None:
+    scale = 1.05
+    X_world = np.stack([standing_pose(scale, (0.1 * i, 0.0)) for i in range(8)])
+    rel, root, R, t = views_of(X_world, scale, [0, 3])  # cameras 1.5 and 2 m high
+    # the lifter's depth off by +-2% frame to frame: at the sequence's scale a foot floats <= 4 cm, still "on" it
+    wobble = torch.tensor([1.0, 1.02, 0.98, 1.0, 1.02, 0.98, 1.0, 1.0], dtype=torch.float64)
+    rel, root = rel * wobble[:, None, None, None], root * wobble[:, None, None]
+    truth = torch.from_numpy(X_world[:, None, 0])
+    ok = torch.ones(8, 2, dtype=torch.bool)
+    errors = {}
+    for a in (0.0, 0.5, 1.0):
+        metric = metric_single_view(rel, root, R, t, ok, SKEL, frame_weight=a)
+        errors[a] = (metric.world[:, :, 0] - truth).norm(dim=-1).mean().item()
+        # the body keeps one size per sequence and view whatever the root does
+        assert torch.allclose(metric.scale, metric.scale[:1].expand(8, 2))
+    assert errors[1.0] < 0.01  # every frame's own floor contact: the true depth
+    assert errors[0.5] < 0.6 * errors[0.0] and errors[0.0] > 0.02  # the sequence scale alone: 3 frames off 6-8 cm
+    with pytest.raises(ValueError, match="frame_weight"):
+        metric_single_view(rel, root, R, t, ok, SKEL, frame_weight=1.5)
+
+
 def test_each_sequence_and_view_gets_its_own_scale() -> None:
     X_world = np.stack([standing_pose(0.9, (0.1 * i, 0.0)) for i in range(3)]
                        + [standing_pose(1.1, (0.0, 0.1 * i)) for i in range(3)])

@@ -123,11 +123,11 @@ def _floor_metrics(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], 
     whose floor is known: floor_mpjpe_mm (root-relative, camera frame, at the estimated body scale), floor_root_mm
     (the root's error, camera frame = world frame distance), floor_scale (the estimated body scale)."""
     roots = tuple(skeleton.root_joints)
-    scale = metric_scale(frames, batch, rel, root, skeleton, floors)  # [B, V], NaN where unknown
+    scale, depth = metric_scale(frames, batch, rel, root, skeleton, floors)  # [B, V], NaN where unknown
     gt_rel = ev.root_relative(gt_cam, roots)
     acc.add("single", "floor_mpjpe_mm", ev.mpjpe(rel * scale[..., None, None], gt_rel), keys)
     gt_root = gt_cam[:, :, list(roots)].mean(2)  # [B, V, 3]
-    acc.add("single", "floor_root_mm", 1000 * np.linalg.norm(root * scale[..., None] - gt_root, axis=-1), keys)
+    acc.add("single", "floor_root_mm", 1000 * np.linalg.norm(root * depth[..., None] - gt_root, axis=-1), keys)
     acc.add("single", "floor_scale", scale, keys)
 
 

@@ -17,8 +17,10 @@ mode "single" (one row per real camera view of each frame; padding views of smal
 | joints_cam  | list<float32> [J*3]    | root-relative pose in this camera's frame; null when the view has no 2D |
 | root_cam    | list<float32> [3]      | the lifter's metric root in this camera's frame; null likewise          |
 | body_scale  | float32                | on rigs whose floor is known (the rig file's floor_z): the body scale   |
-|             |                        | the feet on the floor gave (`rigpose.model.floor`), already applied to  |
-|             |                        | joints_cam and root_cam (metric); null where the floor is unknown       |
+|             |                        | the feet on the floor gave (`rigpose.model.floor`, one per sequence and |
+|             |                        | view), already applied to joints_cam; root_cam is at that scale too, or |
+|             |                        | nearer the frame's own floor contact (metric); null where the floor is  |
+|             |                        | unknown                                                                 |
 
 mode "multi" (one row per frame):
 
@@ -167,12 +169,14 @@ def dataset_floors(ds: Dataset) -> Floors:
 
 
 def metric_scale(frames: Frames, batch: dict[str, torch.Tensor], rel: np.ndarray, root: np.ndarray,
-                 skeleton: Skeleton, floors: Floors | None) -> np.ndarray:
-    """[B, V] the body scale of each view's lift from the feet on its rig's known floor (`rigpose.model.floor`,
-    one scale per sequence and view); NaN on rigs whose floor is unknown and views without a lift."""
+                 skeleton: Skeleton, floors: Floors | None) -> tuple[np.ndarray, np.ndarray]:
+    """(body scale [B, V] of each view's root-relative lift, root scale [B, V] of its root) from the feet on its
+    rig's known floor (`rigpose.model.floor`: the body scale is one per sequence and view, the root's also follows
+    the frame's own floor contact); NaN on rigs whose floor is unknown and views without a lift."""
     from rigpose.model.floor import metric_single_view
 
     scale = np.full(frames.view_mask.shape, np.nan)
+    depth = np.full(frames.view_mask.shape, np.nan)
     for floor_z in {z for z in (floors or {}).values() if z is not None}:
         rows = np.array([(floors or {}).get(str(r)) == floor_z for r in frames.rig_id])
         if not rows.any():
@@ -183,7 +187,8 @@ def metric_scale(frames: Frames, batch: dict[str, torch.Tensor], rel: np.ndarray
                                skeleton, floor_z=float(floor_z), groups=sequence_groups(frames.take(rows)),
                                w_BVJ=batch["w"][rows].cpu().double())
         scale[rows] = np.where(ok, m.scale.numpy(), np.nan)
-    return scale
+        depth[rows] = np.where(ok, m.depth_scale.numpy(), np.nan)
+    return scale, depth
 
 
 def multi_table(frames: Frames, X_world: np.ndarray, root_ok: np.ndarray, num_views: np.ndarray,
@@ -236,10 +241,10 @@ def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
     m = adapt_for(model, batch, skeleton, multi_view, multi=mode == "multi")
     if mode == "single":
         rel, root = lift_single(m, batch)
-        scale = metric_scale(frames, batch, rel, root, skeleton, floors)
+        scale, depth = metric_scale(frames, batch, rel, root, skeleton, floors)
         known = np.isfinite(scale)
         rel = np.where(known[..., None, None], rel * scale[..., None, None], rel)
-        root = np.where(known[..., None], root * scale[..., None], root)
+        root = np.where(known[..., None], root * depth[..., None], root)
         return single_table(frames, rel, root, scale)
     X, sigma = lift_multi_uncertain(m, batch, skeleton, multi_view, groups=sequence_groups(frames))
     num_views = ((batch["w"].sum(-1) > 0) & (batch["view_mask"] > 0)).sum(-1).cpu().numpy()
