@@ -33,6 +33,9 @@ CONFIGS: dict[str, list[str]] = {
     "deep 4 blocks": ["model.num_blocks=4"],
     "dropout 0.25": ["model.dropout=0.25"],
     "no dropout": ["model.dropout=0.0"],
+    "denoised": ["model.output=denoised"],
+    "denoised, no dropout": ["model.output=denoised", "model.dropout=0.0"],
+    "free": ["model.output=free"],
 }
 
 

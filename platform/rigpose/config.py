@@ -59,8 +59,10 @@ class ModelConfig(Strict):
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout probability.")
     dropout_schedule: Literal["constant", "half"] = Field(
         "half", description="'half': dropout for the first half of the epochs, then 0 (the original report's trick).")
-    output: Literal["ray", "free"] = Field(
-        "ray", description="'ray': depths along each joint's camera ray; 'free': free 3D offsets.")
+    output: Literal["ray", "denoised", "free"] = Field(
+        "ray", description="'ray': depths along each joint's camera ray through its input 2D; 'denoised': depths "
+                           "along the rays through the network's own 2D estimate (the input's noise is not passed "
+                           "through); 'free': free 3D offsets.")
     init_weights: str | None = Field(
         None, min_length=1,
         description="Start from these weights (a model.pt file, a run folder, or an MLflow model URI "

@@ -15,7 +15,7 @@ def _inputs(B: int = 8, J: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch
     return xy, torch.ones(B, J)
 
 
-@pytest.mark.parametrize("output", ["ray", "free"])
+@pytest.mark.parametrize("output", ["ray", "denoised", "free"])
 def test_lifter_outputs_root_relative_camera_frame_poses(output: str) -> None:
     model = Lifter(ModelConfig(width=32, num_blocks=1, output=output), num_joints=16).eval()
     out = model(*_inputs())
@@ -29,6 +29,17 @@ def test_ray_output_reprojects_exactly_onto_the_visible_input_joints() -> None:
     xy, scores = _inputs()
     out = model(xy, scores)
     torch.testing.assert_close(out.X[..., :2] / out.X[..., 2:], xy, atol=1e-5, rtol=0)
+
+
+def test_denoised_output_reprojects_onto_its_own_2d_estimate_not_the_noisy_input() -> None:
+    model = Lifter(ModelConfig(width=32, num_blocks=1, output="denoised"), num_joints=16).eval()
+    xy, scores = _inputs()
+    with torch.no_grad():
+        model.out.bias.normal_(0.0, 0.5)  # the 2D residual is not zero, as after training on noisy detections
+        out = model(xy, scores)
+    reprojected = out.X[..., :2] / out.X[..., 2:]
+    torch.testing.assert_close(reprojected, out.xy, atol=1e-5, rtol=0)
+    assert (reprojected - xy).abs().max() > 1e-2  # the input's 2D is not passed through
 
 
 def test_missing_joints_are_masked_not_read() -> None:

@@ -31,7 +31,8 @@ BODY_SIZE_M = 0.35  # typical RMS distance of joints from their centroid, metres
 
 class LiftOutput(NamedTuple):
     """X [B, J, 3] camera-frame metres; rel [B, J, 3] = X - root; root [B, 3]; xy [B, J, 2] the 2D used per joint
-    (normalised coords: input where visible, predicted where missing); xy_pred [B, J, 2] the network's own 2D."""
+    (normalised coords: input where visible, predicted where missing; with output 'denoised' the predicted 2D
+    everywhere); xy_pred [B, J, 2] the network's own 2D."""
 
     X: torch.Tensor
     rel: torch.Tensor
@@ -86,7 +87,7 @@ class Lifter(nn.Module):
         self.root_joints = root_joints
         J = num_joints
         in_dim = 2 * J + J + 2 + 1  # u, scores, centre, log spread
-        out_dim = (J + 2 * J + 1) if config.output == "ray" else (3 * J + 2 * J + 1)
+        out_dim = (J + 2 * J + 1) if config.output in ("ray", "denoised") else (3 * J + 2 * J + 1)
         self.inp = nn.Sequential(nn.Linear(in_dim, config.width), nn.LayerNorm(config.width), nn.ReLU(),
                                  nn.Dropout(config.dropout))
         self.blocks = nn.Sequential(*[_Block(config.width, config.dropout) for _ in range(config.num_blocks)])
@@ -113,12 +114,15 @@ class Lifter(nn.Module):
         feats = torch.cat([u.flatten(1), scores, c, torch.log(s)[:, None]], -1)
         h = self.blocks(self.inp(feats))
         o = self.out(h)
-        n_pose = J if self.config.output == "ray" else 3 * J
+        n_pose = 3 * J if self.config.output == "free" else J
         u_pred = o[:, n_pose:n_pose + 2 * J].reshape(-1, J, 2) + u  # residual on the (zeroed where missing) input
         Z = BODY_SIZE_M * torch.exp(o[:, -1]) / s  # [B] depth of the centre, metres
         xy_pred = c[:, None] + s[:, None, None] * u_pred
-        xy = torch.where(valid[..., None], torch.nan_to_num(xy_BJ2), xy_pred)
-        if self.config.output == "ray":
+        if self.config.output == "denoised":
+            xy = xy_pred
+        else:
+            xy = torch.where(valid[..., None], torch.nan_to_num(xy_BJ2), xy_pred)
+        if self.config.output in ("ray", "denoised"):
             depth = (Z[:, None] + o[:, :J]).clamp_min(0.05)  # keep every joint in front of the camera
             X = torch.cat([xy, torch.ones_like(xy[..., :1])], -1) * depth[..., None]
         else:
