@@ -28,13 +28,18 @@ console = Console(width=140)
 # name -> overrides of jobs/train.yaml (on top of the data, budget and output settings)
 CONFIGS: dict[str, list[str]] = {
     "default": [],
-    "today (12 epochs, 0.9/epoch)": ["optim.schedule=exponential", "optim.epochs=12"],
+    "today (12 epochs, 0.9/epoch, ray, 512, dropout 0.5)": ["optim.schedule=exponential", "optim.epochs=12",
+                                                            "model.output=ray", "model.width=512", "model.dropout=0.5"],
+    "ray output": ["model.output=ray"],
     "wide 1024": ["model.width=1024"],
     "deep 4 blocks": ["model.num_blocks=4"],
     "dropout 0.25": ["model.dropout=0.25"],
     "no dropout": ["model.dropout=0.0"],
     "denoised": ["model.output=denoised"],
     "denoised, no dropout": ["model.output=denoised", "model.dropout=0.0"],
+    "denoised, no dropout, wide 1024": ["model.output=denoised", "model.dropout=0.0", "model.width=1024"],
+    "denoised, no dropout, 4 blocks": ["model.output=denoised", "model.dropout=0.0", "model.num_blocks=4"],
+    "denoised, no dropout, 6000 steps": ["model.output=denoised", "model.dropout=0.0", "optim.steps=6000"],
     "free": ["model.output=free"],
 }
 

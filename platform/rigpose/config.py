@@ -54,13 +54,13 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     """Lifter architecture (rigpose.model.lifter.Lifter); the joints come from the dataset's skeleton."""
 
-    width: int = Field(512, ge=8, description="Hidden width of the residual MLP.")
+    width: int = Field(1024, ge=8, description="Hidden width of the residual MLP (1024: measured, BENCHMARKS.md).")
     num_blocks: int = Field(2, ge=0, description="Residual blocks.")
-    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout probability.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability (0: measured best, BENCHMARKS.md).")
     dropout_schedule: Literal["constant", "half"] = Field(
         "half", description="'half': dropout for the first half of the epochs, then 0 (the original report's trick).")
     output: Literal["ray", "denoised", "free"] = Field(
-        "ray", description="'ray': depths along each joint's camera ray through its input 2D; 'denoised': depths "
+        "denoised", description="'ray': depths along each joint's camera ray through its input 2D; 'denoised': depths "
                            "along the rays through the network's own 2D estimate (the input's noise is not passed "
                            "through); 'free': free 3D offsets.")
     init_weights: str | None = Field(

@@ -62,7 +62,7 @@ def _max_abs_diff(model: Lifter, path: Path, xy: np.ndarray, scores: np.ndarray)
     return worst
 
 
-@pytest.mark.parametrize("output", ["ray", "free"])
+@pytest.mark.parametrize("output", ["ray", "denoised", "free"])
 def test_onnx_runtime_matches_pytorch_at_two_batch_sizes(output: str, tmp_path: Path,
                                                          views: tuple[np.ndarray, np.ndarray]) -> None:
     model = _lifter(output)

@@ -52,9 +52,9 @@ def test_settings_that_leave_the_weights_shapes_and_data_alone_still_resume(tmp_
 
 @pytest.mark.parametrize(("overrides", "sha", "what", "before", "now"), [
     ((), "f" * 64, "dataset manifest", SHA, "f" * 64),
-    (("model.width=256",), SHA, "model architecture", "'width': 512", "'width': 256"),
+    (("model.width=256",), SHA, "model architecture", "'width': 1024", "'width': 256"),
     (("model.num_blocks=3",), SHA, "model architecture", "'num_blocks': 2", "'num_blocks': 3"),
-    (("model.output=free",), SHA, "model architecture", "'output': 'ray'", "'output': 'free'"),
+    (("model.output=free",), SHA, "model architecture", "'output': 'denoised'", "'output': 'free'"),
     (("supervision=3d",), SHA, "supervision", "'2d'", "'3d'"),
     (("data.rig_ids=[studio-8]",), SHA, "rig selection", "None", "['studio-8']"),
 ])

@@ -1,5 +1,6 @@
 """The retrain cycle's guards and schedule (rigpose.retrain.run): periods, a held lease skips the cycle without
-training, the schedule repeats until SIGTERM, and a dry run changes nothing."""
+training, the schedule repeats until SIGTERM, a dry run changes nothing, and a warm start keeps the champion's
+architecture."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 from rigpose_testing import REPO
 
-from rigpose.config import RetrainJob
+from rigpose.config import ModelConfig, RetrainJob, load_job
 from rigpose.resources import recipes_dir
-from rigpose.retrain.run import LEASE_FILE, Outcome, parse_every, retrain, run_every
+from rigpose.retrain.run import LEASE_FILE, Outcome, inherit_architecture, parse_every, retrain, run_every
 from rigpose.storage import Lease, url_to_fs
 
 
@@ -74,3 +75,12 @@ def test_the_schedule_repeats_and_stops_on_sigterm_after_the_current_cycle(datas
     assert n == len(calls) == 3 and calls[1] - calls[0] >= 0.95  # one period between cycles
     assert any("storage was down" in ln for ln in lines) and lines[-1] == "retrain schedule stopped after 3 cycle(s)"
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def test_a_warm_started_candidate_keeps_the_champions_architecture_unless_the_retrain_job_sets_it() -> None:
+    champion = ModelConfig(width=512, num_blocks=2, output="ray", dropout=0.5)  # trained before the defaults moved
+    sets = inherit_architecture(["data.url=s3://b/ds", "model.num_blocks=3"], champion)
+    assert sets == ["model.width=512", "model.output=ray"]  # num_blocks is the job's; dropout is no shape
+    job = load_job(REPO / "jobs" / "train.yaml", [*sets, "model.num_blocks=3"])
+    assert (job.model.width, job.model.output, job.model.num_blocks) == (512, "ray", 3)
+    assert job.model.dropout == ModelConfig().dropout

@@ -8,8 +8,10 @@ A cycle (`retrain`):
    with an expiry, renewed in the background while the cycle runs): a second retrain of the same dataset finds it
    held and skips, so two never promote at once, and the lease of one that died lapses by itself;
 3. trains a candidate on that manifest version (`data.manifest_version`: data landing meanwhile waits for the
-   next cycle), warm-started from the champion's weights unless `warm_start: false`, tracked and registered like
-   any training run (alias `@candidate`, lineage tags naming every rig);
+   next cycle), warm-started from the champion's weights unless `warm_start: false` (with the champion's
+   architecture where the retrain job's overrides do not set it: a champion trained before the job file's model
+   defaults changed still warm-starts), tracked and registered like any training run (alias `@candidate`, lineage
+   tags naming every rig);
 4. gates it (`rigpose.retrain.gate.decide`): champion and candidate on every rig's validation rows, label-free;
 5. records the decision (an MLflow run `retrain-decision-...` with tags and `decision.json`; tags
    `rigpose.retrain.*` on the candidate version; the printed table) and, when it passes, moves `@champion` to the
@@ -33,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rigpose.config import RetrainJob, TrainJob, load_job
+from rigpose.config import ModelConfig, RetrainJob, TrainJob, load_job
 from rigpose.data.manifest import Manifest
 from rigpose.data.reader import Dataset
 from rigpose.retrain.detect import RigChange, describe_changes, diff_manifests, training_manifest
@@ -128,6 +130,16 @@ def _already_gated(p: Plan) -> tuple[str, str] | None:
     return None
 
 
+def inherit_architecture(overrides: list[str], champion: ModelConfig) -> list[str]:
+    """`model.<field>=<value>` overrides that give a warm-started candidate the champion's architecture (the fields
+    whose shapes the weights fix, `rigpose.train.trainer.SHAPE_FIELDS`), except those `overrides` set themselves
+    (a mismatch there fails the warm start, naming the field)."""
+    from rigpose.train.trainer import SHAPE_FIELDS
+
+    stated = {o.split("=", 1)[0].strip() for o in overrides}
+    return [f"model.{k}={getattr(champion, k)}" for k in SHAPE_FIELDS if f"model.{k}" not in stated]
+
+
 def candidate_job(job: RetrainJob, p: Plan) -> TrainJob:
     """The training job of the candidate: pinned to the manifest version the cycle read, one run name per version
     (a re-run after a crash resumes it), warm-started from the champion when asked."""
@@ -137,7 +149,15 @@ def candidate_job(job: RetrainJob, p: Plan) -> TrainJob:
     sets = [*job.overrides, f"data.manifest_version={version}",
             f"run.name=retrain-v{version}-{manifest_sha256(p.dataset)[:8]}"]
     if job.warm_start and p.champion is not None:
-        sets.append(f"model.init_weights=models:/{p.model_name}/{p.champion}")
+        import tempfile
+
+        from rigpose.model.checkpoint import load_lifter
+        from rigpose.tracking.registry import download_lifter_file
+
+        uri = f"models:/{p.model_name}/{p.champion}"
+        with tempfile.TemporaryDirectory() as tmp:
+            champion = load_lifter(download_lifter_file(uri, tmp, tracking_uri=p.tracking_uri))[0].config
+        sets = [*inherit_architecture(job.overrides, champion), *sets, f"model.init_weights={uri}"]
     return load_job(job.train_job, sets)
 
 
