@@ -87,7 +87,7 @@ def _pinhole(X_BJ3: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Ten
     zs = torch.where(front, z, torch.ones_like(z))
     u = X_cam[..., :2] / zs[..., None]
     f = batch["K"][..., [0, 1], [0, 1]].to(X_BJ3.dtype)[:, :, None]  # [B, V, 1, 2] fx, fy
-    res = f * (u - batch["xy"].to(X_BJ3.dtype))
+    res = (f * (u - batch["xy"].to(X_BJ3.dtype))).contiguous()  # batch xy may be strided: norms over it are slow
     # d u / d X_cam = 1/z [[1, 0, -u_x], [0, 1, -u_y]], then d X_cam / d X_world = R
     zero, one = torch.zeros_like(z), torch.ones_like(z)
     du = torch.stack([torch.stack([one, zero, -u[..., 0]], -1), torch.stack([zero, one, -u[..., 1]], -1)], -2)
