@@ -28,7 +28,7 @@ from rigpose.rig import RigError, load_rig
 RIGS_DIR = resources.rigs_dir()
 DEMO_RECIPE = resources.recipe_path("demo")
 # The demo's training budget, optimizer steps: ~15.6 epochs of the demo dataset's 77 steps (19.9k training frames,
-# batch 256), about 1.3x the wall time of the former 12-epoch demo; the library default (optim.steps) is longer.
+# batch 256), about 5 minutes of the default 1024-wide lifter on 2 cores; the library default (optim.steps) is longer.
 DEMO_STEPS = 1200
 
 
