@@ -55,8 +55,8 @@ def _fit(supervision: str, epochs: int = 12) -> list[dict]:
 
 
 def test_training_from_2d_lowers_the_held_out_view_reprojection_error() -> None:
-    history = _fit("2d")
-    assert len(history) == 12 and history[-1]["steps"] == 4
+    history = _fit("2d", epochs=20)  # the default (denoised) output also learns its 2D: a few more steps than 'ray'
+    assert len(history) == 20 and history[-1]["steps"] == 4
     assert history[-1]["train/cross_view"] < 0.6 * history[0]["train/cross_view"]
     assert history[-1]["val/reprojection_px"] < 0.9 * history[0]["val/reprojection_px"]
     assert history[-1]["val/mpjpe_mm"] < history[0]["val/mpjpe_mm"]  # labels of the val batches: metrics only

@@ -87,7 +87,7 @@ def test_a_relative_path_is_recorded_as_the_absolute_file(tmp_path: Path, monkey
 @pytest.mark.parametrize(("override", "key", "there", "here"), [
     ("model.width=64", "model.width", "32", "64"),
     ("model.num_blocks=2", "model.num_blocks", "1", "2"),
-    ("model.output=free", "model.output", "'ray'", "'free'"),
+    ("model.output=free", "model.output", "'denoised'", "'free'"),
 ])
 def test_weights_of_another_architecture_are_refused_naming_the_key_and_both_values(
         tmp_path: Path, override: str, key: str, there: str, here: str) -> None:
