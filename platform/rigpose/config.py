@@ -287,8 +287,9 @@ class RetrainJob(Strict):
     alias: str = Field("champion", description="The alias of the model in production: what new data is compared "
                                                "with and what a better candidate takes over (the old one keeps "
                                                "`previous`).")
-    warm_start: bool = Field(True, description="Start the candidate from the champion's weights (false: from "
-                                               "scratch, the training job's own initialisation).")
+    warm_start: bool = Field(True, description="Start the candidate from the champion's weights, with its "
+                                               "architecture unless `overrides` set it (false: from scratch, the "
+                                               "training job's own initialisation and architecture).")
     gate: GateConfig = Field(default_factory=GateConfig)
     every: str | None = Field(None, description="Check again every this long (30m, 6h, 1d): the command keeps "
                                                 "running and stops cleanly on SIGTERM; null = once.")
