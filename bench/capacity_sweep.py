@@ -36,6 +36,8 @@ CONFIGS: dict[str, list[str]] = {
     "former (ray, 512, dropout 0.5)": FORMER,
     "denoised, 512, dropout 0.5": ["model.output=denoised", "model.width=512", "model.dropout=0.5"],
     "denoised, 512, no dropout": ["model.output=denoised", "model.width=512", "model.dropout=0.0"],
+    "denoised, 512, no dropout, 6000 steps": ["model.output=denoised", "model.width=512", "model.dropout=0.0",
+                                              "optim.steps=6000"],  # about the 1024-wide run's compute
     "denoised, 1024, no dropout": ["model.output=denoised", "model.width=1024", "model.dropout=0.0"],
     "4 blocks": ["model.num_blocks=4"],
     "dropout 0.25": ["model.dropout=0.25"],
