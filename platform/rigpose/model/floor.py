@@ -234,6 +234,13 @@ def _segment_weighted_median(values_N: torch.Tensor, weights_N: torch.Tensor, se
     return med, has
 
 
+def contact_height(lever: torch.Tensor, frame_scale: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Metres above the floor of a frame's contact foot when its lift is scaled by `scale` instead of its own
+    `frame_scale` (which stands that foot on the floor); `lever` metres per unit of scale (`FloorScale.lever`).
+    Shapes broadcast."""
+    return lever * (frame_scale - scale)
+
+
 def sequence_scale(
     scale_N: torch.Tensor,
     ok_N: torch.Tensor,
@@ -260,7 +267,7 @@ def sequence_scale(
     if weight_N is not None:
         base = base * torch.nan_to_num(weight_N.to(torch.float64)).clamp_min(0.0)
     s0, has0 = _segment_weighted_median(scale_N, base, seg_N, num_segments)
-    height = lever_N.to(torch.float64) * (scale_N.to(torch.float64) - s0.to(torch.float64)[seg_N])
+    height = contact_height(lever_N.to(torch.float64), scale_N.to(torch.float64), s0.to(torch.float64)[seg_N])
     contact_w = torch.exp(-torch.nan_to_num((height - tol).clamp_min(0.0) / tol, nan=math.inf))
     s, has = _segment_weighted_median(scale_N, base * contact_w, seg_N, num_segments)
     s = torch.where(has, s, s0)  # every contact weight underflowed: keep the plain median
@@ -313,6 +320,9 @@ def metric_single_view(
     w = None if w_BVJ is None else _tensor("w_BVJ", w_BVJ, (B, V, J), device=dev).to(dt)
     h = foot_height if foot_height is not None else default_foot_height(skeleton)
     gid, G = _group_ids(groups, B, dev)
+    a = _finite_number("frame_weight", frame_weight)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"frame_weight: expected a weight in [0, 1], got {frame_weight!r}")
 
     X_cam = root[:, :, None] + rel  # [B, V, J, 3]
     per = floor_scale(X_cam.reshape(B * V, J, 3), R.reshape(B * V, 3, 3), t.reshape(B * V, 3),
@@ -324,12 +334,9 @@ def metric_single_view(
     seg = (gid[:, None] * V + torch.arange(V, device=dev)[None]).reshape(-1)  # [B * V] segment = (group, view)
     s_S, ok_S = sequence_scale(per.scale, frame_ok.reshape(-1), per.lever, seg, G * V, weight_N=conf,
                                contact_tol=contact_tol)
-    a = _finite_number("frame_weight", frame_weight)
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"frame_weight: expected a weight in [0, 1], got {frame_weight!r}")
     scale = s_S[seg].reshape(B, V).to(dt)
     frame_s = per.scale.reshape(B, V).to(dt)
-    above = per.lever.reshape(B, V).to(dt) * (frame_s - scale)  # contact foot above the floor at the body scale, m
+    above = contact_height(per.lever.reshape(B, V).to(dt), frame_s, scale)  # at the body scale, metres
     on_floor = frame_ok & ok_S[seg].reshape(B, V) & (above <= contact_tol)
     depth_scale = torch.where(on_floor, scale ** (1.0 - a) * frame_s ** a, scale)
     c = -(t[..., None, :] @ R)[..., 0, :]  # [B, V, 3] camera centre, world metres

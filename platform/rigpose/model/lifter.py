@@ -45,6 +45,12 @@ class LiftOutput(NamedTuple):
     xy_pred: torch.Tensor
 
 
+def _pose_outputs(output: str, num_joints: int) -> int:
+    """Pose outputs of the network for `ModelConfig.output`: a depth per joint along its ray ("ray", "denoised") or
+    a free 3D offset per joint ("free")."""
+    return 3 * num_joints if output == "free" else num_joints
+
+
 class _Block(nn.Module):
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
@@ -91,7 +97,7 @@ class Lifter(nn.Module):
         self.root_joints = root_joints
         J = num_joints
         in_dim = 2 * J + J + 2 + 1  # u, scores, centre, log spread
-        out_dim = (J + 2 * J + 1) if config.output in ("ray", "denoised") else (3 * J + 2 * J + 1)
+        out_dim = _pose_outputs(config.output, J) + 2 * J + 1  # pose, 2D residual, log size
         self.inp = nn.Sequential(nn.Linear(in_dim, config.width), nn.LayerNorm(config.width), nn.ReLU(),
                                  nn.Dropout(config.dropout))
         self.blocks = nn.Sequential(*[_Block(config.width, config.dropout) for _ in range(config.num_blocks)])
@@ -118,7 +124,7 @@ class Lifter(nn.Module):
         feats = torch.cat([u.flatten(1), scores, c, torch.log(s)[:, None]], -1)
         h = self.blocks(self.inp(feats))
         o = self.out(h)
-        n_pose = 3 * J if self.config.output == "free" else J
+        n_pose = _pose_outputs(self.config.output, J)
         u_pred = o[:, n_pose:n_pose + 2 * J].reshape(-1, J, 2) + u  # residual on the (zeroed where missing) input
         Z = BODY_SIZE_M * torch.exp(o[:, -1]) / s  # [B] depth of the centre, metres
         xy_pred = c[:, None] + s[:, None, None] * u_pred
@@ -126,7 +132,7 @@ class Lifter(nn.Module):
             xy = xy_pred
         else:
             xy = torch.where(valid[..., None], torch.nan_to_num(xy_BJ2), xy_pred)
-        if self.config.output in ("ray", "denoised"):
+        if n_pose == J:  # depths along rays
             depth = (Z[:, None] + o[:, :J]).clamp_min(0.05)  # keep every joint in front of the camera
             X = torch.cat([xy, torch.ones_like(xy[..., :1])], -1) * depth[..., None]
         else:

@@ -29,6 +29,7 @@ import posixpath
 import re
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -140,24 +141,23 @@ def inherit_architecture(overrides: list[str], champion: ModelConfig) -> list[st
     return [f"model.{k}={getattr(champion, k)}" for k in SHAPE_FIELDS if f"model.{k}" not in stated]
 
 
-def candidate_job(job: RetrainJob, p: Plan) -> TrainJob:
+def candidate_job(job: RetrainJob, p: Plan, champion_file: str | None) -> TrainJob:
     """The training job of the candidate: pinned to the manifest version the cycle read, one run name per version
-    (a re-run after a crash resumes it), warm-started from the champion when asked."""
+    (a re-run after a crash resumes it), warm-started from the champion when asked (`champion_file`: its model.pt,
+    already downloaded, for its architecture)."""
     from rigpose.train.trainer import manifest_sha256
 
     version = p.dataset.manifest.version
     sets = [*job.overrides, f"data.manifest_version={version}",
             f"run.name=retrain-v{version}-{manifest_sha256(p.dataset)[:8]}"]
     if job.warm_start and p.champion is not None:
-        import tempfile
-
         from rigpose.model.checkpoint import load_lifter
-        from rigpose.tracking.registry import download_lifter_file
 
-        uri = f"models:/{p.model_name}/{p.champion}"
-        with tempfile.TemporaryDirectory() as tmp:
-            champion = load_lifter(download_lifter_file(uri, tmp, tracking_uri=p.tracking_uri))[0].config
-        sets = [*inherit_architecture(job.overrides, champion), *sets, f"model.init_weights={uri}"]
+        if champion_file is None:
+            raise ValueError(f"candidate_job: warm start from version {p.champion} needs the champion's model file")
+        champion = load_lifter(champion_file)[0].config
+        sets = [*inherit_architecture(job.overrides, champion), *sets,
+                f"model.init_weights=models:/{p.model_name}/{p.champion}"]
     return load_job(job.train_job, sets)
 
 
@@ -204,8 +204,8 @@ def retrain(job: RetrainJob, *, dry_run: bool = False, say: Callable[[str], None
         out.status = "busy"
         return out
     try:
-        with _kept_alive(lease, every_s=job.lease_ttl_s / 3):
-            return _train_gate_promote(job, p, out, tell, lease, targets)
+        with _kept_alive(lease, every_s=job.lease_ttl_s / 3), tempfile.TemporaryDirectory() as tmp:
+            return _train_gate_promote(job, p, out, tell, lease, targets, tmp)
     finally:
         lease.release()
 
@@ -235,12 +235,15 @@ def _kept_alive(lease: Any, *, every_s: float) -> Iterator[None]:
 
 
 def _train_gate_promote(job: RetrainJob, p: Plan, out: Outcome, tell: Callable[[str], None], lease: Any,
-                        targets: list[str]) -> Outcome:
+                        targets: list[str], tmp: str) -> Outcome:
     from rigpose.tracking.registry import download_lifter_file, promote
     from rigpose.tracking.runs import record_run, resolve_target
     from rigpose.train.trainer import manifest_sha256, train
 
-    cjob = candidate_job(job, p)
+    # the champion's weights, once: its architecture for the warm start, its scores for the gate
+    champion_file = (download_lifter_file(f"models:/{p.model_name}/{p.champion}", tmp, tracking_uri=p.tracking_uri)
+                     if p.champion is not None else None)
+    cjob = candidate_job(job, p, champion_file)
     tell(f"training candidate run {cjob.run.name!r} on manifest version {p.dataset.manifest.version}"
          + (f", warm-started from {p.model_name} version {p.champion}" if cjob.model.init_weights else ""))
     result = train(cjob)
@@ -259,12 +262,8 @@ def _train_gate_promote(job: RetrainJob, p: Plan, out: Outcome, tell: Callable[[
          f"{g.split!r} of every rig")
     cand = rig_scores(result["model"], p.dataset.root, split=g.split, rig_ids=p.rig_ids, max_rows=g.max_rows)
     champ = None
-    if p.champion is not None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = download_lifter_file(f"models:/{p.model_name}/{p.champion}", tmp, tracking_uri=p.tracking_uri)
-            champ = rig_scores(weights, p.dataset.root, split=g.split, rig_ids=p.rig_ids, max_rows=g.max_rows)
+    if champion_file is not None:
+        champ = rig_scores(champion_file, p.dataset.root, split=g.split, rig_ids=p.rig_ids, max_rows=g.max_rows)
     lease.renew()
     decision = decide(cand, champ, targets=set(targets), rig_ids=p.rig_ids, margin=g.margin, tolerance=g.tolerance)
     out.decision = decision
