@@ -389,6 +389,42 @@ def rotation_from_rodrigues(rvec: Any) -> np.ndarray:
     return np.eye(3) + a * W + b * (W @ W)
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _whole_pixels(value: Any, err: Any) -> tuple[int, int]:
+    """``size = [width, height]`` as ints; integral floats (Pose2Sim writes ``[ 1088.0, 1920.0]``) are accepted."""
+    if not isinstance(value, list):
+        raise err(f"expected [width, height] in pixels, got {_describe(value)}", "size")
+    if len(value) != 2:
+        raise err(f"expected 2 numbers [width, height] in pixels, got {len(value)} ({_describe(value)})", "size")
+    bad = [x for x in value if not _is_number(x)]
+    if bad:
+        raise err(f"size must be numbers [width, height], got {type(bad[0]).__name__} {bad[0]!r}"[:100], "size")
+    fractional = [x for x in value if not (isinstance(x, int) or (math.isfinite(x) and x.is_integer()))]
+    if fractional:
+        raise err(f"size must be whole pixels, got {fractional[0]!r} in {value!r}", "size")
+    return int(value[0]), int(value[1])
+
+
+def _toml_numbers(value: Any, shape: tuple[int, ...], key: str, err: Any) -> np.ndarray:
+    """`value` as float64 of `shape`; the message says whether the shape or the entries are wrong."""
+    arr = _numbers(value, shape)
+    if arr is None:
+        try:
+            got = np.array(value, dtype=object)
+        except ValueError:
+            got = None
+        if got is not None and got.shape == shape:
+            bad = next(x for x in got.flat if not _is_number(x))
+            raise err(f"expected numbers, got {type(bad).__name__} {bad!r}"[:100] + " among them", key)
+        raise err(f"expected numbers, got {_describe(value)}", key)  # wording kept: the CLI tests pin it
+    if not np.isfinite(arr).all():
+        raise err("non-finite value(s)", key)
+    return arr
+
+
 def _toml_camera(section: str, d: dict, *, scale: float, source: str, rig_id: str) -> Camera:
     name = d.get("name", section)
     label = str(name)
@@ -402,22 +438,17 @@ def _toml_camera(section: str, d: dict, *, scale: float, source: str, rig_id: st
     for key in ("size", "matrix", "rotation", "translation"):
         if key not in d:
             raise err(f"missing key {key!r} in section [{section}]", key)
-    size = d["size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(type(s) is int for s in size)):
-        raise err(f"expected [width, height] in pixels, got {_describe(size)}", "size")
+    width, height = _whole_pixels(d["size"], err)
     dist_in = d.get("distortions", [])
-    if not isinstance(dist_in, list) or len(dist_in) > 5:
-        raise err(f"expected at most 5 numbers [k1, k2, p1, p2, k3], got {_describe(dist_in)}", "distortions")
-    parsed = {key: _numbers(d[key], shape) for key, shape in
+    if not isinstance(dist_in, list):
+        raise err(f"expected a list of at most 5 numbers [k1, k2, p1, p2, k3], got {_describe(dist_in)}",
+                  "distortions")
+    if len(dist_in) > 5:
+        raise err(f"expected at most 5 numbers [k1, k2, p1, p2, k3], got {len(dist_in)}", "distortions")
+    parsed = {key: _toml_numbers(d[key], shape, key, err) for key, shape in
               (("matrix", (3, 3)), ("rotation", (3,)), ("translation", (3,)))}
-    parsed["distortions"] = _numbers(dist_in, (len(dist_in),))
-    for key, arr in parsed.items():
-        if arr is None:
-            raise err(f"expected numbers, got {_describe(d.get(key, dist_in))}", key)
-        if not np.isfinite(arr).all():
-            raise err("non-finite value(s)", key)
-    return Camera(name=label, width=size[0], height=size[1], K=parsed["matrix"],
-                  dist=np.pad(parsed["distortions"], (0, 5 - len(dist_in))),
+    dist = _toml_numbers(dist_in, (len(dist_in),), "distortions", err)
+    return Camera(name=label, width=width, height=height, K=parsed["matrix"], dist=np.pad(dist, (0, 5 - len(dist))),
                   R=rotation_from_rodrigues(parsed["rotation"]), t=parsed["translation"] * scale)
 
 

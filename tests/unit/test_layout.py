@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "rigpose"
 
 # Lowest first. A module may import its own layer and the layers before it, never one after it.
 LAYERS: list[set[str]] = [
-    {"__init__", "config", "geometry", "skeleton", "rig", "storage", "resources"},
+    {"__init__", "config", "geometry", "skeleton", "rig", "rig_import", "storage", "resources"},
     {"metrics"},
     {"model"},
     {"data"},

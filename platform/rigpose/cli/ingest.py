@@ -1,4 +1,5 @@
-"""`rigpose datasets ingest ...`: convert interchange npz, Human3.6M, HumanEva-I and COCO files into a dataset.
+"""`rigpose datasets ingest ...`: convert interchange npz, Human3.6M, HumanEva-I, COCO files and 2D detector outputs
+(OpenPose / Pose2Sim JSON, MMPose / RTMPose predictions, MediaPipe landmarks) into a dataset.
 
 Each command ingests 2D (and optional 3D) pose files into a RigPose dataset (Parquet shards + manifest). Nothing is
 visible until the whole ingest succeeds: bad rows go to <out>/_quarantine/ with their reason, and the ingest commits
@@ -17,7 +18,8 @@ from rich.text import Text
 
 from rigpose.resources import resolve_rig
 
-app = typer.Typer(help="Ingest real formats: npz, h36m, humaneva, coco.", no_args_is_help=True, add_completion=False,
+app = typer.Typer(help="Ingest real formats: npz, h36m, humaneva, coco, openpose, mmpose, mediapipe.",
+                  no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 
 _OUT_HELP = "Dataset root: a local path, file:// or s3://bucket/prefix (created or appended to)."
@@ -71,6 +73,8 @@ def print_summary(summary: Any, console: Console | None = None) -> None:
     console.print(table)
     for note in summary.notes:
         console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+    for warning in getattr(summary, "warnings", []):
+        console.print(Text(f"warning: {warning}", style="bold red"), soft_wrap=True)
     if summary.quarantine:
         console.print(Text(f"quarantined rows and reasons: {summary.quarantine}"), soft_wrap=True)
     console.print(Text(f"dataset now holds {summary.manifest.num_rows:,} rows"), soft_wrap=True)
@@ -159,3 +163,132 @@ def coco(
 
     _run(ingest_coco, json_files=json_files, out=out, rig=resolve_rig(rig), sequence=sequence, subject=subject,
          split=split, split_by=split_by, **_common(replace, max_bad_fraction, no_progress))
+
+
+# ---------------------------------------------------------------------------------------------- 2D detectors
+
+_RANGE_SPLIT_HELP = (
+    "A split name for the whole sequence (train, val, ...), or frame ranges that cut it: "
+    "'train=0:0.7,val=0.7:0.8,test=0.8:1' (fractions of the frame range when a number has a '.'; frame numbers "
+    "otherwise, e.g. 'train=0:5000,test=5000:'). Each range becomes the sequence <sequence>-<split>."
+)
+_PERSON_ID = typer.Option(None, "--person-id",
+                          help="Keep the person with this tracked id in every view (default: per frame, the person "
+                               "whose views triangulate most consistently).")
+_CAMERA_MAP = typer.Option(None, "--camera-map",
+                           help="INPUT=CAMERA: the rig camera of a folder or file whose name is not a rig camera's "
+                                "(repeatable, or comma-separated).")
+_SEQUENCE = typer.Option(None, "--sequence", help="Sequence name (default: the input folder's name).")
+_SUBJECT = typer.Option("unknown", "--subject", help="Subject (actor) name.")
+_RIG = typer.Option(..., "--rig", help="Rig JSON file (or shipped rig name) of the cameras.")
+
+
+def _detector_run(fn: Any, camera_map: list[str] | None, **kwargs: Any) -> None:
+    from rigpose.data.ingest import parse_camera_map
+
+    try:
+        cmap = parse_camera_map(camera_map)
+    except ValueError as e:
+        Console(stderr=True).print(Text(f"error: {e}", style="red"), soft_wrap=True)
+        raise typer.Exit(1) from None
+    _run(fn, camera_map=cmap, **kwargs)
+
+
+@app.command("openpose")
+def openpose(
+    pose_dir: str = typer.Argument(..., help="Pose folder with one <camera>_json folder of per-frame JSON files."),
+    rig: str = _RIG,
+    out: str = typer.Option(..., "--out", help=_OUT_HELP),
+    skeleton: str | None = typer.Option(None, "--skeleton",
+                                        help="body25, coco18, halpe26, coco17 or wholebody133 (default: from the "
+                                             "number of points per person: 25, 18, 26, 17, 133)."),
+    person_id: int | None = _PERSON_ID,
+    camera_map: list[str] | None = _CAMERA_MAP,
+    sequence: str | None = _SEQUENCE,
+    subject: str = _SUBJECT,
+    split: str | None = typer.Option(None, "--split", help=_RANGE_SPLIT_HELP),
+    split_by: str | None = typer.Option(None, "--split-by", help=_SPLIT_BY_HELP),
+    replace: bool = _REPLACE,
+    max_bad_fraction: float = _MAX_BAD,
+    no_progress: bool = _NO_PROGRESS,
+) -> None:
+    """Ingest OpenPose JSON (OpenPose --write_json, Pose2Sim's RTMPose) in Pose2Sim's layout:
+    POSE_DIR/<camera>_json/<name>_<frame>[_keypoints].json, mapped onto coco17. Camera folders are named after
+    the rig's cameras (with or without _json; else --camera-map); frames are matched by the number in the file
+    name. Give --split or --split-by.
+
+    Example:
+
+      rigpose datasets ingest openpose Trial_1/pose --rig calib.json --out ds/trial1 --split train=0:0.8,test=0.8:1
+    """
+    from rigpose.data.ingest import ingest_openpose
+
+    _detector_run(ingest_openpose, camera_map, pose_dir=pose_dir, out=out, rig=resolve_rig(rig), skeleton=skeleton,
+                  person_id=person_id, sequence=sequence, subject=subject, split=split, split_by=split_by,
+                  **_common(replace, max_bad_fraction, no_progress))
+
+
+@app.command("mmpose")
+def mmpose(
+    json_files: list[str] = typer.Argument(
+        ..., help="One MMPose predictions JSON per camera, named after its camera (else --camera-map)."),
+    rig: str = _RIG,
+    out: str = typer.Option(..., "--out", help=_OUT_HELP),
+    skeleton: str | None = typer.Option(None, "--skeleton",
+                                        help="coco17, halpe26 or wholebody133 (default: from the number of "
+                                             "keypoints: 17, 26, 133)."),
+    person_id: int | None = _PERSON_ID,
+    camera_map: list[str] | None = _CAMERA_MAP,
+    sequence: str | None = _SEQUENCE,
+    subject: str = _SUBJECT,
+    split: str | None = typer.Option(None, "--split", help=_RANGE_SPLIT_HELP),
+    split_by: str | None = typer.Option(None, "--split-by", help=_SPLIT_BY_HELP),
+    replace: bool = _REPLACE,
+    max_bad_fraction: float = _MAX_BAD,
+    no_progress: bool = _NO_PROGRESS,
+) -> None:
+    """Ingest MMPose / RTMPose predictions, as MMPoseInferencer(..., pred_out_dir=DIR) saves them per video:
+    [{frame_id, instances: [{keypoints, keypoint_scores}, ...]}, ...], mapped onto coco17. Give --split or
+    --split-by.
+
+    Example:
+
+      rigpose datasets ingest mmpose pred/cam1.json pred/cam2.json --rig calib.json --out ds/take1 --split train
+    """
+    from rigpose.data.ingest import ingest_mmpose
+
+    _detector_run(ingest_mmpose, camera_map, json_files=json_files, out=out, rig=resolve_rig(rig),
+                  skeleton=skeleton, person_id=person_id, sequence=sequence, subject=subject, split=split,
+                  split_by=split_by, **_common(replace, max_bad_fraction, no_progress))
+
+
+@app.command("mediapipe")
+def mediapipe(
+    files: list[str] = typer.Argument(
+        ..., help="One MediaPipe landmark file (.json or .csv) per camera, named after its camera."),
+    rig: str = _RIG,
+    out: str = typer.Option(..., "--out", help=_OUT_HELP),
+    person_id: int | None = _PERSON_ID,
+    camera_map: list[str] | None = _CAMERA_MAP,
+    sequence: str | None = _SEQUENCE,
+    subject: str = _SUBJECT,
+    split: str | None = typer.Option(None, "--split", help=_RANGE_SPLIT_HELP),
+    split_by: str | None = typer.Option(None, "--split-by", help=_SPLIT_BY_HELP),
+    replace: bool = _REPLACE,
+    max_bad_fraction: float = _MAX_BAD,
+    no_progress: bool = _NO_PROGRESS,
+) -> None:
+    """Ingest MediaPipe pose landmarks (33 points, x and y normalised to the image, converted to pixels with the
+    rig camera's width and height; visibility = score), mapped onto coco17. JSON: [{frame, landmarks: [{x, y,
+    visibility}, ...]}]; CSV: frame,landmark,x,y[,visibility,person] (python -c "import
+    rigpose.data.ingest.mediapipe as m; help(m)"). Give --split or --split-by.
+
+    Example:
+
+      rigpose datasets ingest mediapipe cam1.csv cam2.csv --rig calib.json --out ds/take1 --split train=0:0.9,val=0.9:1
+    """
+    from rigpose.data.ingest import ingest_mediapipe
+
+    _detector_run(ingest_mediapipe, camera_map, files=files, out=out, rig=resolve_rig(rig), person_id=person_id,
+                  sequence=sequence, subject=subject, split=split, split_by=split_by,
+                  **_common(replace, max_bad_fraction, no_progress))

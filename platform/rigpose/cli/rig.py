@@ -1,10 +1,11 @@
-"""`rigpose rig ...`: validate rig files, show a rig's cameras, import an OpenCV/anipose calibration TOML.
+"""`rigpose rig ...`: validate rig files, show a rig's cameras, import calibrations (TOML, Qualisys, OpenCV).
 
 Where a rig file is read, a shipped rig's name (`h36m-s1`, rigpose.resources) works too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from rigpose.resources import resolve_rig
 from rigpose.rig import Rig, RigError, import_calibration_toml, load_rig, save_rig
+from rigpose.rig_import import import_opencv, import_qualisys
 
 app = typer.Typer(
     help="Camera rigs: validate, show, import calibrations.",
@@ -85,6 +87,59 @@ def import_toml(
         _fail(f"{e.filename or file}: cannot read or write ({e.strerror or e})")
         raise typer.Exit(1) from e
     typer.echo(f"wrote {out}: rig {rig.rig_id!r}, {len(rig)} cameras")
+
+
+def _write_imported(read: Callable[[], Rig], out: Path, file: str) -> None:
+    """Run an importer, save its rig to `out`; one line on stderr and exit 1 for a bad or unreadable file."""
+    try:
+        rig = read()
+        save_rig(rig, out)
+    except RigError as e:
+        _fail(str(e))
+        raise typer.Exit(1) from e
+    except OSError as e:
+        _fail(f"{e.filename or file}: cannot read or write ({e.strerror or e})")
+        raise typer.Exit(1) from e
+    typer.echo(f"wrote {out}: rig {rig.rig_id!r}, {len(rig)} cameras")
+
+
+@app.command("import-qualisys")
+def import_qualisys_cmd(
+    file: Annotated[str, typer.Argument(help="Qualisys QTM calibration export (.qca.txt, XML; lengths in mm).")],
+    out: Annotated[Path, typer.Option("--out", help="Rig JSON file to write (metres).")],
+    rig_id: Annotated[str | None, typer.Option(help="Rig id (default: the file name without .qca.txt).")] = None,
+    binning: Annotated[int, typer.Option(
+        min=1, help="Sensor pixels per video pixel, when the video was recorded binned (2: 540p from 1080p).")] = 1,
+) -> None:
+    """Convert a Qualisys Track Manager calibration (.qca.txt) into a validated rig file.
+
+    Keeps the active video cameras; K in pixels of the recorded video (fov_video crop, --binning); mm -> metres.
+
+    Example: rigpose rig import-qualisys calibration/Calib.qca.txt --out rigs/lab.json --rig-id lab
+    """
+    _write_imported(lambda: import_qualisys(file, rig_id=rig_id, binning=binning), out, file)
+
+
+@app.command("import-opencv")
+def import_opencv_cmd(
+    files: Annotated[list[str], typer.Argument(
+        help="OpenCV FileStorage files (YAML or XML): one per camera (name = file stem), or EasyMocap-style files "
+             "with a 'names' list (intri.yml extri.yml).")],
+    out: Annotated[Path, typer.Option("--out", help="Rig JSON file to write (metres).")],
+    units: Annotated[Units, typer.Option(
+        help="Length unit of the files' translations: 'mm' or 'm'. Required: the format does not say, and a wrong "
+             "guess scales the whole rig by 1000.")],
+    rig_id: Annotated[str | None, typer.Option(
+        help="Rig id (default: a single file's stem, else the folder the files share).")] = None,
+) -> None:
+    """Convert OpenCV FileStorage calibration files (as cv2.FileStorage writes them) into a validated rig file.
+
+    Keys: camera_matrix|K, dist_coeffs|D, R|rvec, T|tvec, image_width+image_height (all: rigpose.rig_import).
+
+    Example: rigpose rig import-opencv calib/cam0.yml calib/cam1.yml --out rigs/lab.json --units mm --rig-id lab
+    """
+    _write_imported(lambda: import_opencv(files, units=units.value, rig_id=rig_id),  # type: ignore[arg-type]
+                    out, ", ".join(files))
 
 
 def _vec(v: np.ndarray) -> str:

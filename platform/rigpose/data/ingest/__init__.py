@@ -1,5 +1,6 @@
 """Converters from published 2D/3D pose files into a RigPose dataset (schema v1): interchange npz, VideoPose3D's
-Human3.6M and HumanEva-I files, COCO-keypoints JSON. Each returns an `IngestSummary`.
+Human3.6M and HumanEva-I files, COCO-keypoints JSON, and the 2D detectors' own outputs (OpenPose / Pose2Sim JSON,
+MMPose / RTMPose predictions, MediaPipe landmarks). Each returns an `IngestSummary`.
 
 Common to every converter
 -------------------------
@@ -16,12 +17,23 @@ Common to every converter
   covers it). The hash depends on the name only, so adding files never moves old sequences. One to three
   fractions mean train[,val[,test]]; `sequence:train=0.9,test=0.1` names them; `subject:...` hashes the subject
   instead (keeps each actor in one split). Fractions must sum to 1. Split names: letters, digits, `_.-`.
+- The detector converters (`openpose`, `mmpose`, `mediapipe`) also cut one sequence by frame ranges:
+  `split="train=0:0.7,val=0.7:0.8,test=0.8:1"`, half-open `[start, stop)`. When any number has a '.', all are
+  fractions of the frame range (frame f at (f - first) / (last - first + 1)); otherwise they are frame numbers
+  (`train=0:5000,test=5000:`, an empty bound = the start / the end). Each part becomes the sequence
+  `<sequence>-<split>`; frames in no range are left out (noted); overlapping ranges are refused.
+- Warnings (`IngestSummary.warnings`, printed by the CLI): the detector converters count, per camera, keypoints
+  outside the image size the calibration states, with the coordinates seen (a calibration at another resolution
+  than the video). `IngestSummary.counts` holds their tallies (frames without a person, with several).
 - Inputs may be local paths or fsspec URLs. The interchange npz is read with `allow_pickle=False`; VideoPose3D's
   files are pickled dicts by design and are unpickled: ingest them only from a source you trust.
 
 Converters, one module each (details in its docstring): `npz` (`ingest_npz`, the interchange npz), `videopose3d`
-(`ingest_h36m`, `ingest_humaneva`), `coco` (`ingest_coco`); `common` holds what they share (summary, splits,
-inputs, skeleton and camera matching). Everything public is re-exported here.
+(`ingest_h36m`, `ingest_humaneva`), `coco` (`ingest_coco`), `openpose` (`ingest_openpose`), `mmpose`
+(`ingest_mmpose`), `mediapipe` (`ingest_mediapipe`); `common` holds what they all share (summary, splits, inputs,
+skeleton and camera matching, image bounds), `detectors` what the last three share (keypoint formats mapped onto
+coco17, camera names, the driver) and `people` the choice of one person per multi-person frame. Everything public
+is re-exported here.
 
 Shape letters: T frames, V views (cameras), J joints.
 """
@@ -34,11 +46,18 @@ from rigpose.data.ingest.common import (
     SequenceSummary,
     expand_inputs,
     hash_fraction,
+    is_split_ranges,
     match_cameras,
     match_skeleton,
+    out_of_image_warnings,
     parse_split_by,
+    parse_split_ranges,
     split_for,
+    split_of_frames,
 )
+from rigpose.data.ingest.detectors import KEYPOINT_FORMATS, KeypointFormat, parse_camera_map
+from rigpose.data.ingest.mediapipe import ingest_mediapipe, read_mediapipe_landmarks
+from rigpose.data.ingest.mmpose import ingest_mmpose, read_mmpose_predictions
 from rigpose.data.ingest.npz import (
     NPZ_FIELDS,
     NPZ_REQUIRED,
@@ -47,28 +66,44 @@ from rigpose.data.ingest.npz import (
     read_interchange_npz,
     write_interchange_npz,
 )
+from rigpose.data.ingest.openpose import ingest_openpose, read_openpose_frame
+from rigpose.data.ingest.people import choose_people
 from rigpose.data.ingest.videopose3d import H36M_SPLITS, HUMANEVA_SPLITS, UNLABELED_SPLIT, ingest_h36m, ingest_humaneva
 
 __all__ = [
     "H36M_SPLITS",
     "HUMANEVA_SPLITS",
+    "KEYPOINT_FORMATS",
     "NPZ_FIELDS",
     "NPZ_REQUIRED",
     "UNLABELED_SPLIT",
     "IngestSummary",
+    "KeypointFormat",
     "NpzSequence",
     "SequenceSummary",
+    "choose_people",
     "expand_inputs",
     "hash_fraction",
     "ingest_coco",
     "ingest_h36m",
     "ingest_humaneva",
+    "ingest_mediapipe",
+    "ingest_mmpose",
     "ingest_npz",
+    "ingest_openpose",
+    "is_split_ranges",
     "match_cameras",
     "match_skeleton",
+    "out_of_image_warnings",
+    "parse_camera_map",
     "parse_split_by",
+    "parse_split_ranges",
     "read_coco_keypoints",
     "read_interchange_npz",
+    "read_mediapipe_landmarks",
+    "read_mmpose_predictions",
+    "read_openpose_frame",
     "split_for",
+    "split_of_frames",
     "write_interchange_npz",
 ]

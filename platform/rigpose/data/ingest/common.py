@@ -1,10 +1,12 @@
 """Shared pieces of the ingest converters: the summary types, the writer loop with its progress bar, the split
-rules (`split=` / `split_by=`, see the package docstring), reading and expanding inputs, and matching a file's
-joints and cameras to a skeleton and a rig."""
+rules (`split=` / `split_by=`, and frame ranges `split="train=0:0.8,test=0.8:1"`, see the package docstring),
+reading and expanding inputs, matching a file's joints and cameras to a skeleton and a rig, and the check of
+keypoints against the calibrated image size."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import posixpath
 import re
 from collections.abc import Callable, Iterator
@@ -55,6 +57,8 @@ class IngestSummary:
     quarantine: str | None
     manifest: Manifest
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # likely input problems (keypoints outside the image, ...)
+    counts: dict[str, int] = field(default_factory=dict)  # converter-specific tallies (frames without a person, ...)
 
     def rows_by(self, *keys: str) -> dict[tuple[str, ...], tuple[int, int, int]]:
         """(sequences, rows, quarantined) grouped by `keys` (any of split, rig_id, sequence, subject)."""
@@ -76,6 +80,8 @@ class _Ingest:
                                     max_bad_fraction=max_bad_fraction)
         self.sequences: list[SequenceSummary] = []
         self.notes: list[str] = []
+        self.warnings: list[str] = []
+        self.counts: dict[str, int] = {}
         self._sources: dict[tuple[str, str], str] = {}
 
     def __enter__(self) -> _Ingest:
@@ -107,7 +113,7 @@ class _Ingest:
         return IngestSummary(
             out=self.out, skeleton=w.skeleton.name, sequences=self.sequences, num_rows=w.num_rows,
             num_quarantined=w.num_quarantined, quarantine=w.quarantine_path() if w.num_quarantined else None,
-            manifest=manifest, notes=self.notes,
+            manifest=manifest, notes=self.notes, warnings=self.warnings, counts=self.counts,
         )
 
 
@@ -186,6 +192,73 @@ def _split_rule(split: str | None, split_by: str | None) -> Callable[[str, str],
     return lambda sequence, subject: split_for(subject, fractions)
 
 
+def is_split_ranges(split: str | None) -> bool:
+    """True when `split` is a frame-range spec (`train=0:0.8,...`) rather than one split name."""
+    return split is not None and "=" in split
+
+
+def parse_split_ranges(spec: str) -> tuple[list[tuple[str, float, float | None]], bool]:
+    """`"train=0:0.7,val=0.7:0.8,test=0.8:1"` -> ([(split, start, stop), ...], fractions).
+
+    Each part is `NAME=START:STOP`, half-open [START, STOP). When any number has a '.', every number is a fraction
+    of the frame range in [0, 1] (`fractions` True); otherwise they are frame numbers (integers >= 0). An empty
+    START is the beginning, an empty STOP the end (None). Ranges must not overlap; a split may have several."""
+    parts = [p.strip() for p in spec.split(",")]
+    numbers = [x for p in parts for x in p.partition("=")[2].split(":")]
+    fractions = any("." in x for x in numbers)
+    out: list[tuple[str, float, float | None]] = []
+    for part in parts:
+        name, eq, rng = part.partition("=")
+        bounds = rng.split(":")
+        if not eq or len(bounds) != 2 or not name.strip():
+            raise ValueError(f"split {spec!r}: part {part!r} is not NAME=START:STOP (e.g. train=0:0.8)")
+        start, stop = (_range_bound(b, fractions, spec, part) for b in bounds)
+        start = 0.0 if start is None else start
+        if stop is not None and stop <= start:
+            raise ValueError(f"split {spec!r}: part {part!r} is empty (stop {stop:g} <= start {start:g})")
+        out.append((_check_split_name(name.strip()), start, stop))
+    ordered = sorted(zip(out, parts, strict=True), key=lambda r: r[0][1])
+    for (a, part_a), (b, part_b) in itertools.pairwise(ordered):
+        if a[2] is None or a[2] > b[1]:
+            raise ValueError(f"split {spec!r}: parts {part_a!r} and {part_b!r} overlap")
+    return out, fractions
+
+
+def _range_bound(text: str, fractions: bool, spec: str, part: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text) if fractions else int(text)
+    except ValueError:
+        kind = "a number" if fractions else "a frame number (integer; give fractions with a '.', e.g. 0.8)"
+        raise ValueError(f"split {spec!r}: part {part!r}: {text!r} is not {kind}") from None
+    if fractions and not 0 <= value <= 1:
+        raise ValueError(f"split {spec!r}: part {part!r}: {text} is outside [0, 1] (a '.' elsewhere makes every "
+                         "number a fraction of the frame range)")
+    if value < 0:
+        raise ValueError(f"split {spec!r}: part {part!r}: frame {text} is negative")
+    return float(value)
+
+
+def split_of_frames(frame: np.ndarray, spec: str, *, frame_range: tuple[int, int] | None = None) -> np.ndarray:
+    """Split name [T] (object; "" = in no range) of each frame number [T] under the range spec `spec`.
+
+    Fractions are of `frame_range` (first, last frame; default the min and max of `frame`): frame f sits at
+    (f - first) / (last - first + 1), in [0, 1)."""
+    ranges, fractions = parse_split_ranges(spec)
+    frame = np.asarray(frame, dtype=np.int64)
+    out = np.full(len(frame), "", dtype=object)
+    if len(frame) == 0:
+        return out
+    first, last = frame_range if frame_range is not None else (int(frame.min()), int(frame.max()))
+    pos = (frame - first) / (last - first + 1) if fractions else frame.astype(np.float64)
+    for name, start, stop in ranges:
+        inside = (pos >= start) & (True if stop is None else pos < stop)
+        out[inside] = name
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 
 
@@ -257,3 +330,27 @@ def match_cameras(camera_names: tuple[str, ...], rig: Rig, *, source: str) -> np
 
 def _as_rig(rig: Rig | str) -> Rig:
     return rig if isinstance(rig, Rig) else load_rig(rig)
+
+
+# ---------------------------------------------------------------------------------------------- image bounds
+
+
+def out_of_image_warnings(keypoints: np.ndarray, scores: np.ndarray, rig: Rig, *, source: str) -> list[str]:
+    """One warning per camera whose detected keypoints fall outside its calibrated image [0, width] x [0, height].
+
+    keypoints [T, V, J, 2] pixels in rig camera order, scores [T, V, J] (only score > 0 counts). Detectors place
+    a few occluded joints just outside the frame; many, or a maximum a few pixels past the edge, usually mean the
+    calibration was made at another resolution than the video (1088 vs 1080 rows, a resized export)."""
+    out = []
+    for v, cam in enumerate(rig.cameras):
+        xy = keypoints[:, v][scores[:, v] > 0]  # [N, 2]
+        xy = xy[np.isfinite(xy).all(-1)]
+        outside = (xy[:, 0] < 0) | (xy[:, 0] > cam.width) | (xy[:, 1] < 0) | (xy[:, 1] > cam.height)
+        if not outside.any():
+            continue
+        lo, hi = xy.min(0), xy.max(0)
+        out.append(f"{source}: camera {cam.name!r}: {int(outside.sum())} of {len(xy)} keypoints "
+                   f"({outside.mean():.1%}) fall outside its calibrated image {cam.width}x{cam.height} px (x seen "
+                   f"{lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f}, max coordinate {hi.max():.1f}); check that "
+                   "the calibration was made at the video's resolution")
+    return out
