@@ -63,6 +63,10 @@ class ModelConfig(Strict):
         "denoised", description="'ray': depths along each joint's camera ray through its input 2D; 'denoised': depths "
                            "along the rays through the network's own 2D estimate (the input's noise is not passed "
                            "through); 'free': free 3D offsets.")
+    frame: Literal["camera", "person"] = Field(
+        "camera", description="'camera': lift in the camera's own frame; 'person': lift in a virtual camera turned "
+                              "(about the camera centre) to look at the person, then rotate back, so where the person "
+                              "stands in the image cannot teach the network one rig's depths.")
     init_weights: str | None = Field(
         None, min_length=1,
         description="Start from these weights (a model.pt file, a run folder, or an MLflow model URI "

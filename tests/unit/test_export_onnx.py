@@ -22,11 +22,11 @@ J = DEEPMIMIC16.num_joints
 ATOL_M = 1e-4  # metres (and normalised image units for the 2D outputs)
 
 
-def _lifter(output: str, seed: int = 0) -> Lifter:
+def _lifter(output: str, seed: int = 0, frame: str = "camera") -> Lifter:
     """A small random lifter whose output layer matters: the shipped init (std 1e-3) makes the pose nearly constant,
     which would hide a wrong graph, so the last layer is redrawn larger."""
     torch.manual_seed(seed)
-    model = Lifter(ModelConfig(width=32, num_blocks=2, output=output), num_joints=J,
+    model = Lifter(ModelConfig(width=32, num_blocks=2, output=output, frame=frame), num_joints=J,
                    root_joints=DEEPMIMIC16.root_joints)
     torch.nn.init.normal_(model.out.weight, std=0.05)
     torch.nn.init.normal_(model.out.bias, std=0.05)
@@ -62,10 +62,11 @@ def _max_abs_diff(model: Lifter, path: Path, xy: np.ndarray, scores: np.ndarray)
     return worst
 
 
-@pytest.mark.parametrize("output", ["ray", "denoised", "free"])
-def test_onnx_runtime_matches_pytorch_at_two_batch_sizes(output: str, tmp_path: Path,
+@pytest.mark.parametrize(("output", "frame"), [("ray", "camera"), ("denoised", "camera"), ("free", "camera"),
+                                               ("ray", "person"), ("denoised", "person")])
+def test_onnx_runtime_matches_pytorch_at_two_batch_sizes(output: str, frame: str, tmp_path: Path,
                                                          views: tuple[np.ndarray, np.ndarray]) -> None:
-    model = _lifter(output)
+    model = _lifter(output, frame=frame)
     path = export_onnx(model, tmp_path / "lifter.onnx", skeleton=DEEPMIMIC16)
     assert path == tmp_path / "lifter.onnx" and path.is_file()
     xy, scores = views

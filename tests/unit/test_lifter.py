@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rigpose.config import ModelConfig
-from rigpose.model.lifter import Lifter, dropout_schedule, normalise_2d
+from rigpose.model.lifter import Lifter, dropout_schedule, normalise_2d, person_rotation
 
 
 def _inputs(B: int = 8, J: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,3 +116,88 @@ def test_model_files_keep_the_version_1_layout_both_ways(tmp_path) -> None:
     stored = torch.load(str(tmp_path / "new.pt"), weights_only=True)["config"]
     assert stored == {"num_joints": 16, "root_joints": [0], "width": 32, "num_blocks": 1, "dropout": 0.25,
                       "output": "free", "extra": {}}  # the version-1 layout: older rigpose versions read new files
+
+
+def _axis_rotation(axis: torch.Tensor, angle: float) -> torch.Tensor:
+    n = axis / axis.norm()
+    K = torch.tensor([[0.0, -n[2], n[1]], [n[2], 0.0, -n[0]], [-n[1], n[0], 0.0]])
+    return torch.eye(3) + torch.sin(torch.tensor(angle)) * K + (1 - torch.cos(torch.tensor(angle))) * K @ K
+
+
+def _person_in_view(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 16, 3, generator=g) * 0.3 + torch.tensor([0.6, 0.4, 4.0])  # off the optical axis
+
+
+def test_person_rotation_turns_the_optical_axis_onto_the_person() -> None:
+    X = _person_in_view()
+    xy, valid = X[..., :2] / X[..., 2:], torch.ones(4, 16, dtype=torch.bool)
+    Q = person_rotation(xy, valid)
+    torch.testing.assert_close(Q @ Q.transpose(-1, -2), torch.eye(3).expand(4, 3, 3), atol=1e-6, rtol=0)
+    rays = X / X.norm(dim=-1, keepdim=True)
+    mean = (Q @ rays.mean(1)[..., None])[..., 0]  # the person's mean ray, in the virtual camera
+    torch.testing.assert_close(mean[:, :2], torch.zeros(4, 2), atol=1e-6, rtol=0)
+    assert (mean[:, 2] > 0).all()
+    none = person_rotation(xy, torch.zeros(4, 16, dtype=torch.bool))  # nothing visible: no turn
+    torch.testing.assert_close(none, torch.eye(3).expand(4, 3, 3))
+
+
+@pytest.mark.parametrize("output", ["ray", "denoised", "free"])
+def test_person_frame_lift_turns_with_the_camera_where_the_camera_frame_lift_does_not(output: str) -> None:
+    """Turning the camera about its centre so that the person slides along the image line through the principal
+    point (axis: the person's direction x the optical axis) must turn the person-frame lift with it, exactly, for
+    any weights; the camera-frame lift sees the person's position in the image and changes its answer."""
+    X = _person_in_view()
+    xy, scores = X[..., :2] / X[..., 2:], torch.ones(4, 16)
+    torch.manual_seed(1)
+    lifters = {frame: Lifter(ModelConfig(width=32, num_blocks=1, output=output, frame=frame), num_joints=16).eval()
+               for frame in ("person", "camera")}
+    errors = {}
+    for frame, model in lifters.items():
+        with torch.no_grad():
+            model.out.weight.normal_(0.0, 0.05)  # a network that reads its input, as after training
+            model.out.bias.normal_(0.0, 0.1)
+            before = model(xy, scores)
+            for b in range(4):
+                a = X[b] / X[b].norm(dim=-1, keepdim=True)
+                P = _axis_rotation(torch.linalg.cross(a.mean(0), torch.tensor([0.0, 0.0, 1.0])), 0.3)
+                Xb = X[b] @ P.T
+                after = model((Xb[..., :2] / Xb[..., 2:])[None], scores[:1])
+                errors[frame, b] = (before.X[b] @ P.T - after.X[0]).abs().max().item()
+                if frame == "person":
+                    torch.testing.assert_close(after.X[0], before.X[b] @ P.T, atol=1e-5, rtol=0)
+                    xy_turned = before.xy[b] @ P[:2, :2].T + P[:2, 2]
+                    xy_turned = xy_turned / (before.xy[b] @ P[2, :2] + P[2, 2])[:, None]
+                    torch.testing.assert_close(after.xy[0], xy_turned, atol=1e-5, rtol=0)
+    assert max(errors["camera", b] for b in range(4)) > 1e-3
+
+
+def test_person_frame_ray_output_still_reprojects_exactly_onto_the_visible_input() -> None:
+    model = Lifter(ModelConfig(width=32, num_blocks=1, output="ray", frame="person"), num_joints=16).eval()
+    X = _person_in_view()
+    xy, scores = X[..., :2] / X[..., 2:], torch.ones(4, 16)
+    scores[:, 3] = 0.0
+    with torch.no_grad():
+        model.out.bias.normal_(0.0, 0.5)
+        out = model(xy, scores)
+    keep = scores > 0
+    torch.testing.assert_close((out.X[..., :2] / out.X[..., 2:])[keep], xy[keep], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.xy[~keep], out.xy_pred[~keep], atol=1e-5, rtol=0)
+
+
+def test_model_files_record_the_person_frame_and_old_files_load_in_the_camera_frame(tmp_path) -> None:
+    from rigpose.model.checkpoint import load_lifter, save_lifter
+    from rigpose.skeleton import DEEPMIMIC16
+
+    model = Lifter(ModelConfig(width=32, num_blocks=1, frame="person"), num_joints=16)
+    save_lifter(str(tmp_path / "person.pt"), model, DEEPMIMIC16)
+    stored = torch.load(str(tmp_path / "person.pt"), weights_only=True)
+    assert stored["config"]["extra"] == {"frame": "person"}
+    assert load_lifter(str(tmp_path / "person.pt"))[0].config.frame == "person"
+    stored["config"]["extra"] = {}  # a file written before frames existed
+    torch.save(stored, str(tmp_path / "old.pt"))
+    assert load_lifter(str(tmp_path / "old.pt"))[0].config.frame == "camera"
+    stored["config"]["extra"] = {"frame": "person", "future_setting": 1}
+    torch.save(stored, str(tmp_path / "future.pt"))
+    with pytest.raises(ValueError, match="future_setting"):
+        load_lifter(str(tmp_path / "future.pt"))

@@ -4,9 +4,11 @@ The file is a `torch.save` dict loaded with `weights_only=True` (no pickled code
 "version": 1, "config": `architecture(model)`, "skeleton": name, "state_dict": ..., "meta": {...}}. `meta` holds
 JSON-able facts (supervision mode, dataset manifest hash, training steps, ...). Local paths or fsspec URLs.
 
-"config" keeps the version-1 layout (num_joints, root_joints, width, num_blocks, dropout, output, extra = {}), so
-files written by any rigpose of version 1 load in any other; training-only settings (`dropout_schedule`) are not
-part of it and load as their default.
+"config" keeps the version-1 layout (num_joints, root_joints, width, num_blocks, dropout, output, extra), so files
+written by any rigpose of version 1 load in any other; training-only settings (`dropout_schedule`) are not part of
+it and load as their default. `extra` holds settings added since, only where they differ from the behaviour of the
+files before them (`EXTRA_FIELDS`: frame "camera"), so a file without them loads as it always did, and a rigpose that
+does not know a setting refuses the file by name instead of lifting with the wrong one.
 """
 
 from __future__ import annotations
@@ -49,12 +51,17 @@ def save_lifter(path: str | os.PathLike[str], model: Lifter, skeleton: Skeleton,
 ARCHITECTURE_FIELDS = ("width", "num_blocks", "dropout", "output")
 
 
+#: settings recorded under "extra", with the value that files written before them mean
+EXTRA_FIELDS = {"frame": "camera"}
+
+
 def architecture(model: Lifter) -> dict[str, Any]:
     """What a saved file (and an ONNX export's metadata) records of the lifter, in the version-1 layout:
-    {num_joints, root_joints, width, num_blocks, dropout, output, extra: {}}."""
+    {num_joints, root_joints, width, num_blocks, dropout, output, extra: {frame where not "camera"}}."""
     cfg = model.config.model_dump()
+    extra = {k: cfg[k] for k, legacy in EXTRA_FIELDS.items() if cfg[k] != legacy}
     return {"num_joints": model.num_joints, "root_joints": list(model.root_joints),
-            **{k: cfg[k] for k in ARCHITECTURE_FIELDS}, "extra": {}}
+            **{k: cfg[k] for k in ARCHITECTURE_FIELDS}, "extra": extra}
 
 
 def load_lifter(path: str | os.PathLike[str], *, map_location: str = "cpu"
@@ -86,8 +93,11 @@ def _architecture(path: str | os.PathLike[str], stored: dict[str, Any]) -> tuple
     """(ModelConfig, the lifter's keyword arguments) from a file's "config" dict."""
     cfg = dict(stored)
     joints = {"num_joints": int(cfg.pop("num_joints")), "root_joints": tuple(cfg.pop("root_joints"))}
-    if cfg.pop("extra", {}):  # reserved for forward-compatible files, empty so far
-        raise ValueError(f"{path}: model config has 'extra' settings this rigpose does not know")
+    extra = cfg.pop("extra", {}) or {}
+    unknown = sorted(set(extra) - set(EXTRA_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: model config has 'extra' settings this rigpose does not know: {unknown}")
+    cfg.update({**EXTRA_FIELDS, **extra})
     try:
         return ModelConfig.model_validate(cfg), joints
     except ValueError as e:

@@ -17,6 +17,15 @@ Output parameterisations (`ModelConfig.output`):
 - "free": per joint a free 3D offset from the root (the original report's formulation), root placed on the ray
   through the centre at depth Z.
 The returned pose is in metres; `rel` is root-relative (root = mean of the skeleton's root joints).
+
+Frames (`ModelConfig.frame`):
+- "camera": the network sees the 2D as the camera sees it, so where the person stands in the image is an input. On
+  one training rig that position tells the depth (a camera 1.5 m high pitched 13 deg down sees a farther person
+  higher up), a cue that holds for that rig's height and pitch only.
+- "person": the 2D is first turned into a virtual camera with the same centre whose optical axis passes through the
+  person (`person_rotation`: the mean of the visible joints' unit rays, the smallest rotation), lifted there and
+  the pose rotated back; rays are kept, so the ray parameterisations stay exact. Only the pose's own shape and
+  apparent size reach the network (perspective-crop normalisation, as in Yu et al. 2021, "PCLs").
 """
 
 from __future__ import annotations
@@ -61,6 +70,32 @@ class _Block(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.net(h)
+
+
+def person_rotation(xy_BJ2: torch.Tensor, valid_BJ: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """Q [B, 3, 3]: the rotation about the camera centre (virtual = Q @ camera) whose optical axis passes through the
+    person, the mean of the visible joints' unit rays; the smallest such rotation (no roll added about the new axis).
+
+    xy [B, J, 2] normalised image coordinates, valid [B, J]. Rows with no visible joint get the identity.
+    """
+    ray = torch.cat([xy_BJ2, torch.ones_like(xy_BJ2[..., :1])], -1)
+    ray = ray / ray.norm(dim=-1, keepdim=True)
+    w = valid_BJ.to(ray.dtype)[..., None]
+    m = (torch.nan_to_num(ray) * w).sum(-2) + (w.sum(-2) == 0).to(ray.dtype) * ray.new_tensor([0.0, 0.0, 1.0])
+    a = m / m.norm(dim=-1, keepdim=True).clamp_min(eps)  # [B, 3] unit direction of the person
+    # Rodrigues for the rotation taking a onto e_z: v = a x e_z = (a_y, -a_x, 0), cos = a_z
+    v = torch.stack([a[:, 1], -a[:, 0], torch.zeros_like(a[:, 0])], -1)
+    zero = torch.zeros_like(a[:, 0])
+    vx = torch.stack([torch.stack([zero, -v[:, 2], v[:, 1]], -1), torch.stack([v[:, 2], zero, -v[:, 0]], -1),
+                      torch.stack([-v[:, 1], v[:, 0], zero], -1)], -2)
+    eye = torch.eye(3, dtype=ray.dtype, device=ray.device).expand_as(vx)
+    return eye + vx + vx @ vx / (1.0 + a[:, 2]).clamp_min(eps)[:, None, None]
+
+
+def rotate_normalised(xy_BJ2: torch.Tensor, Q_B33: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates [B, J, 2] of the same rays seen by a camera turned by Q [B, 3, 3] (r' = Q r)."""
+    r = torch.cat([xy_BJ2, torch.ones_like(xy_BJ2[..., :1])], -1) @ Q_B33.transpose(-1, -2)
+    return r[..., :2] / r[..., 2:]
 
 
 def normalise_2d(xy_BJ2: torch.Tensor, valid_BJ: torch.Tensor, eps: float = 1e-6
@@ -120,7 +155,11 @@ class Lifter(nn.Module):
         J = self.num_joints
         valid = (scores_BJ > 0) & torch.isfinite(xy_BJ2).all(-1)
         scores = torch.where(valid, scores_BJ, torch.zeros_like(scores_BJ))
-        c, s, u = normalise_2d(xy_BJ2, valid)
+        xy_in = torch.where(valid[..., None], xy_BJ2, torch.zeros_like(xy_BJ2))
+        Q = person_rotation(xy_in, valid) if self.config.frame == "person" else None
+        if Q is not None:  # lift in the virtual camera that looks at the person
+            xy_in = torch.where(valid[..., None], rotate_normalised(xy_in, Q), torch.zeros_like(xy_in))
+        c, s, u = normalise_2d(xy_in, valid)
         feats = torch.cat([u.flatten(1), scores, c, torch.log(s)[:, None]], -1)
         h = self.blocks(self.inp(feats))
         o = self.out(h)
@@ -128,16 +167,19 @@ class Lifter(nn.Module):
         u_pred = o[:, n_pose:n_pose + 2 * J].reshape(-1, J, 2) + u  # residual on the (zeroed where missing) input
         Z = BODY_SIZE_M * torch.exp(o[:, -1]) / s  # [B] depth of the centre, metres
         xy_pred = c[:, None] + s[:, None, None] * u_pred
-        if self.config.output == "denoised":
-            xy = xy_pred
-        else:
-            xy = torch.where(valid[..., None], torch.nan_to_num(xy_BJ2), xy_pred)
+        xy = xy_pred if self.config.output == "denoised" else torch.where(valid[..., None], xy_in, xy_pred)
         if n_pose == J:  # depths along rays
             depth = (Z[:, None] + o[:, :J]).clamp_min(0.05)  # keep every joint in front of the camera
             X = torch.cat([xy, torch.ones_like(xy[..., :1])], -1) * depth[..., None]
         else:
             centre = torch.cat([c, torch.ones_like(c[:, :1])], -1) * Z[:, None]
             X = centre[:, None] + o[:, :n_pose].reshape(-1, J, 3)
+        if Q is not None:  # back to the real camera: X = Q^T X_virtual, the 2D through the same rays
+            X = X @ Q
+            xy_pred = rotate_normalised(xy_pred, Q.transpose(-1, -2))
+            xy = rotate_normalised(xy, Q.transpose(-1, -2))
+            if self.config.output == "ray":  # exact input 2D where visible, as in the camera frame
+                xy = torch.where(valid[..., None], torch.nan_to_num(xy_BJ2), xy)
         root = X[:, list(self.root_joints)].mean(1)
         return LiftOutput(X=X, rel=X - root[:, None], root=root, xy=xy, xy_pred=xy_pred)
 

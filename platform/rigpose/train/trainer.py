@@ -52,8 +52,8 @@ from rigpose.train.worker import STATE_FILE, build_lifter, load_state, train_fun
 __all__ = ["STATE_FILE", "load_init_weights", "manifest_sha256", "steps_per_epoch", "storage_root", "train"]
 
 RUN_FILE = "run.json"
-#: ModelConfig fields that decide the shapes of the lifter's weights (with the skeleton's joints)
-SHAPE_FIELDS = ("width", "num_blocks", "output")
+#: ModelConfig fields that decide the shapes of the lifter's weights (with the skeleton's joints) or what they mean
+SHAPE_FIELDS = ("width", "num_blocks", "output", "frame")
 
 
 def manifest_sha256(ds: Dataset) -> str:
