@@ -78,9 +78,10 @@ def test_the_schedule_repeats_and_stops_on_sigterm_after_the_current_cycle(datas
 
 
 def test_a_warm_started_candidate_keeps_the_champions_architecture_unless_the_retrain_job_sets_it() -> None:
-    champion = ModelConfig(width=512, num_blocks=2, output="ray", dropout=0.5)  # trained before the defaults moved
+    champion = ModelConfig(width=512, num_blocks=2, output="ray", dropout=0.5, frame="camera")  # before defaults moved
     sets = inherit_architecture(["data.url=s3://b/ds", "model.num_blocks=3"], champion)
-    assert sets == ["model.width=512", "model.output=ray"]  # num_blocks is the job's; dropout is no shape
+    # num_blocks is the job's; dropout is no shape; the frame is inherited even where it equals today's default
+    assert sets == ["model.width=512", "model.output=ray", "model.frame=camera"]
     job = load_job(REPO / "jobs" / "train.yaml", [*sets, "model.num_blocks=3"])
     assert (job.model.width, job.model.output, job.model.num_blocks) == (512, "ray", 3)
     assert job.model.dropout == ModelConfig().dropout
