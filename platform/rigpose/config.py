@@ -263,6 +263,9 @@ class EvaluateJob(Strict):
     split: str = Field("test", description="Dataset split to use.")
     batch_size: int = Field(512, ge=1, description="Frames per batch (bounds memory: it grows linearly with it).")
     max_rows: int | None = Field(None, ge=1, description="Use only the first N frames (null = all).")
+    drop_cameras: list[str] = Field(default_factory=list, description=(
+        "Cameras, as the rig file names them, whose 2D the method never sees (evaluate still scores against "
+        "it: the error into a camera the method did not see); [] = use every camera."))
     multi_view: MultiViewConfig = Field(default_factory=MultiViewConfig)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
     lift: LiftOptions = Field(default_factory=LiftOptions)

@@ -43,6 +43,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help=(
     "override it."))]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help=(
     "Override a key of the job, e.g. --set multi_view.method=fusion (repeatable; options given override it)."))]
+DropOpt = Annotated[list[str] | None, typer.Option("--drop-camera", help=(
+    "Leave out this camera (as the rig file names it): the method never sees its 2D (repeatable), e.g. "
+    "--drop-camera 54138969 --drop-camera 60457274."))]
 
 
 def _job(ctx: typer.Context, config: Path | None, sets: list[str] | None, options: dict[str, tuple[str, Any]]
@@ -83,23 +86,30 @@ def evaluate_command(
     multi_heldout: Annotated[bool, typer.Option(
         help="Multi-view held-out-view px (re-runs the multi-view method once per left-out view).")]
     = DEFAULTS.evaluate.multi_heldout,
+    drop_camera: DropOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Score a lifter: MPJPE / PA / N-MPJPE / PCK@150mm (where the data has 3D), held-out-view reprojection px,
-    and weighted-DLT and robust-triangulation baselines in the same table."""
+    and weighted-DLT and robust-triangulation baselines in the same table.
+
+    --drop-camera NAME checks a method against a camera it did not see: no method is given that camera's 2D,
+    but every reprojection metric still scores against it, and "dropped px" is the median error into it of the
+    3D estimated without it, e.g. rigpose evaluate --model outputs/runs/demo --data outputs/datasets/demo
+    --drop-camera 54138969
+    """
     from rigpose.inference.evaluate import evaluate
 
     job = _job(ctx, config, set_, {
         "data": ("data", data), "split": ("split", split), "mode": ("evaluate.mode", _value(mode)),
         "multi": ("multi_view.method", _value(multi)), "adapt_steps": ("multi_view.adapt_steps", adapt_steps),
         "max_rows": ("max_rows", max_rows), "batch_size": ("batch_size", batch_size),
-        "multi_heldout": ("evaluate.multi_heldout", multi_heldout)})
+        "multi_heldout": ("evaluate.multi_heldout", multi_heldout), "drop_camera": ("drop_cameras", drop_camera)})
     modes = VIEW_MODES if job.evaluate.mode == "both" else (job.evaluate.mode,)
     try:
         result = evaluate(model, job.data, split=job.split, modes=modes, multi_view=job.multi_view,
                           batch_size=job.batch_size, max_rows=job.max_rows, json_path=json_out,
-                          multi_heldout=job.evaluate.multi_heldout)
+                          multi_heldout=job.evaluate.multi_heldout, drop_cameras=job.drop_cameras)
     except (ValueError, OSError) as e:
         _fail(str(e))
     print_results(result)
@@ -130,12 +140,17 @@ def lift_command(
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Ray: cluster to run on, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a new "
         "local Ray).")] = None,
+    drop_camera: DropOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Lift a dataset split and write the 3D poses as Parquet (columns: see rigpose.inference.lift).
 
     A registry model runs as Ray Data batch inference (rigpose.inference.lift_ray); the file is the same either way.
+
+    --drop-camera NAME lifts without that camera's 2D (its single-view rows are null); the file's metadata
+    rigpose.dropped_cameras names the cameras left out, e.g. rigpose lift --model outputs/runs/demo
+    --data outputs/datasets/demo --out preds.parquet --mode multi --drop-camera 54138969
     """
     from rigpose.tracking.registry import is_model_uri
 
@@ -145,9 +160,10 @@ def lift_command(
     job = _job(ctx, config, set_, {
         "data": ("data", data), "split": ("split", split), "mode": ("lift.mode", _value(mode)),
         "multi": ("multi_view.method", _value(multi)), "adapt_steps": ("multi_view.adapt_steps", adapt_steps),
-        "max_rows": ("max_rows", max_rows), "batch_size": ("batch_size", batch_size)})
+        "max_rows": ("max_rows", max_rows), "batch_size": ("batch_size", batch_size),
+        "drop_camera": ("drop_cameras", drop_camera)})
     common = {"split": job.split, "out_url": out, "mode": job.lift.mode, "multi_view": job.multi_view,
-              "batch_size": job.batch_size, "max_rows": job.max_rows}
+              "batch_size": job.batch_size, "max_rows": job.max_rows, "drop_cameras": job.drop_cameras}
     try:
         if use_ray:
             from rigpose.cluster.connect import init_ray
@@ -162,12 +178,14 @@ def lift_command(
     except (ValueError, OSError) as e:
         _fail(str(e))
     how = f" (model {info['model']}, Ray Data, {info['concurrency']} actors)" if use_ray else ""
-    typer.echo(f"wrote {info['rows']} rows ({info['frames']} frames) to {info['out']}{how}")
+    left_out = f"; cameras left out: {', '.join(info['dropped_cameras'])}" if info.get("dropped_cameras") else ""
+    typer.echo(f"wrote {info['rows']} rows ({info['frames']} frames) to {info['out']}{how}{left_out}")
 
 
 _COLUMNS = (("MPJPE mm", "mpjpe_mm"), ("PA-MPJPE mm", "pa_mpjpe_mm"), ("N-MPJPE mm", "n_mpjpe_mm"),
             ("PCK@150", "pck150"), ("abs MPJPE mm", "mpjpe_abs_mm"), ("held-out px", "heldout_px"),
             ("coverage", "coverage"), ("poses", "num_poses"))
+_DROPPED_COLUMN = ("dropped px", "dropped_px")  # only when cameras were dropped
 
 
 def _cell(value: Any) -> str:
@@ -183,9 +201,14 @@ def print_results(result: dict[str, Any], *, console: Console | None = None) -> 
     title = f"{result['split']} of {result['data']}: {result['num_frames']} frames"
     if not result.get("has_3d"):
         title += " (no 3D labels: label-free metric only)"
-    table = Table(title=title)
+    columns = _COLUMNS
+    if result.get("dropped_cameras"):
+        columns = (*_COLUMNS, _DROPPED_COLUMN)
+        title += f", cameras left out: {', '.join(result['dropped_cameras'])}"
+    table = Table(title=title, caption=None if columns is _COLUMNS else (
+        "dropped px: reprojection error into the dropped camera(s), median px, of the 3D estimated without them"))
     table.add_column("method (frame)")
-    for header, _ in _COLUMNS:
+    for header, _ in columns:
         table.add_column(header, justify="right")
     sections = []
     if "single" in result:
@@ -194,9 +217,9 @@ def print_results(result: dict[str, Any], *, console: Console | None = None) -> 
         kind = "multi" if method == result.get("multi_mode") else "baseline"
         sections.append((f"{kind}: {method} (world)", res))
     for name, res in sections:
-        table.add_row(name, *(_cell(res["overall"].get(k)) for _, k in _COLUMNS), style="bold")
+        table.add_row(name, *(_cell(res["overall"].get(k)) for _, k in columns), style="bold")
         for cam, metrics in res["per_camera"].items():
-            table.add_row(f"  {cam}", *(_cell(metrics.get(k)) for _, k in _COLUMNS))
+            table.add_row(f"  {cam}", *(_cell(metrics.get(k)) for _, k in columns))
     (console or ui.console()).print(table)
 
 

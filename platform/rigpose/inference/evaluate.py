@@ -18,15 +18,25 @@ is read for metrics and nothing else: the model, the fusion and the baselines se
   within_uncertainty, the share of labelled joints whose world-frame error is under it (calibration: about 0.6-0.7
   for a calibrated Gaussian RMS radius).
 
+Dropped cameras (`drop_cameras`, `rigpose evaluate --drop-camera NAME`): the method, the baselines and the
+triangulated anchors never see their 2D (`rigpose.inference.drop.mask_cameras`), but every reprojection metric
+still scores against it: a dropped camera is a held-out view the answers were computed without. Besides the
+metrics above, each section then reports dropped_px (and num_dropped), the MEDIAN reprojection error, pixels,
+into the dropped camera(s) vs their own 2D, of the 3D estimated without them: "multi", each method's world answer
+from the kept cameras; "single", each kept view's lift placed at the root triangulated from the kept cameras
+(per_camera: keyed by the dropped camera). Its errors are kept (float32) to take the median: memory grows with
+frames x joints x dropped cameras (x kept views for "single").
+
 With adaptation (`MultiViewConfig.steps_to_adapt` > 0) the lifter is fine-tuned per batch on that batch's own
 multi-view 2D (test-time adaptation) before lifting; for the multi-view held-out metric it is adapted again
 without the held-out view.
 
-JSON layout: {"model", "data", "split", "rig_ids" (when given), "skeleton", "num_frames", "has_3d", "modes",
-"multi_mode" (the method), "adapt_steps" (as run), "multi_view" (the rigpose.config.MultiViewConfig settings, null
-ones left out), "single": {"overall": {metric: value}, "per_camera": {"<rig_id>/<camera>": {metric: value}}},
-"multi": {"<multi_mode>" | "dlt" | "robust": {"overall": {...}, "per_camera": {...}}}}; a metric with nothing to
-average is null; `num_poses` and `num_heldout` count what was averaged. Shape letters: B frames, V views, J joints.
+JSON layout: {"model", "data", "split", "rig_ids" (when given), "dropped_cameras" (when given), "skeleton",
+"num_frames", "has_3d", "modes", "multi_mode" (the method), "adapt_steps" (as run), "multi_view" (the
+rigpose.config.MultiViewConfig settings, null ones left out), "single": {"overall": {metric: value}, "per_camera":
+{"<rig_id>/<camera>": {metric: value}}}, "multi": {"<multi_mode>" | "dlt" | "robust": {"overall": {...},
+"per_camera": {...}}}}; a metric with nothing to average is null; `num_poses`, `num_heldout` and `num_dropped`
+count what was averaged (or, for dropped_px, what the median was taken of). Shape letters: B frames, V views, J joints.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -43,6 +54,7 @@ from rigpose import geometry as g
 from rigpose import metrics as ev
 from rigpose.config import VIEW_MODES, MultiViewConfig
 from rigpose.data.schema import Frames
+from rigpose.inference.drop import check_dataset_drop, dropped_views, mask_cameras
 from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
     Floors,
@@ -65,11 +77,24 @@ OVERALL = "overall"
 
 
 class _Means:
-    """Streaming means: section -> group ("overall" or a camera key) -> metric -> [sum, count]."""
+    """Streaming means: section -> group ("overall" or a camera key) -> metric -> [sum, count]; and the medians
+    of the metrics given to `add_median`, whose finite values are kept (float32)."""
 
     def __init__(self) -> None:
         self.acc: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(lambda: [0.0, 0.0])))
+        self.kept: dict[str, dict[str, dict[str, list[np.ndarray]]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(list)))
+
+    def add_median(self, section: str, metric: str, values: np.ndarray, groups: np.ndarray | None = None) -> None:
+        """Keep the finite `values` for the overall median and, when `groups` (same shape, str keys), per group."""
+        values = np.asarray(values, np.float64)
+        ok = np.isfinite(values)
+        self.kept[section][OVERALL][metric].append(values[ok].astype(np.float32))
+        if groups is not None:
+            groups = np.broadcast_to(groups, values.shape)
+            for key in np.unique(groups[ok]):
+                self.kept[section][str(key)][metric].append(values[ok & (groups == key)].astype(np.float32))
 
     def add(self, section: str, metric: str, values: np.ndarray, groups: np.ndarray | None = None) -> None:
         """Add the finite `values` to the overall mean and, when `groups` (same shape, str keys), per group."""
@@ -87,15 +112,22 @@ class _Means:
         cell[1] += float(v.size)
 
     def result(self) -> dict[str, Any]:
-        """{section: {"overall": {metric: mean}, "per_camera": {key: {metric: mean}}}} with num_* counts."""
+        """{section: {"overall": {metric: mean or median}, "per_camera": {key: {...}}}} with num_* counts (a
+        median metric's count: num_ + its name without "_px")."""
         out: dict[str, Any] = {}
-        for section, groups in self.acc.items():
+        for section in dict.fromkeys([*self.acc, *self.kept]):
+            groups, kept = self.acc.get(section, {}), self.kept.get(section, {})
             res: dict[str, Any] = {OVERALL: {}, "per_camera": {}}
-            for group, metrics in sorted(groups.items()):
+            for group in sorted(set(groups) | set(kept)):
+                metrics = groups.get(group, {})
                 d: dict[str, Any] = {m: (s / n if n else None) for m, (s, n) in sorted(metrics.items())}
                 for count_name, source in (("num_poses", "mpjpe_mm"), ("num_heldout", "heldout_px")):
                     if source in metrics:
                         d[count_name] = int(metrics[source][1])
+                for metric, parts in sorted(kept.get(group, {}).items()):
+                    v = np.concatenate(parts)
+                    d[metric] = float(np.median(v)) if v.size else None
+                    d[f"num_{metric.removesuffix('_px')}"] = int(v.size)
                 if group == OVERALL:
                     res[OVERALL] = d
                 else:
@@ -104,8 +136,27 @@ class _Means:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Reference:
+    """The 2D a batch's answers are scored against: kp [B, V, J, 2] px and w [B, V, J] of every real view, the
+    dropped cameras' included; dropped [B, V] bool: the views whose 2D the method was not given."""
+
+    kp: np.ndarray
+    w: np.ndarray
+    dropped: np.ndarray
+
+
 def _np(batch: dict[str, torch.Tensor], key: str) -> np.ndarray:
     return batch[key].detach().cpu().double().numpy()
+
+
+def _reference(frames: Frames, batch: dict[str, torch.Tensor], skeleton: Skeleton, dropped: tuple[str, ...], *,
+               device: str) -> _Reference:
+    """The unmasked 2D of `frames` (`batch`'s own when nothing is dropped: the method's input is the reference)."""
+    views = dropped_views(frames, dropped)
+    if views.any():
+        batch = model_batch(frames, skeleton, device=device, pseudo_3d=False)
+    return _Reference(_np(batch, "kp"), _np(batch, "w"), views)
 
 
 def _cams(batch: dict[str, torch.Tensor]) -> g.CameraArrays:
@@ -132,13 +183,23 @@ def _floor_metrics(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], 
 
 
 def _single_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: torch.nn.Module,
-                  skeleton: Skeleton, floors: Floors | None = None) -> None:
+                  skeleton: Skeleton, floors: Floors | None = None, ref: _Reference | None = None) -> None:
     roots = tuple(skeleton.root_joints)
     rel, root = lift_single(model, batch)  # [B, V, J, 3], [B, V, 3]
     keys = _camera_keys(frames)
     kp, w, cams = _np(batch, "kp"), _np(batch, "w"), _cams(batch)
-    err = ev.heldout_view_px(rel, kp, w, cams, roots)  # [B, S, T, J]: the one definition (rigpose.metrics)
+    if ref is None or not ref.dropped.any():
+        err = ev.heldout_view_px(rel, kp, w, cams, roots)  # [B, S, T, J]: the one definition (rigpose.metrics)
+    else:  # the same, with the roots from the kept cameras and every camera's 2D (the dropped ones' too) as targets
+        err = ev.heldout_view_errors(rel, ev.leave_one_out_roots(kp, w, cams, roots), ref.kp, ref.w, cams)
     acc.add("single", "heldout_px", err, keys[:, :, None, None])
+    if ref is not None and ref.dropped.any():
+        # each kept view's lift at the root triangulated from the kept cameras, into the dropped ones: [B, S, T, J]
+        root_B3 = np.where(_np(batch, "root_ok")[:, None] > 0, _np(batch, "root_world"), np.nan)
+        err = ev.heldout_view_errors(rel, np.broadcast_to(root_B3[:, None], (*rel.shape[:2], 3)), ref.kp, ref.w,
+                                     cams)
+        err = np.where(ref.dropped[:, None, :, None], err, np.nan)
+        acc.add_median("single", "dropped_px", err, keys[:, None, :, None])
     if frames.joints_3d is None:
         return
     gt_cam = g.world_to_camera(frames.joints_3d.astype(np.float64)[:, None], cams.R, cams.t)  # [B, V, J, 3]
@@ -183,18 +244,27 @@ def _multi_3d(acc: _Means, section: str, X: np.ndarray, root_ok: np.ndarray, gt:
 
 
 def _multi_batch(acc: _Means, frames: Frames, batch: dict[str, torch.Tensor], model: Lifter, skeleton: Skeleton,
-                 *, model_adapted: Lifter, multi_view: MultiViewConfig, device: str, heldout: bool = True) -> None:
+                 *, model_adapted: Lifter, multi_view: MultiViewConfig, device: str, heldout: bool = True,
+                 ref: _Reference | None = None) -> None:
+    """`frames` and `batch`: the method's input (dropped cameras masked); `ref`: the 2D scored against."""
     roots = tuple(skeleton.root_joints)
     groups = sequence_groups(frames)
     methods = (multi_view.method, "dlt", "robust")
-    if frames.joints_3d is not None:
+    keys, cams = _camera_keys(frames), _cams(batch)
+    ref = ref or _Reference(_np(batch, "kp"), _np(batch, "w"), np.zeros(frames.view_mask.shape, bool))
+    dropped = np.flatnonzero(ref.dropped.any(0))
+    if frames.joints_3d is not None or dropped.size:
         for method in methods:
             X, root_ok, sigma = _answers(method, batch, model_adapted, skeleton, groups, multi_view)
-            _multi_3d(acc, method, X, root_ok, frames.joints_3d.astype(np.float64), roots, sigma)
+            if frames.joints_3d is not None:
+                _multi_3d(acc, method, X, root_ok, frames.joints_3d.astype(np.float64), roots, sigma)
+            for v in dropped:  # the answer without the dropped cameras, into each of them
+                err = ev.reprojection_errors(X, ref.kp[:, v], ref.w[:, v], g.CameraArrays(*(a[:, v] for a in cams)))
+                err[~ref.dropped[:, v]] = np.nan
+                acc.add_median(method, "dropped_px", err, np.broadcast_to(keys[:, v, None], err.shape))
     if not heldout:
         return
-    keys = _camera_keys(frames)
-    kp, w, cams = _np(batch, "kp"), _np(batch, "w"), _cams(batch)
+    kp, w = ref.kp, ref.w  # a dropped camera is scored against its own 2D, which no answer saw
     for v in range(frames.num_views):
         real = frames.view_mask[:, v]
         if not real.any():
@@ -223,7 +293,8 @@ def _clean(x: Any) -> Any:
 def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ...] = MODES,
              multi_view: MultiViewConfig | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
              max_rows: int | None = None, json_path: str | None = None, device: str = "cpu",
-             multi_heldout: bool = True, rig_ids: list[str] | None = None) -> dict[str, Any]:
+             multi_heldout: bool = True, rig_ids: list[str] | None = None, drop_cameras: Iterable[str] = ()
+             ) -> dict[str, Any]:
     """Evaluate the lifter at `model_path` on `split` of the dataset at `data_url`; see the module docstring.
 
     modes: any of "single", "multi"; multi_view: the lifter's multi-view answer (default `MultiViewConfig()`; DLT
@@ -231,7 +302,10 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
     (`MultiViewConfig.steps_to_adapt`) runs per batch, and the adapted lifter serves every lift, single-view too;
     max_rows: evaluate only the first rows; rig_ids: only the rows of these rigs; json_path: also write the
     result there;
-    multi_heldout=False skips the multi-view held-out-view metric (it re-runs every method once per view).
+    multi_heldout=False skips the multi-view held-out-view metric (it re-runs every method once per view);
+    drop_cameras: cameras (rig file names) whose 2D no method sees, scored as held-out views (dropped_px; see the
+    module docstring); ValueError for a name no rig of the split has, or one that leaves a rig too few cameras for
+    `modes` (`rigpose.inference.drop.check_dataset_drop`).
     """
     modes = tuple(modes)
     if not modes or any(m not in MODES for m in modes):
@@ -240,6 +314,7 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
     model, skeleton, ds = open_inputs(model_path, data_url, split=split)
     if rig_ids is not None and (unknown := sorted(set(rig_ids) - set(ds.manifest.rigs))):
         raise ValueError(f"{data_url}: no rig {unknown}; has {sorted(ds.manifest.rigs)}")
+    dropped = check_dataset_drop(ds, drop_cameras, split=split, modes=modes, rig_ids=rig_ids)
     model.to(device)
     floors = dataset_floors(ds) if "single" in modes else {}
     acc = _Means()
@@ -249,18 +324,21 @@ def evaluate(model_path: str, data_url: str, *, split: str, modes: tuple[str, ..
         if frames.joints_3d is not None and not np.isfinite(frames.joints_3d).all(-1).any():
             frames = dataclasses.replace(frames, joints_3d=None)  # rows without labels: label-free metrics only
         has_3d |= frames.joints_3d is not None
-        batch = model_batch(frames, skeleton, device=device)  # 2D only: joints_3d stays in `frames`
+        seen = mask_cameras(frames, dropped)  # what the methods are given: no 2D of the dropped cameras
+        batch = model_batch(seen, skeleton, device=device)  # 2D only: joints_3d stays in `frames`
+        ref = _reference(frames, batch, skeleton, dropped, device=device)
         model_adapted = adapt_for(model, batch, skeleton, multi_view)
         if "single" in modes:
-            _single_batch(acc, frames, batch, model_adapted, skeleton, floors)
+            _single_batch(acc, seen, batch, model_adapted, skeleton, floors, ref)
         if "multi" in modes:
-            _multi_batch(acc, frames, batch, model, skeleton, model_adapted=model_adapted, multi_view=multi_view,
-                         device=device, heldout=multi_heldout)
+            _multi_batch(acc, seen, batch, model, skeleton, model_adapted=model_adapted, multi_view=multi_view,
+                         device=device, heldout=multi_heldout, ref=ref)
         num_frames += len(frames)
     sections = acc.result()
     result: dict[str, Any] = {
         "model": str(model_path), "data": str(data_url), "split": split,
-        **({"rig_ids": list(rig_ids)} if rig_ids is not None else {}), "skeleton": skeleton.name,
+        **({"rig_ids": list(rig_ids)} if rig_ids is not None else {}),
+        **({"dropped_cameras": list(dropped)} if dropped else {}), "skeleton": skeleton.name,
         "num_frames": num_frames, "has_3d": has_3d, "modes": list(modes), "multi_mode": multi_view.method,
         "adapt_steps": multi_view.steps_to_adapt(), "multi_view": multi_view.model_dump(exclude_none=True),
     }

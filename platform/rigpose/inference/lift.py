@@ -34,13 +34,19 @@ mode "multi" (one row per frame):
 |                  |                     | the method states none (only "posterior", the default, does)              |
 
 The file's schema metadata holds `rigpose.skeleton`, `rigpose.joint_names` (JSON), `rigpose.mode`,
-`rigpose.model` and `rigpose.split`. The batch helpers here are shared with `rigpose.inference.evaluate`.
-Shape letters: B frames, V views, J joints.
+`rigpose.model`, `rigpose.split` and `rigpose.dropped_cameras` (JSON list of the cameras left out, `[]` for none).
+
+`drop_cameras` (`rigpose lift --drop-camera NAME`): the named cameras' 2D is removed before the method sees it
+(`rigpose.inference.drop`). Their rows stay: in mode "single" a dropped camera's rows have null poses (no 2D),
+in mode "multi" the answer is the other cameras' (num_views counts those).
+
+The batch helpers here are shared with `rigpose.inference.evaluate`. Shape letters: B frames, V views, J joints.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import numpy as np
@@ -50,6 +56,7 @@ import torch
 from rigpose.config import VIEW_MODES, EvaluateJob, MultiViewConfig
 from rigpose.data.reader import Dataset, iter_frames
 from rigpose.data.schema import Frames
+from rigpose.inference.drop import check_dataset_drop, mask_cameras
 from rigpose.inference.models import load_model
 from rigpose.model.fusion import lift_single
 from rigpose.model.inputs import model_inputs
@@ -214,27 +221,30 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {VIEW_MODES}, got {mode!r}")
 
 
-def output_schema(mode: str, *, skeleton: Skeleton, model: str, split: str) -> pa.Schema:
+def output_schema(mode: str, *, skeleton: Skeleton, model: str, split: str, drop_cameras: Collection[str] = ()
+                  ) -> pa.Schema:
     """The Parquet schema of `mode` ("single" | "multi") with the file metadata of the module docstring."""
     check_mode(mode)
     meta = {"skeleton": skeleton.name, "joint_names": json.dumps(list(skeleton.joint_names)), "mode": mode,
-            "model": str(model), "split": split}
+            "model": str(model), "split": split, "dropped_cameras": json.dumps(list(drop_cameras))}
     return (SINGLE_SCHEMA if mode == "single" else MULTI_SCHEMA).with_metadata(
         {f"rigpose.{k}".encode(): v.encode() for k, v in meta.items()})
 
 
 def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
-                multi_view: MultiViewConfig | None = None, device: str = "cpu", floors: Floors | None = None
-                ) -> pa.Table:
+                multi_view: MultiViewConfig | None = None, device: str = "cpu", floors: Floors | None = None,
+                drop_cameras: Collection[str] = ()) -> pa.Table:
     """One batch of `frames` lifted: rows of `mode` (see the module docstring), without the file metadata.
 
     The per-batch body of `lift_dataset`, shared with the Ray Data path (`rigpose.inference.lift_ray`). Adaptation
     (`MultiViewConfig.steps_to_adapt`) fine-tunes a copy of the model on this batch, and refinement groups frames
     by sequence within it, so those two depend on how the frames are batched; single-view lifts and fusion do not.
     `floors` ({rig_id: floor_z}, `dataset_floors`) makes single-view lifts metric on rigs whose floor is known (the
-    body scale is one per sequence and view within the batch).
+    body scale is one per sequence and view within the batch). `drop_cameras`: camera names whose 2D the method
+    never sees (`rigpose.inference.drop.mask_cameras`; checked by the caller, `check_dataset_drop`).
     """
     check_mode(mode)
+    frames = mask_cameras(frames, drop_cameras)
     multi_view = multi_view or MultiViewConfig()
     steps = multi_view.steps_to_adapt(multi=mode == "multi")
     batch = model_batch(frames, skeleton, device=device, pseudo_3d=steps > 0)  # only adaptation's losses may read it
@@ -253,24 +263,29 @@ def lift_frames(model: Lifter, skeleton: Skeleton, frames: Frames, *, mode: str,
 
 def lift_dataset(model_path: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
                  multi_view: MultiViewConfig | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_rows: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                 max_rows: int | None = None, device: str = "cpu", drop_cameras: Iterable[str] = ()
+                 ) -> dict[str, Any]:
     """Lift `split` of the dataset at `data_url` with the model at `model_path`; write Parquet to `out_url`.
 
     mode "single": every view on its own (`multi_view.adapt_steps` > 0 first fine-tunes a copy of the model on each
     batch's own multi-view 2D), metric where the rig's floor is known; mode "multi": world poses by `multi_view`
-    (default `MultiViewConfig()`). Returns {"out": out_url, "rows": rows written, "frames": frames read}.
+    (default `MultiViewConfig()`). `drop_cameras`: cameras (rig file names) whose 2D is left out; ValueError for
+    a name no rig of the split has, or one that leaves a rig too few cameras for `mode`
+    (`rigpose.inference.drop.check_dataset_drop`). Returns {"out": out_url, "rows": rows written, "frames": frames
+    read, "dropped_cameras": [names]}.
     """
     check_mode(mode)
     model, skeleton, ds = open_inputs(model_path, data_url, split=split)
+    dropped = check_dataset_drop(ds, drop_cameras, split=split, modes=(mode,))
     floors = dataset_floors(ds)
     model.to(device)
     rows = frames_read = 0
-    schema = output_schema(mode, skeleton=skeleton, model=str(model_path), split=split)
+    schema = output_schema(mode, skeleton=skeleton, model=str(model_path), split=split, drop_cameras=dropped)
     with published_parquet(out_url, schema) as writer:
         for frames in iter_frames(ds, split=split, batch_size=batch_size, max_rows=max_rows):
             table = lift_frames(model, skeleton, frames, mode=mode, multi_view=multi_view, device=device,
-                                floors=floors)
+                                floors=floors, drop_cameras=dropped)
             writer.write_table(table.replace_schema_metadata(schema.metadata))
             rows += table.num_rows
             frames_read += len(frames)
-    return {"out": out_url, "rows": rows, "frames": frames_read}
+    return {"out": out_url, "rows": rows, "frames": frames_read, "dropped_cameras": list(dropped)}

@@ -25,7 +25,7 @@ lifts and fusion. Refinement and adaptation work per batch, so they depend on ho
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch
 
 from rigpose.config import MultiViewConfig
 from rigpose.data.schema import ARROW_SCHEMA, EVAL_ONLY_COLUMNS, frames_from_table
+from rigpose.inference.drop import check_dataset_drop
 from rigpose.inference.lift import (
     DEFAULT_BATCH_SIZE,
     check_mode,
@@ -65,16 +66,18 @@ class LiftBatches:
 
     def __init__(self, model: str, *, mode: str, multi_view: MultiViewConfig, num_joints: int,
                  num_views: int, num_threads: int, tracking_uri: str | None = None,
-                 registry_uri: str | None = None, floors: dict[str, float | None] | None = None) -> None:
+                 registry_uri: str | None = None, floors: dict[str, float | None] | None = None,
+                 drop_cameras: tuple[str, ...] = ()) -> None:
         torch.set_num_threads(num_threads)
         self.model, self.skeleton, _ = load_model(model, tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.mode, self.multi_view = mode, multi_view
         self.num_joints, self.num_views, self.floors = num_joints, num_views, floors
+        self.drop_cameras = drop_cameras
 
     def __call__(self, table: pa.Table) -> pa.Table:
         frames = frames_from_table(table, num_joints=self.num_joints, num_views=self.num_views, with_3d=False)
         return lift_frames(self.model, self.skeleton, frames, mode=self.mode, multi_view=self.multi_view,
-                           floors=self.floors)
+                           floors=self.floors, drop_cameras=self.drop_cameras)
 
 
 
@@ -82,7 +85,8 @@ class LiftBatches:
 def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str, mode: str = "single",
                      multi_view: MultiViewConfig | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      max_rows: int | None = None, concurrency: int | None = None, num_threads: int = 1,
-                     connect: Callable[[], None] | None = None) -> dict[str, Any]:
+                     connect: Callable[[], None] | None = None, drop_cameras: Iterable[str] = ()
+                     ) -> dict[str, Any]:
     """Lift `split` of the dataset at `data_url` with `model_uri` on Ray Data; write Parquet to `out_url`.
 
     `model_uri`: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a local model file / run folder.
@@ -90,8 +94,8 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     `default_concurrency()`. `connect`: called once the model and dataset have been checked (so bad input fails
     before Ray starts), to connect Ray (the CLI passes `rigpose.cluster.connect.init_ray`); without it, Ray must
     already be connected.
-    Modes and the file: as `rigpose.inference.lift.lift_dataset`. Returns {"out", "rows", "frames", "model" (the pinned
-    URI or the path), "concurrency"}.
+    Modes, `drop_cameras` and the file: as `rigpose.inference.lift.lift_dataset`. Returns {"out", "rows", "frames",
+    "model" (the pinned URI or the path), "concurrency", "dropped_cameras"}.
     """
     check_mode(mode)
     multi_view = multi_view or MultiViewConfig()
@@ -113,7 +117,8 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     # a bad URI or file fails here, before Ray starts
     _, skeleton, _ = load_model(model, tracking_uri=tracking_uri, registry_uri=registry_uri)
     ds = open_dataset(data_url, skeleton, split=split, model=model_uri)
-    schema = output_schema(mode, skeleton=skeleton, model=model_uri, split=split)
+    dropped = check_dataset_drop(ds, drop_cameras, split=split, modes=(mode,))
+    schema = output_schema(mode, skeleton=skeleton, model=model_uri, split=split, drop_cameras=dropped)
     frames = ds.manifest.splits()[split]["rows"]
     frames = min(frames, max_rows) if max_rows is not None else frames
 
@@ -126,19 +131,20 @@ def lift_dataset_ray(model_uri: str, data_url: str, *, split: str, out_url: str,
     concurrency = concurrency or default_concurrency()
     rd = _predictions(ds, split, model, mode=mode, multi_view=multi_view,
                       batch_size=batch_size, max_rows=max_rows, concurrency=concurrency, num_threads=num_threads,
-                      tracking_uri=tracking_uri, registry_uri=registry_uri)
+                      tracking_uri=tracking_uri, registry_uri=registry_uri, drop_cameras=dropped)
     plain = pa.schema(list(schema))  # the writer's schema without the file metadata, which the writer adds
     rows = 0
     with published_parquet(out_url, schema) as writer:
         for table in rd.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.write_table(table.cast(plain))
             rows += table.num_rows
-    return {"out": out_url, "rows": rows, "frames": frames, "model": model, "concurrency": concurrency}
+    return {"out": out_url, "rows": rows, "frames": frames, "model": model, "concurrency": concurrency,
+            "dropped_cameras": list(dropped)}
 
 
 def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_view: MultiViewConfig,
                  batch_size: int, max_rows: int | None, concurrency: int, num_threads: int,
-                 tracking_uri: str | None, registry_uri: str | None) -> Any:
+                 tracking_uri: str | None, registry_uri: str | None, drop_cameras: tuple[str, ...] = ()) -> Any:
     """The Ray dataset of prediction rows (lazy: nothing runs until iterated), in the split's row order."""
     import ray.data
     from ray.data import DataContext
@@ -157,7 +163,7 @@ def _predictions(ds: Any, split: str, model: str, *, mode: str, multi_view: Mult
         fn_constructor_kwargs={"model": model, "mode": mode, "multi_view": multi_view,
                                "num_joints": ds.skeleton.num_joints, "num_views": ds.manifest.max_views,
                                "num_threads": num_threads, "tracking_uri": tracking_uri, "floors": dataset_floors(ds),
-                               "registry_uri": registry_uri})
+                               "registry_uri": registry_uri, "drop_cameras": drop_cameras})
     rd.context.execution_options.preserve_order = True  # the first max_rows rows; the in-process path's order
     rd.context.target_max_block_size = BLOCK_BYTES
     return rd
