@@ -305,6 +305,18 @@ class RetrainJob(Strict):
                                                         "frees it after this, and no two retrains promote at once.")
 
 
+def check_train_job(job: RetrainJob, train_job: TrainJob) -> str:
+    """The registered model's name; ValueError naming the training job (`job.train_job`, with its overrides
+    applied: `train_job`) when a retrain cannot use it (no MLflow tracking or model name, a pinned manifest)."""
+    name = train_job.tracking.model_name
+    if not train_job.tracking.enabled or not name:
+        raise ValueError(f"{job.train_job}: tracking.enabled and tracking.model_name are needed to retrain (the "
+                         "champion and its lineage live in the MLflow registry)")
+    if train_job.data.manifest_version is not None:
+        raise ValueError(f"{job.train_job}: data.manifest_version is set; a retrain trains on the latest version")
+    return name
+
+
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = d

@@ -4,7 +4,8 @@ The cluster and moto's S3 server are started here and stopped at the end of the 
 and so do the runs (checkpoints, model.pt, history.json). Covered: the plain `ray job submit ... -- python -m
 rigpose train` form, also surviving the SIGKILL of a training worker's process mid-run (resume from the last
 checkpoint, the right number of epochs); `rigpose submit`: a stopped job resumed by submitting its run again, and
-a missing auth token reported in one line.
+a missing auth token reported in one line; `rigpose retrain --submit`: a whole retrain cycle as one Ray job (no
+champion yet: a candidate trained on the cluster, gated and promoted; a real `mlflow server`).
 """
 
 from __future__ import annotations
@@ -213,3 +214,51 @@ def test_submit_without_the_cluster_token_fails_with_one_line_naming_the_fix(clu
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(error) == 1 and "RAY_AUTH_MODE=token" in error[0], proc.stderr
     assert "submitted " not in proc.stdout
+
+
+def _retrain_recipe(tmp: Path) -> Path:
+    """The shipped tiny recipe with a validation split (what the retrain gate compares on), 300 frames."""
+    import yaml
+
+    d = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
+    d.update(name="tiny-retrain", frames=300)
+    d["splits"].update(fractions={"train": 0.7, "val": 0.3}, held_out_clips=[])
+    path = tmp / "retrain-recipe.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+@pytest.mark.timeout(600)
+def test_rigpose_retrain_submit_runs_the_whole_cycle_on_the_cluster_and_promotes_a_first_champion(
+        cluster: str, server: str, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from rigpose.data.synth.build import build_dataset
+
+    model, data = "cj-lifter", f"s3://{BUCKET}/datasets/retrain"
+    _s3fs().makedirs(BUCKET, exist_ok=True)
+    build_dataset(str(_retrain_recipe(tmp_path)), data, progress=False)
+    overrides = [f"data.url={data}", "data.val_split=val", "optim.epochs=1", "model.width=32", "model.num_blocks=1",
+                 "data.batch_size=64", "data.shuffle_buffer=256", f"run.output_dir=s3://{BUCKET}/runs",
+                 f"tracking.uri={server}", f"tracking.model_name={model}", "tracking.experiment=cluster-retrain",
+                 "tracking.eval_max_rows=100"]
+    sid = f"retrain-{secrets.token_hex(3)}"
+    args = ["retrain", "jobs/retrain.yaml", "--submit", "--address", cluster, "--submission-id", sid,
+            "--set", f"overrides={json.dumps(overrides)}", "--set", "gate.max_rows=200"]
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        result = CliRunner().invoke(app, args)  # follows the job's log to the end, exits with its status
+    finally:
+        os.chdir(cwd)
+    out = result.output
+    assert result.exit_code == 0, out[-4000:]
+    assert "entrypoint: python -m rigpose retrain jobs/retrain.yaml --set 'overrides=" in out
+    assert f"job {sid}: SUCCEEDED" in out
+    logs = _client(cluster).get_job_logs(sid)  # what the cluster ran: the cycle, there
+    assert f"no {model}@champion yet" in logs and "h36m-s1: new rig" in logs, logs[-3000:]
+    assert f"{model}@champion is now version 1" in logs, logs[-3000:]
+    assert _client(cluster).get_job_info(sid).metadata["rigpose_command"] == "retrain"
+    client = MlflowClient(tracking_uri=server, registry_uri=server)
+    champion = client.get_model_version_by_alias(model, "champion")
+    assert champion.version == "1" and champion.tags["rigpose.retrain.promoted"] == "true"

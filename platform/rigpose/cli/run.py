@@ -1,15 +1,20 @@
 """`rigpose version`, `demo`, `train` and `submit`: the installed version, and the three ways of running the training
-job (end to end on embedded defaults, here on Ray, on a Ray cluster through the Ray Jobs API)."""
+job (end to end on embedded defaults, here on Ray, on a Ray cluster through the Ray Jobs API). `send_submission` is
+the submit-and-follow part shared with `rigpose retrain --submit`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from rigpose import __version__
 from rigpose.cli.ui import fail as _fail
 from rigpose.tracking.secrets import scrub
+
+if TYPE_CHECKING:
+    from rigpose.cluster.submit import Submission
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -90,7 +95,6 @@ def submit(
     Ray token auth needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here. Without
     --forward-credentials no credential is sent: URL passwords are left out of forwarded values and --set values.
     """
-    from rigpose.cli.ui import console
     from rigpose.cluster import submit as sub_mod
 
     addr = address or sub_mod.default_address()
@@ -99,23 +103,33 @@ def submit(
                                        forward_credentials=forward_credentials)
     except ValueError as e:
         _fail(scrub(str(e)))
+    send_submission(sub, addr, dry_run=dry_run, no_wait=no_wait)
+
+
+def send_submission(sub: Submission, address: str, *, dry_run: bool, no_wait: bool) -> None:
+    """Print the notes and the submission; then (unless `dry_run`: the values sent too, and stop) submit it and
+    follow its logs to the end (unless `no_wait`). Exits 1 unless the job ends SUCCEEDED, 130 on Ctrl-C."""
+    from rigpose.cli.ui import console
+    from rigpose.cluster import submit as sub_mod
+
     for note in sub.notes:
         console(stderr=True).print(f"note: {scrub(note)}", soft_wrap=True, markup=False, highlight=False)
     typer.echo(sub.describe(values=dry_run))
     if dry_run:
         return
+    addr = scrub(address)
     try:
-        sid = sub_mod.submit(sub, addr)
+        sid = sub_mod.submit(sub, address)
     except RuntimeError as e:
         _fail(scrub(str(e)))
-    typer.echo(f"submitted {sid} to {scrub(addr)}")
+    typer.echo(f"submitted {sid} to {addr}")
     if no_wait:
-        typer.echo(f"follow it with: ray job logs --address {scrub(addr)} --follow {sid}")
+        typer.echo(f"follow it with: ray job logs --address {addr} --follow {sid}")
         return
     try:
-        status = sub_mod.follow(addr, sid, echo=lambda s, end="": typer.echo(s, nl=False))
+        status = sub_mod.follow(address, sid, echo=lambda s, end="": typer.echo(s, nl=False))
     except KeyboardInterrupt:
-        typer.echo(f"\nstopped following; the job keeps running (ray job stop --address {scrub(addr)} {sid})")
+        typer.echo(f"\nstopped following; the job keeps running (ray job stop --address {addr} {sid})")
         raise typer.Exit(130) from None
     except RuntimeError as e:
         _fail(scrub(str(e)))

@@ -1,6 +1,8 @@
-"""`rigpose submit`: run a job file on a Ray cluster through the Ray Jobs API (`JobSubmissionClient`).
+"""`rigpose submit` and `rigpose retrain --submit`: run a job file on a Ray cluster through the Ray Jobs API
+(`JobSubmissionClient`).
 
-What is sent (`build_submission`): the entrypoint `python -m rigpose train <job file> --set ...`, and a runtime env
+What is sent (`build_submission`; `build_retrain_submission` for a retrain cycle, the same way): the entrypoint
+`python -m rigpose train <job file> --set ...` (`... retrain <retrain job file> --set ...`), and a runtime env
 = `jobs/runtime_env.yaml` (py_modules with the project's code, excludes for .venv, data and outputs) + the project
 folder as working_dir + the non-secret settings the job needs from this shell's environment (`FORWARDED_ENV`: the
 S3 endpoint and region, the MLflow tracking URI). Credentials are not sent unless asked for with
@@ -16,13 +18,16 @@ RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; the token itself is never printed, log
 
 Local paths: a job runs in a temporary copy of the project folder on the cluster, without outputs/. When the
 cluster is on this machine (127.0.0.1 / localhost), relative local `data.url` and `run.output_dir` become absolute
-paths here; with a remote cluster a relative local path is refused (use s3:// or a path every node mounts).
+paths here; with a remote cluster a relative local path is refused (use s3:// or a path every node mounts). For a
+retrain these are the paths of the training job it names, rewritten through the retrain job's `overrides`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -32,7 +37,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from rigpose.config import TrainJob, load_job
+from rigpose.config import RetrainJob, TrainJob, check_train_job, load_config, load_job
 from rigpose.tracking.secrets import SECRET_ENV, has_password, scrub, secret_values, strip_passwords
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -47,12 +52,15 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 @dataclass
 class Submission:
-    """What `rigpose submit` sends to the cluster (no secret in it unless credentials were asked for)."""
+    """What `rigpose submit` / `rigpose retrain --submit` send to the cluster (no secret in it unless credentials
+    were asked for), and the jobs as validated here."""
 
     entrypoint: str
     runtime_env: dict[str, Any]
     submission_id: str
-    job: TrainJob
+    job: TrainJob | RetrainJob  # the job file's job, with the overrides sent
+    train_job: TrainJob  # what trains: `job` itself, or the training job the retrain job names, with its overrides
+    metadata: dict[str, str] = field(default_factory=dict)  # the Ray job's metadata: which command, what it trains
     notes: list[str] = field(default_factory=list)
 
     def describe(self, *, values: bool = False) -> str:
@@ -134,33 +142,113 @@ def load_runtime_env(root: Path) -> dict[str, Any]:
 def build_submission(job_file: Path, overrides: list[str] | None = None, *, address: str,
                      submission_id: str | None = None, forward_credentials: bool = False,
                      environ: dict[str, str] | None = None) -> Submission:
-    """Validate the job here (errors name the field), then assemble the entrypoint and runtime env."""
-    environ = dict(os.environ if environ is None else environ)
+    """`rigpose submit`: validate the training job here (errors name the field), then assemble the entrypoint
+    `python -m rigpose train <job file> --set ...` and the runtime env."""
+    job_file = _existing(job_file)
+    root = project_root(job_file)
+    job = load_job(job_file, overrides)
+    notes = _uploaded_file_notes(job_file, forward_credentials=forward_credentials)
+    path_sets, path_notes = _path_overrides(job, local_cluster=is_local_address(address))
+    sets = [*(overrides or []), *path_sets]
+    job = load_job(job_file, sets)
+    sid = submission_id or f"rigpose-{_id_part(job.run.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return _assemble(["train", job_file.resolve().relative_to(root).as_posix()], sets, root=root, job=job,
+                     train_job=job, submission_id=sid, notes=[*notes, *path_notes],
+                     metadata={"rigpose_command": "train", "rigpose_run": job.run.name},
+                     forward_credentials=forward_credentials, environ=environ)
+
+
+def build_retrain_submission(job_file: Path, overrides: list[str] | None = None, *, address: str,
+                             dry_run: bool = False, submission_id: str | None = None,
+                             forward_credentials: bool = False,
+                             environ: dict[str, str] | None = None) -> Submission:
+    """`rigpose retrain --submit`: validate the retrain job and the training job it names (with its `overrides`)
+    here, then assemble the entrypoint `python -m rigpose retrain <job file> [--dry-run] --set ...` (one cycle on
+    the cluster) and the runtime env.
+
+    `train_job` is a path from the current folder, as for a retrain here; it must lie inside the project folder
+    that is uploaded, and is sent relative to it. The training job's relative local `data.url` / `run.output_dir`
+    (module docstring) become entries appended to the retrain job's `overrides`, sent as one `--set
+    overrides=<JSON list>` (JSON is YAML, which `--set` parses). A schedule (`every`) is refused: one submission is
+    one cycle."""
+    job_file = _existing(job_file)
+    root = project_root(job_file)
+    job = load_config(RetrainJob, job_file, overrides)
+    if job.every:
+        raise ValueError(f"{job_file}: field every: {job.every!r}: a submitted retrain runs one cycle; schedule "
+                         "`rigpose retrain --submit` from outside (the Kubernetes CronJob, cron), or run `rigpose "
+                         "retrain --every` without --submit (--set every=null sends one cycle)")
+    train_file = Path(job.train_job)
+    if not train_file.is_file():
+        raise ValueError(f"{job_file}: field train_job: {job.train_job}: no such job file (a path from the current "
+                         "folder)")
+    if not train_file.resolve().is_relative_to(root):
+        raise ValueError(f"{job_file}: field train_job: {job.train_job} is not inside the project folder {root}, "
+                         "which is what is uploaded to the cluster")
+    notes = [*_uploaded_file_notes(job_file, forward_credentials=forward_credentials),
+             *_uploaded_file_notes(train_file, forward_credentials=forward_credentials)]
+    train_job = load_job(train_file, job.overrides)
+    check_train_job(job, train_job)
+    try:
+        path_sets, path_notes = _path_overrides(train_job, local_cluster=is_local_address(address))
+    except ValueError as e:
+        raise ValueError(f"{job.train_job} (the train_job of {job_file}): {e}") from None
+    sets = list(overrides or [])
+    sent_train_job = train_file.resolve().relative_to(root).as_posix()
+    if sent_train_job != job.train_job:  # the cluster runs in the uploaded project folder
+        sets.append(f"train_job={sent_train_job}")
+    if path_sets:  # the whole list, as the job ends up with it: it replaces earlier `--set overrides=...`
+        sets = [s for s in sets if s.partition("=")[0].strip() != "overrides"]
+        sets.append(f"overrides={json.dumps([*job.overrides, *path_sets])}")
+    job = load_config(RetrainJob, job_file, sets)
+    train_job = load_job(train_file, job.overrides)
+    name = check_train_job(job, train_job)
+    sid = submission_id or f"rigpose-retrain-{_id_part(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = ["retrain", job_file.resolve().relative_to(root).as_posix(), *(["--dry-run"] if dry_run else [])]
+    return _assemble(args, sets, root=root, job=job, train_job=train_job, submission_id=sid,
+                     notes=[*notes, *path_notes], forward_credentials=forward_credentials, environ=environ,
+                     metadata={"rigpose_command": "retrain", "rigpose_model": name,
+                               "rigpose_dry_run": str(dry_run).lower()})
+
+
+def _existing(job_file: Path) -> Path:
     job_file = Path(job_file)
     if not job_file.is_file():
         raise ValueError(f"{job_file}: no such job file")
-    job = load_job(job_file, overrides)
-    root = project_root(job_file)
-    notes: list[str] = []
-    if has_password(job_file.read_text()):  # uploaded as it is, with the project folder
-        if not forward_credentials:
-            raise ValueError(f"{job_file}: holds a URL with a password, which would be uploaded to the cluster "
-                             "with the project folder: give the cluster its own credentials (e.g. "
-                             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in its environment) and keep only "
-                             "user@host in the file, or pass --forward-credentials")
-        notes.append(f"{job_file.name} holds a URL password: uploaded with the project folder")
-    path_sets, path_notes = _path_overrides(job, local_cluster=is_local_address(address))
-    notes += path_notes
-    all_sets = [*(overrides or []), *path_sets]
-    job = load_job(job_file, all_sets)
-    rel = job_file.resolve().relative_to(root)
-    sent_sets = all_sets
+    return job_file
+
+
+def _uploaded_file_notes(job_file: Path, *, forward_credentials: bool) -> list[str]:
+    """A job file is uploaded as it is, with the project folder: one holding a URL password is refused unless
+    credentials are forwarded (then noted)."""
+    if not has_password(job_file.read_text()):
+        return []
     if not forward_credentials:
-        sent_sets = [strip_passwords(s) for s in all_sets]
+        raise ValueError(f"{job_file}: holds a URL with a password, which would be uploaded to the cluster "
+                         "with the project folder: give the cluster its own credentials (e.g. "
+                         "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD in its environment) and keep only "
+                         "user@host in the file, or pass --forward-credentials")
+    return [f"{job_file.name} holds a URL password: uploaded with the project folder"]
+
+
+def _id_part(name: str) -> str:
+    """`name` as part of a submission id (which Ray puts in URL paths): runs of other characters become '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "job"
+
+
+def _assemble(args: list[str], sets: list[str], *, root: Path, job: TrainJob | RetrainJob, train_job: TrainJob,
+              submission_id: str, notes: list[str], metadata: dict[str, str], forward_credentials: bool,
+              environ: dict[str, str] | None) -> Submission:
+    """The entrypoint `python -m rigpose ARGS --set ...` (URL passwords left out of the sets unless credentials
+    are forwarded), the runtime env (the project's file, the project folder, the forwarded variables), notes."""
+    environ = dict(os.environ if environ is None else environ)
+    notes = list(notes)
+    sent_sets = sets
+    if not forward_credentials:
+        sent_sets = [strip_passwords(s) for s in sets]
         notes += [f"--set {scrub(s)}: sent without the password ({t}); the cluster needs its own credentials, or "
-                  "pass --forward-credentials" for s, t in zip(all_sets, sent_sets, strict=True) if s != t]
-    entrypoint = shlex.join(["python", "-m", "rigpose", "train", rel.as_posix(),
-                             *(a for s in sent_sets for a in ("--set", s))])
+                  "pass --forward-credentials" for s, t in zip(sets, sent_sets, strict=True) if s != t]
+    entrypoint = shlex.join(["python", "-m", "rigpose", *args, *(a for s in sent_sets for a in ("--set", s))])
     runtime_env = load_runtime_env(root)
     runtime_env["working_dir"] = str(root)
     if "py_modules" in runtime_env:  # Ray resolves local ones against the current directory, not working_dir
@@ -172,8 +260,8 @@ def build_submission(job_file: Path, overrides: list[str] | None = None, *, addr
         runtime_env["env_vars"] = env_vars
     if forward_credentials:
         notes.append("credentials forwarded in the runtime env: readable by anyone who can list this cluster's jobs")
-    sid = submission_id or f"rigpose-{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Submission(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=sid, job=job, notes=notes)
+    return Submission(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id, job=job,
+                      train_job=train_job, metadata={k: scrub(v) for k, v in metadata.items()}, notes=notes)
 
 
 def forwarded_env(environ: dict[str, str], *, forward_credentials: bool = False) -> tuple[dict[str, str], list[str]]:
@@ -226,7 +314,7 @@ def submit(sub: Submission, address: str) -> str:
     c = client(address)
     try:
         return c.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, submission_id=sub.submission_id,
-                            metadata={"rigpose_run": sub.job.run.name})
+                            metadata=sub.metadata)
     except Exception as e:  # the SDK raises RuntimeError with the server's reply; keep it on one line
         raise RuntimeError(f"submission to {address} failed: {_one_line(e)}{_auth_hint(e)}") from None
 

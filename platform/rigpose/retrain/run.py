@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rigpose.config import ModelConfig, RetrainJob, TrainJob, load_job
+from rigpose.config import ModelConfig, RetrainJob, TrainJob, check_train_job, load_job
 from rigpose.data.manifest import Manifest
 from rigpose.data.reader import Dataset
 from rigpose.retrain.detect import RigChange, describe_changes, diff_manifests, training_manifest
@@ -96,12 +96,7 @@ def plan(job: RetrainJob) -> Plan:
     from rigpose.tracking.runs import resolve_target
 
     train_job = load_job(job.train_job, job.overrides)
-    name = train_job.tracking.model_name
-    if not train_job.tracking.enabled or not name:
-        raise ValueError(f"{job.train_job}: tracking.enabled and tracking.model_name are needed to retrain (the "
-                         "champion and its lineage live in the MLflow registry)")
-    if train_job.data.manifest_version is not None:
-        raise ValueError(f"{job.train_job}: data.manifest_version is set; a retrain trains on the latest version")
+    name = check_train_job(job, train_job)
     uri = resolve_target(train_job).uri
     ds = Dataset(train_job.data.url)
     champion, baseline = training_manifest(name, job.alias, uri=uri)
