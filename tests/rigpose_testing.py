@@ -123,6 +123,11 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+#: SIGTERM-to-SIGKILL grace when a test stops a Ray it started: some of a Ray node's processes ignore SIGTERM for
+#: any wait (30 s per cluster, seen here), and a test's cluster holds nothing worth a graceful stop.
+RAY_STOP_GRACE_S = 5.0
+
+
 def stop_processes(pids: set[int], *, timeout_s: float = 30.0) -> set[int]:
     """SIGTERM `pids`, SIGKILL what is left after `timeout_s`; returns the pids that were still alive at the end."""
     import contextlib
@@ -248,7 +253,7 @@ def ray_head(env: dict[str, str], *, prefix: str = "rp-ray-") -> Iterator[dict[s
         yield {"address": address, "gcs": f"127.0.0.1:{gcs}", "temp_dir": temp_dir}
     finally:
         # found now, at the end, so that processes it started during the tests (workers, job drivers) are included
-        left = stop_processes(processes_with(temp_dir, f"--address=127.0.0.1:{gcs}"))
+        left = stop_processes(processes_with(temp_dir, f"--address=127.0.0.1:{gcs}"), timeout_s=RAY_STOP_GRACE_S)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"Ray head processes still running after SIGKILL: {sorted(left)}"
 

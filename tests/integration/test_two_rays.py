@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rigpose_testing import free_port, processes_with, stop_processes
+from rigpose_testing import RAY_STOP_GRACE_S, free_port, processes_with, stop_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def other_ray() -> Iterator[None]:
     try:
         yield
     finally:
-        left = stop_processes(processes_with(temp_dir, f":{port} "))
+        left = stop_processes(processes_with(temp_dir, f":{port} "), timeout_s=RAY_STOP_GRACE_S)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"the other Ray's processes still run: {sorted(left)}"
 
