@@ -53,9 +53,9 @@ console = Console(width=200)
 # new budget because a job file that still says `epochs:` would otherwise win over `steps`.
 NEW_BUDGET = ["optim.epochs=null", "optim.schedule=cosine", "optim.steps={steps}"]
 # "today": the model and budget as they were when #13 was filed (12 epochs at 0.9 per epoch, ray output, 512 wide,
-# dropout 0.5 for the first half), the baseline of its single-view goals
+# dropout 0.5 for the first half, the camera frame), the baseline of its single-view goals
 TODAY_BUDGET = ["optim.schedule=exponential", "optim.epochs=12", "optim.lr_decay=0.9", "optim.warmup_steps=0",
-                "model.output=ray", "model.width=512", "model.dropout=0.5"]
+                "model.output=ray", "model.width=512", "model.dropout=0.5", "model.frame=camera"]
 COMMON_TRAIN = ["tracking.enabled=false"]  # the bench evaluates itself; no MLflow run, registration or eval
 QUICK = {"train_frames": 3000, "steps": 300, "max_rows": 200}
 

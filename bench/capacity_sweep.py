@@ -28,17 +28,20 @@ console = Console(width=140)
 
 # name -> overrides of jobs/train.yaml (on top of the data, budget and output settings). The rows that led to the
 # defaults state their whole architecture, so they measure the same thing whatever the defaults are.
-FORMER = ["model.output=ray", "model.width=512", "model.dropout=0.5"]  # the defaults before this sweep
+FORMER = ["model.output=ray", "model.width=512", "model.dropout=0.5", "model.frame=camera"]  # defaults before it
 CONFIGS: dict[str, list[str]] = {
     "default": [],
     "today (12 epochs, 0.9/epoch, former model)": ["optim.schedule=exponential", "optim.epochs=12",
                                                    "optim.warmup_steps=0", *FORMER],
     "former (ray, 512, dropout 0.5)": FORMER,
-    "denoised, 512, dropout 0.5": ["model.output=denoised", "model.width=512", "model.dropout=0.5"],
-    "denoised, 512, no dropout": ["model.output=denoised", "model.width=512", "model.dropout=0.0"],
+    "denoised, 512, dropout 0.5": ["model.output=denoised", "model.width=512", "model.dropout=0.5",
+                                   "model.frame=camera"],
+    "denoised, 512, no dropout": ["model.output=denoised", "model.width=512", "model.dropout=0.0",
+                                  "model.frame=camera"],
     "denoised, 512, no dropout, 6000 steps": ["model.output=denoised", "model.width=512", "model.dropout=0.0",
-                                              "optim.steps=6000"],  # about the 1024-wide run's compute
-    "denoised, 1024, no dropout": ["model.output=denoised", "model.width=1024", "model.dropout=0.0"],
+                                              "model.frame=camera", "optim.steps=6000"],  # the 1024-wide's compute
+    "denoised, 1024, no dropout": ["model.output=denoised", "model.width=1024", "model.dropout=0.0",
+                                   "model.frame=camera"],
     "4 blocks": ["model.num_blocks=4"],
     "dropout 0.25": ["model.dropout=0.25"],
     "6000 steps": ["optim.steps=6000"],

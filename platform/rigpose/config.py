@@ -64,9 +64,10 @@ class ModelConfig(Strict):
                            "along the rays through the network's own 2D estimate (the input's noise is not passed "
                            "through); 'free': free 3D offsets.")
     frame: Literal["camera", "person"] = Field(
-        "camera", description="'camera': lift in the camera's own frame; 'person': lift in a virtual camera turned "
-                              "(about the camera centre) to look at the person, then rotate back, so where the person "
-                              "stands in the image cannot teach the network one rig's depths.")
+        "person", description="'person': lift in a virtual camera turned (about the camera centre) to look at the "
+                              "person, then rotate back, so where the person stands in the image cannot teach the "
+                              "network one rig's depths (bench/frame_sweep.py: lower error on an unseen rig); "
+                              "'camera': lift in the camera's own frame (model files without the setting).")
     init_weights: str | None = Field(
         None, min_length=1,
         description="Start from these weights (a model.pt file, a run folder, or an MLflow model URI "
@@ -147,6 +148,10 @@ class ScalingConfigModel(Strict):
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs reserved per worker when use_gpu is true.")
     custom_resources: dict[str, float] = Field(
         default_factory=dict, description="Extra Ray resources per worker, e.g. {fast_disk: 1}.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How Ray places the workers on the nodes (ray.train.ScalingConfig's placement_strategy): "
+                            "PACK on as few nodes as fit, SPREAD on as many as possible, STRICT_SPREAD one per "
+                            "node (waits until that many nodes have room), STRICT_PACK all on one node.")
     scale_lr: bool = Field(False, description="Multiply optim.lr by num_workers (linear scaling rule for the "
                                               "num_workers-times larger effective batch).")
 

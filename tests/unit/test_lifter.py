@@ -97,7 +97,7 @@ def test_model_files_keep_the_version_1_layout_both_ways(tmp_path) -> None:
     from rigpose.skeleton import DEEPMIMIC16
 
     torch.manual_seed(0)
-    model = Lifter(ModelConfig(width=32, num_blocks=1, dropout=0.25, output="free"), num_joints=16)
+    model = Lifter(ModelConfig(width=32, num_blocks=1, dropout=0.25, output="free", frame="camera"), num_joints=16)
     old = {"format": FORMAT, "version": VERSION, "skeleton": DEEPMIMIC16.name, "meta": {"steps": 3},
            "config": {"num_joints": 16, "root_joints": (0,), "width": 32, "num_blocks": 1, "dropout": 0.25,
                       "output": "free", "extra": {}},  # the LifterConfig dataclass's fields

@@ -63,7 +63,7 @@ def test_training_from_2d_lowers_the_held_out_view_reprojection_error() -> None:
 
 
 def test_the_3d_supervised_baseline_trains_too() -> None:
-    history = _fit("3d")
+    history = _fit("3d", epochs=20)  # 12 were marginal in either frame (0.596 camera, 0.609 person); 20: 0.55 / 0.56
     assert history[-1]["train/supervised_3d"] < 0.6 * history[0]["train/supervised_3d"]
     assert history[-1]["val/mpjpe_mm"] < 0.9 * history[0]["val/mpjpe_mm"]
     assert history[-1]["val/pa_mpjpe_mm"] < history[-1]["val/mpjpe_mm"]
