@@ -1,12 +1,37 @@
-"""Joint sets known to RigPose (h36m17, coco17, humaneva15, deepmimic16): names, parents, left/right, conversions.
+"""Joint sets known to RigPose (h36m17, coco17, halpe26, humaneva15, deepmimic16): names, parents, left/right,
+conversions.
 
-Root = joint 0 of the skeleton (the pelvis), except coco17 whose root is derived as the mid-hip (COCO has no
-pelvis keypoint). `root_of` and `root_relative` hide that difference from the rest of the code.
+Root = joint 0 of the skeleton (the pelvis), except coco17 and halpe26 whose root is derived as the mid-hip, the
+mean of left_hip and right_hip (COCO has no pelvis keypoint; HALPE-26's own `hip` point is left out of the root so
+that a halpe26 pose and its coco17 subset share one root). `root_of` and `root_relative` hide that difference from
+the rest of the code; a root joint that is missing (NaN, or score 0 where scores are given) makes the root NaN,
+never the mean of the joints that remain.
 Shape letters: J joints, D coordinate dims (2 or 3).
+
+Conversions (`convert`, table `CONVERSIONS`): each target joint is a source joint, a weighted mean of source joints
+(derived; its score the lowest of theirs), or missing (NaN, score 0). Derived and approximate joints:
+
+- h36m17 from coco17 or halpe26: Hip = mean(left_hip, right_hip) (1); Thorax = mean(left_shoulder,
+  right_shoulder) from coco17, neck from halpe26 (2); Spine = mean(Hip, Thorax) as above (3); Neck/Nose = nose (4);
+  Head = halpe26's head (the head top), missing from coco17 (COCO has no head top); RFoot / LFoot = the ankles (5);
+  the limbs by name (RHip = right_hip, LWrist = left_wrist, ...).
+- coco17 or halpe26 from h36m17: nose = Neck/Nose (4); eyes and ears missing; halpe26's head = Head, neck = Thorax,
+  hip = Hip; toes and heels missing.
+- halpe26 -> coco17 keeps the first 17 joints (the same order); coco17 -> halpe26 leaves head, neck, hip and the
+  six foot points missing.
+
+(1) not halpe26's own `hip` point, so that the root (h36m17's Hip, halpe26's mid-hip) is the same point before and
+after. (2) HALPE-26's `neck` is the base of the neck between the shoulders, where Human3.6M's Thorax joint sits
+(by anatomy: both sit at the top of the sternum, below the cervical spine; Human3.6M's joint named Neck/Nose is
+higher, at the face). (3) Human3.6M's Spine lies about halfway up the trunk. (4) Human3.6M's Neck/Nose joint sits
+between chin and nose, so as a nose it is a few centimetres low and behind. (5) Human3.6M's "Foot" joints are the
+ankles. Hips: Human3.6M's are hip-joint centres, COCO's annotated hips lie a few centimetres further out and lower;
+the conversion copies them as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +47,7 @@ class Skeleton:
     parents: tuple[int, ...]
     left: tuple[int, ...]
     right: tuple[int, ...]
-    root_joints: tuple[int, ...] = (0,)  # joints averaged to give the root: (0,) or the two hips for coco17
+    root_joints: tuple[int, ...] = (0,)  # joints averaged to give the root: (0,), or the two hips (coco17, halpe26)
     description: str = ""
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
@@ -122,6 +147,26 @@ COCO17 = Skeleton(
     description="COCO 17 keypoints (COCO order); root = mid-hip (derived)",
 )
 
+# HALPE-26 (the body part of Halpe full-body), in the order RTMPose body8-halpe26, AlphaPose and Pose2Sim write it:
+# the 17 COCO joints, then head (the top of the head), neck (its base, between the shoulders), hip (the pelvis centre)
+# and six foot points; root derived as the mid-hip, as for coco17. The one definition of this order (the ingest
+# converters read it from here).
+_HALPE26_NAMES = (*_COCO_NAMES, "head", "neck", "hip", "left_big_toe", "right_big_toe", "left_small_toe",
+                  "right_small_toe", "left_heel", "right_heel")
+HALPE26 = Skeleton(
+    name="halpe26",
+    joint_names=_HALPE26_NAMES,
+    # Pose2Sim's tree, with the face kept: hip -> hips -> legs -> ankle -> toes and heel; hip -> neck -> shoulders
+    # -> arms; neck -> head -> nose -> eyes -> ears. Each foot point hangs from the ankle (the foot is one rigid
+    # piece to a detector; toe to toe is no bone).
+    parents=(17, 0, 0, 1, 2, 18, 18, 5, 6, 7, 8, 19, 19, 11, 12, 13, 14, 18, 19, -1, 15, 16, 15, 16, 15, 16),
+    left=_lr(_HALPE26_NAMES, "left_", "right_")[0],
+    right=_lr(_HALPE26_NAMES, "left_", "right_")[1],
+    root_joints=(11, 12),
+    description="HALPE-26 keypoints (RTMPose / AlphaPose order: COCO 17, head, neck, hip, 6 foot points); "
+                "root = mid-hip (derived)",
+)
+
 # HumanEva-I, 15 joints as in VideoPose3D (../shared/data/humaneva_cameras.json)
 _HUMANEVA_NAMES = ("pelvis", "thorax", "left_shoulder", "left_elbow", "left_wrist", "right_shoulder",
                    "right_elbow", "right_wrist", "left_hip", "left_knee", "left_ankle", "right_hip", "right_knee",
@@ -148,7 +193,7 @@ DEEPMIMIC16 = Skeleton(
     description="DeepMimic humanoid of pybullet's motion clips; root = pelvis",
 )
 
-SKELETONS: dict[str, Skeleton] = {s.name: s for s in (H36M17, COCO17, HUMANEVA15, DEEPMIMIC16)}
+SKELETONS: dict[str, Skeleton] = {s.name: s for s in (H36M17, COCO17, HALPE26, HUMANEVA15, DEEPMIMIC16)}
 
 
 def get_skeleton(name: str) -> Skeleton:
@@ -171,14 +216,34 @@ def skeleton_from_joint_names(joint_names: Any) -> Skeleton:
     )
 
 
-def root_of(points: np.ndarray, skeleton: Skeleton) -> np.ndarray:
-    """Root position [..., D] of points [..., J, D]: joint 0, or the mean of `root_joints` (coco17 mid-hip)."""
+def _check_joints(points: np.ndarray, skeleton: Skeleton, what: str = "points") -> None:
+    if points.ndim < 2 or points.shape[-2] != skeleton.num_joints:
+        raise ValueError(f"{what} have shape {list(points.shape)}: expected [..., {skeleton.num_joints}, D] for "
+                         f"skeleton {skeleton.name!r}")
+
+
+def root_seen(points: np.ndarray, skeleton: Skeleton, scores: np.ndarray | None = None) -> np.ndarray:
+    """[...] bool: every root joint of points [..., J, D] is finite (and has score > 0 where scores [..., J] are
+    given), so the root is known. For coco17 and halpe26 both hips must be seen."""
     points = np.asarray(points)
-    if points.shape[-2] != skeleton.num_joints:
-        raise ValueError(
-            f"points have {points.shape[-2]} joints, skeleton {skeleton.name!r} has {skeleton.num_joints}"
-        )
-    return points[..., list(skeleton.root_joints), :].mean(-2)
+    _check_joints(points, skeleton)
+    roots = list(skeleton.root_joints)
+    seen = np.isfinite(points[..., roots, :]).all((-2, -1))
+    if scores is not None:
+        seen &= (np.asarray(scores)[..., roots] > 0).all(-1)
+    return seen
+
+
+def root_of(points: np.ndarray, skeleton: Skeleton, scores: np.ndarray | None = None) -> np.ndarray:
+    """Root position [..., D] of points [..., J, D]: joint 0, or the mean of `root_joints` (the coco17 and halpe26
+    mid-hip). NaN where a root joint is missing (`root_seen`: NaN, or score 0 in the optional scores [..., J]): a
+    root is never guessed from one hip."""
+    points = np.asarray(points)
+    _check_joints(points, skeleton)
+    root = points[..., list(skeleton.root_joints), :].mean(-2)
+    if scores is not None:
+        root = np.where(root_seen(points, skeleton, scores)[..., None], root, np.nan)
+    return root
 
 
 def root_relative(points: np.ndarray, skeleton: Skeleton) -> np.ndarray:
@@ -201,3 +266,111 @@ def h36m32_to_h36m17(points: np.ndarray) -> np.ndarray:
     if points.shape[-2] != 32:
         raise ValueError(f"expected 32 Human3.6M joints in axis -2, got shape {points.shape}")
     return points[..., list(H36M32_TO_17), :]
+
+
+# ---------------------------------------------------------------------------------------------- conversions
+
+# A target joint's source: a joint name, a weighted mean {name: weight} (derived), or None (missing).
+Source = str | Mapping[str, float] | None
+
+
+def _same_names(source: Skeleton, target: Skeleton) -> dict[str, Source]:
+    """Target joint -> source: the joint of the same name where the source has one, else missing."""
+    return {n: (n if n in source.joint_names else None) for n in target.joint_names}
+
+
+_MID_HIP = {"left_hip": 0.5, "right_hip": 0.5}
+_MID_SHOULDER = {"left_shoulder": 0.5, "right_shoulder": 0.5}
+_COCO_TO_H36M_LIMBS: dict[str, Source] = {
+    "RHip": "right_hip", "RKnee": "right_knee", "RFoot": "right_ankle", "LHip": "left_hip", "LKnee": "left_knee",
+    "LFoot": "left_ankle", "Neck/Nose": "nose", "LShoulder": "left_shoulder", "LElbow": "left_elbow",
+    "LWrist": "left_wrist", "RShoulder": "right_shoulder", "RElbow": "right_elbow", "RWrist": "right_wrist",
+}
+_H36M_TO_COCO: dict[str, Source] = {
+    **{coco: h36m for h36m, coco in _COCO_TO_H36M_LIMBS.items()},
+    **{n: None for n in ("left_eye", "right_eye", "left_ear", "right_ear")},
+}
+
+# (source, target) -> {target joint: source}; the module docstring explains the derived joints.
+CONVERSIONS: dict[tuple[str, str], dict[str, Source]] = {
+    ("halpe26", "coco17"): _same_names(HALPE26, COCO17),
+    ("coco17", "halpe26"): _same_names(COCO17, HALPE26),
+    ("coco17", "h36m17"): {
+        "Hip": _MID_HIP, **_COCO_TO_H36M_LIMBS, "Thorax": _MID_SHOULDER, "Head": None,
+        "Spine": {"left_hip": 0.25, "right_hip": 0.25, "left_shoulder": 0.25, "right_shoulder": 0.25},
+    },
+    ("halpe26", "h36m17"): {
+        "Hip": _MID_HIP, **_COCO_TO_H36M_LIMBS, "Thorax": "neck", "Head": "head",
+        "Spine": {"left_hip": 0.25, "right_hip": 0.25, "neck": 0.5},
+    },
+    ("h36m17", "coco17"): _H36M_TO_COCO,
+    ("h36m17", "halpe26"): {**_same_names(H36M17, HALPE26), **_H36M_TO_COCO, "head": "Head", "neck": "Thorax",
+                            "hip": "Hip"},
+}
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A conversion as arrays: target joint t = sum_k weight[t, k] * source joint index[t, k] (weight 0 = unused
+    slot); a row of zero weights is a missing joint."""
+
+    source: Skeleton
+    target: Skeleton
+    index: np.ndarray  # [J_target, K] int
+    weight: np.ndarray  # [J_target, K] float, rows sum to 1 or are all 0
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Target joints the source cannot give (always NaN, score 0)."""
+        return tuple(n for n, w in zip(self.target.joint_names, self.weight, strict=True) if not w.any())
+
+
+def conversion(source: Skeleton | str, target: Skeleton | str) -> Conversion:
+    """The `CONVERSIONS` entry from `source` to `target` as arrays (identity for a skeleton to itself)."""
+    src = get_skeleton(source) if isinstance(source, str) else source
+    dst = get_skeleton(target) if isinstance(target, str) else target
+    table = _same_names(src, dst) if src == dst else CONVERSIONS.get((src.name, dst.name))
+    if table is None:
+        known = ", ".join(f"{a} -> {b}" for a, b in CONVERSIONS)
+        raise ValueError(f"no conversion from skeleton {src.name!r} to {dst.name!r}; known: {known}")
+    rows = [{src.index(spec): 1.0} if isinstance(spec, str)
+            else {src.index(k): float(w) for k, w in (spec or {}).items()}
+            for spec in (table[n] for n in dst.joint_names)]
+    K = max(1, *(len(r) for r in rows))
+    index, weight = np.zeros((dst.num_joints, K), np.int64), np.zeros((dst.num_joints, K))
+    for t, r in enumerate(rows):
+        index[t, :len(r)], weight[t, :len(r)] = list(r), list(r.values())
+    assert np.allclose(weight.sum(1)[weight.any(1)], 1.0), f"{src.name} -> {dst.name}: weights must sum to 1"
+    return Conversion(src, dst, index, weight)
+
+
+def convert(points: np.ndarray, source: Skeleton | str, target: Skeleton | str,
+            scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Points [..., J_source, D] (2D pixels or 3D metres) on `source` -> (points [..., J_target, D] on `target`,
+    scores [..., J_target] or None when no scores [..., J_source] are given). Missing target joints are NaN with
+    score 0; a derived joint is NaN where any of its sources is, and its score is the lowest of theirs."""
+    conv = conversion(source, target)
+    points = np.asarray(points, dtype=np.result_type(np.asarray(points).dtype, np.float32))
+    _check_joints(points, conv.source)
+    used = conv.weight > 0  # [J_target, K]
+    gathered = points[..., conv.index, :]  # [..., J_target, K, D]
+    out = (np.where(used[..., None], gathered, 0.0) * conv.weight[..., None]).sum(-2)
+    out = np.where(used.any(-1)[:, None], out, np.nan).astype(points.dtype)
+    if scores is None:
+        return out, None
+    scores = np.asarray(scores)
+    if scores.shape != points.shape[:-1]:
+        raise ValueError(f"scores have shape {list(scores.shape)}, expected {list(points.shape[:-1])} (one per point)")
+    s = np.where(used, scores[..., conv.index], np.inf).min(-1)
+    s = np.where(used.any(-1) & np.isfinite(out).all(-1), s, 0.0).astype(scores.dtype)
+    return out, s
+
+
+def halpe26_to_coco17(points: np.ndarray) -> np.ndarray:
+    """HALPE-26 points [..., 26, D] -> their COCO-17 subset [..., 17, D] (the first 17 joints)."""
+    return convert(points, HALPE26, COCO17)[0]
+
+
+def coco17_to_halpe26(points: np.ndarray) -> np.ndarray:
+    """COCO-17 points [..., 17, D] -> HALPE-26 [..., 26, D]; head, neck, hip and the foot points NaN."""
+    return convert(points, COCO17, HALPE26)[0]

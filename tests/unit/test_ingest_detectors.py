@@ -376,6 +376,114 @@ def test_mediapipe_bad_rows_are_refused_naming_file_line_and_field(tmp_path: Pat
     assert no_dataset(tmp_path / "ds")
 
 
+# ---------------------------------------------------------------------------------------------- halpe26 out
+
+# The person's HALPE-26 extras (world metres, facing -y like POSE): head top, neck, pelvis, toes ahead, heels behind.
+EXTRA_26 = {"Head": [0.0, 0.0, 1.75], "Neck": [0.0, 0.0, 1.45], "Hip": [0.0, 0.0, 0.94],
+            "LBigToe": [0.10, -0.15, 0.02], "RBigToe": [-0.10, -0.15, 0.02], "LSmallToe": [0.16, -0.11, 0.02],
+            "RSmallToe": [-0.16, -0.11, 0.02], "LHeel": [0.12, 0.08, 0.03], "RHeel": [-0.12, 0.08, 0.03]}
+POSE_26 = np.vstack([POSE, list(EXTRA_26.values())])  # HALPE_26 order
+WHOLEBODY_133 = (*COCO, "LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel",
+                 *(f"face{i}" for i in range(68)), *(f"hand{i}" for i in range(42)))
+MP_OF_26 = {**MP_OF_COCO, "LHeel": "LEFT_HEEL", "RHeel": "RIGHT_HEEL", "LBigToe": "LEFT_FOOT_INDEX",
+            "RBigToe": "RIGHT_FOOT_INDEX"}
+
+
+def to_format_26(pix_J2: np.ndarray, order: tuple[str, ...], conf: float = 0.9,
+                 scores: dict[str, float] | None = None) -> list[float]:
+    """Flat [x, y, c] * K in `order` from HALPE-26 pixels [26, 2] (BODY_25's MidHip is the Hip point); other points
+    are decoys."""
+    out = []
+    for name in order:
+        name26 = "Hip" if name == "MidHip" else name
+        x, y = pix_J2[HALPE_26.index(name26)] if name26 in HALPE_26 else (5.0, 7.0)
+        out += [float(x), float(y), (scores or {}).get(name, conf)]
+    return out
+
+
+@pytest.mark.parametrize(("order", "missing"), [(HALPE_26, []), (BODY_25, ["Head"])], ids=["halpe26", "body25"])
+def test_openpose_writes_halpe26_with_head_neck_hip_and_feet(tmp_path: Path, rig, order, missing) -> None:
+    pix = np.stack([pixels(rig, POSE_26 + [0.03 * t, 0.0, 0.0]) for t in range(3)])  # [T, V, 26, 2]
+    for t in range(3):
+        for v, cam in enumerate(rig.camera_names):
+            write_openpose(tmp_path / "pose", cam, t, [(to_format_26(pix[t, v], order), -1)])
+    summary = ingest_openpose(str(tmp_path / "pose"), out=str(tmp_path / "ds"), rig=rig, split="train",
+                              out_skeleton="halpe26", progress=False)
+    assert summary.skeleton == "halpe26" and Dataset(str(tmp_path / "ds")).skeleton.name == "halpe26"
+    back = Dataset(str(tmp_path / "ds")).read_frames()
+    gone = [HALPE_26.index(n) for n in missing]
+    keep = [j for j in range(26) if j not in gone]
+    np.testing.assert_allclose(back.keypoints[:, :, keep], pix[:, :, keep], atol=1e-3)
+    assert np.isnan(back.keypoints[:, :, gone]).all() and (back.scores[:, :, gone] == 0).all()
+
+
+def test_mmpose_wholebody_writes_halpe26_with_neck_and_hip_derived_at_the_lower_score(tmp_path: Path, rig) -> None:
+    pix = pixels(rig, POSE_26)  # [V, 26, 2]
+    scores = {"LShoulder": 0.6, "RShoulder": 0.8, "LHip": 0.9, "RHip": 0.7}
+    files = []
+    for v, cam in enumerate(rig.camera_names):
+        pts = np.array(to_format_26(pix[v], WHOLEBODY_133, scores=scores)).reshape(-1, 3)
+        write_mmpose(tmp_path / f"{cam}.json", [[(pts[:, :2], pts[:, 2])]])
+        files.append(str(tmp_path / f"{cam}.json"))
+    ingest_mmpose(files, out=str(tmp_path / "ds"), rig=rig, split="train", out_skeleton="halpe26", progress=False)
+    back = Dataset(str(tmp_path / "ds")).read_frames()
+    J = HALPE_26.index
+    np.testing.assert_allclose(back.keypoints[0, :, J("Neck")], (pix[:, J("LShoulder")] + pix[:, J("RShoulder")]) / 2,
+                               atol=1e-3)  # the mean of the 2D points, not the projection of the 3D neck
+    np.testing.assert_allclose(back.keypoints[0, :, J("Hip")], (pix[:, J("LHip")] + pix[:, J("RHip")]) / 2, atol=1e-3)
+    np.testing.assert_allclose(back.scores[0, :, J("Neck")], 0.6, rtol=1e-6)
+    np.testing.assert_allclose(back.scores[0, :, J("Hip")], 0.7, rtol=1e-6)
+    feet = [J(n) for n in ("LBigToe", "RBigToe", "LSmallToe", "RSmallToe", "LHeel", "RHeel")]
+    np.testing.assert_allclose(back.keypoints[0][:, feet], pix[:, feet], atol=1e-3)
+    assert np.isnan(back.keypoints[0, :, J("Head")]).all()
+
+
+def test_mediapipe_writes_halpe26_with_heels_and_foot_index_and_no_small_toes(tmp_path: Path, rig) -> None:
+    pix = pixels(rig, POSE_26)
+    by_name = {mp: pix[:, HALPE_26.index(n)] for n, mp in MP_OF_26.items()}
+    for v, cam in enumerate(rig.camera_names):
+        lms = [{"x": by_name[n][v][0] / W, "y": by_name[n][v][1] / H, "visibility": 0.9} if n in by_name
+               else {"x": 0.01, "y": 0.02, "visibility": 0.5} for n in MEDIAPIPE_33]
+        (tmp_path / f"{cam}.json").write_text(json.dumps([{"landmarks": lms}]))
+    ingest_mediapipe([str(tmp_path / f"{c}.json") for c in rig.camera_names], out=str(tmp_path / "ds"), rig=rig,
+                     split="train", out_skeleton="halpe26", progress=False)
+    back = Dataset(str(tmp_path / "ds")).read_frames()
+    J = HALPE_26.index
+    seen = [J(n) for n in (*COCO, "LBigToe", "RBigToe", "LHeel", "RHeel")]
+    np.testing.assert_allclose(back.keypoints[0][:, seen], pix[:, seen], atol=1e-3)
+    for n in ("Head", "LSmallToe", "RSmallToe"):
+        assert np.isnan(back.keypoints[0, :, J(n)]).all() and (back.scores[0, :, J(n)] == 0).all()
+
+
+def test_halpe26_out_is_refused_for_formats_without_feet_and_other_skeletons_are_refused(tmp_path: Path,
+                                                                                          rig) -> None:
+    single_person(tmp_path / "pose", rig, COCO, T=1)
+    with pytest.raises(ValueError, match=r"format 'coco17' has no foot points"):
+        ingest_openpose(str(tmp_path / "pose"), out=str(tmp_path / "ds"), rig=rig, split="train",
+                        out_skeleton="halpe26", progress=False)
+    with pytest.raises(ValueError, match=r"format 'coco18' has no foot points"):
+        ingest_openpose(str(tmp_path / "pose"), out=str(tmp_path / "ds"), rig=rig, split="train",
+                        skeleton="coco18", out_skeleton="halpe26", progress=False)
+    with pytest.raises(ValueError, match=r"out_skeleton 'h36m17': the detector converters write coco17 or halpe26"):
+        ingest_mediapipe([str(tmp_path / "c0.json")], out=str(tmp_path / "ds"), rig=rig, split="train",
+                         out_skeleton="h36m17", progress=False)
+    assert no_dataset(tmp_path / "ds")
+
+
+def test_cli_out_skeleton_halpe26_writes_a_halpe26_dataset(tmp_path: Path, rig) -> None:
+    save_rig(rig, tmp_path / "rig.json")
+    pix = pixels(rig, POSE_26)
+    for v, cam in enumerate(rig.camera_names):
+        pts = np.array(to_format_26(pix[v], HALPE_26)).reshape(-1, 3)
+        write_mmpose(tmp_path / f"{cam}.json", [[(pts[:, :2], pts[:, 2])]])
+    files = [str(tmp_path / f"{c}.json") for c in rig.camera_names]
+    result = CliRunner().invoke(app, ["mmpose", *files, "--rig", str(tmp_path / "rig.json"), "--out",
+                                      str(tmp_path / "mm"), "--out-skeleton", "halpe26", "--split", "test",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "(halpe26)" in result.stdout and read_manifest(str(tmp_path / "mm")).skeleton == "halpe26"
+
+
 # ---------------------------------------------------------------------------------------------- splits, bounds
 
 

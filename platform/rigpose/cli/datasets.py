@@ -27,7 +27,13 @@ def build(
     replace: bool = typer.Option(False, help="Replace sequences that are already in the dataset."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Build a synthetic dataset from real motion capture through calibrated rigs, as a recipe describes."""
+    """Build a synthetic dataset from real motion capture through calibrated rigs, as a recipe describes.
+
+    The recipe names the rigs (shipped rig names, or your own rig files by path)
+    and the dataset's skeleton: deepmimic16 (the default), or your detector's: coco17, halpe26 or h36m17.
+
+    Recipe keys: datasets/README.md, or python -c "import rigpose.data.synth.recipe as m; help(m)".
+    """
     from rigpose.data.manifest import DatasetError
     from rigpose.data.synth.build import build_dataset
 

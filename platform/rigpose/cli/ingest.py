@@ -181,6 +181,10 @@ _CAMERA_MAP = typer.Option(None, "--camera-map",
 _SEQUENCE = typer.Option(None, "--sequence", help="Sequence name (default: the input folder's name).")
 _SUBJECT = typer.Option("unknown", "--subject", help="Subject (actor) name.")
 _RIG = typer.Option(..., "--rig", help="Rig JSON file (or shipped rig name) of the cameras.")
+_OUT_SKELETON = typer.Option(
+    "coco17", "--out-skeleton",
+    help="Skeleton of the dataset written: coco17 (the 17 COCO joints), or halpe26 (those plus head, neck, hip and "
+         "six foot points) from a format with foot points; joints the format lacks are missing (NaN, score 0).")
 
 
 def _detector_run(fn: Any, camera_map: list[str] | None, **kwargs: Any) -> None:
@@ -200,8 +204,10 @@ def openpose(
     rig: str = _RIG,
     out: str = typer.Option(..., "--out", help=_OUT_HELP),
     skeleton: str | None = typer.Option(None, "--skeleton",
-                                        help="body25, coco18, halpe26, coco17 or wholebody133 (default: from the "
-                                             "number of points per person: 25, 18, 26, 17, 133)."),
+                                        help="Keypoint format of the files: body25, coco18, halpe26, coco17 or "
+                                             "wholebody133 (default: from the number of points per person: 25, "
+                                             "18, 26, 17, 133)."),
+    out_skeleton: str = _OUT_SKELETON,
     person_id: int | None = _PERSON_ID,
     camera_map: list[str] | None = _CAMERA_MAP,
     sequence: str | None = _SEQUENCE,
@@ -213,7 +219,8 @@ def openpose(
     no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Ingest OpenPose JSON (OpenPose --write_json, Pose2Sim's RTMPose) in Pose2Sim's layout:
-    POSE_DIR/<camera>_json/<name>_<frame>[_keypoints].json, mapped onto coco17. Camera folders are named after
+    POSE_DIR/<camera>_json/<name>_<frame>[_keypoints].json, mapped onto coco17 (or --out-skeleton halpe26 from
+    BODY_25, HALPE-26 or WholeBody-133). Camera folders are named after
     the rig's cameras (with or without _json; else --camera-map); frames are matched by the number in the file
     name. Give --split or --split-by.
 
@@ -224,8 +231,8 @@ def openpose(
     from rigpose.data.ingest import ingest_openpose
 
     _detector_run(ingest_openpose, camera_map, pose_dir=pose_dir, out=out, rig=resolve_rig(rig), skeleton=skeleton,
-                  person_id=person_id, sequence=sequence, subject=subject, split=split, split_by=split_by,
-                  **_common(replace, max_bad_fraction, no_progress))
+                  out_skeleton=out_skeleton, person_id=person_id, sequence=sequence, subject=subject, split=split,
+                  split_by=split_by, **_common(replace, max_bad_fraction, no_progress))
 
 
 @app.command("mmpose")
@@ -235,8 +242,9 @@ def mmpose(
     rig: str = _RIG,
     out: str = typer.Option(..., "--out", help=_OUT_HELP),
     skeleton: str | None = typer.Option(None, "--skeleton",
-                                        help="coco17, halpe26 or wholebody133 (default: from the number of "
-                                             "keypoints: 17, 26, 133)."),
+                                        help="Keypoint format of the files: coco17, halpe26 or wholebody133 "
+                                             "(default: from the number of keypoints: 17, 26, 133)."),
+    out_skeleton: str = _OUT_SKELETON,
     person_id: int | None = _PERSON_ID,
     camera_map: list[str] | None = _CAMERA_MAP,
     sequence: str | None = _SEQUENCE,
@@ -248,8 +256,8 @@ def mmpose(
     no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Ingest MMPose / RTMPose predictions, as MMPoseInferencer(..., pred_out_dir=DIR) saves them per video:
-    [{frame_id, instances: [{keypoints, keypoint_scores}, ...]}, ...], mapped onto coco17. Give --split or
-    --split-by.
+    [{frame_id, instances: [{keypoints, keypoint_scores}, ...]}, ...], mapped onto coco17 (or --out-skeleton
+    halpe26 from HALPE-26 or WholeBody-133). Give --split or --split-by.
 
     Example:
 
@@ -258,8 +266,8 @@ def mmpose(
     from rigpose.data.ingest import ingest_mmpose
 
     _detector_run(ingest_mmpose, camera_map, json_files=json_files, out=out, rig=resolve_rig(rig),
-                  skeleton=skeleton, person_id=person_id, sequence=sequence, subject=subject, split=split,
-                  split_by=split_by, **_common(replace, max_bad_fraction, no_progress))
+                  skeleton=skeleton, out_skeleton=out_skeleton, person_id=person_id, sequence=sequence,
+                  subject=subject, split=split, split_by=split_by, **_common(replace, max_bad_fraction, no_progress))
 
 
 @app.command("mediapipe")
@@ -268,6 +276,7 @@ def mediapipe(
         ..., help="One MediaPipe landmark file (.json or .csv) per camera, named after its camera."),
     rig: str = _RIG,
     out: str = typer.Option(..., "--out", help=_OUT_HELP),
+    out_skeleton: str = _OUT_SKELETON,
     person_id: int | None = _PERSON_ID,
     camera_map: list[str] | None = _CAMERA_MAP,
     sequence: str | None = _SEQUENCE,
@@ -279,7 +288,8 @@ def mediapipe(
     no_progress: bool = _NO_PROGRESS,
 ) -> None:
     """Ingest MediaPipe pose landmarks (33 points, x and y normalised to the image, converted to pixels with the
-    rig camera's width and height; visibility = score), mapped onto coco17. JSON: [{frame, landmarks: [{x, y,
+    rig camera's width and height; visibility = score), mapped onto coco17 (or --out-skeleton halpe26: heels and
+    big toes = foot_index, neck and hip derived, head and small toes missing). JSON: [{frame, landmarks: [{x, y,
     visibility}, ...]}]; CSV: frame,landmark,x,y[,visibility,person] (python -c "import
     rigpose.data.ingest.mediapipe as m; help(m)"). Give --split or --split-by.
 
@@ -289,6 +299,7 @@ def mediapipe(
     """
     from rigpose.data.ingest import ingest_mediapipe
 
-    _detector_run(ingest_mediapipe, camera_map, files=files, out=out, rig=resolve_rig(rig), person_id=person_id,
+    _detector_run(ingest_mediapipe, camera_map, files=files, out=out, rig=resolve_rig(rig),
+                  out_skeleton=out_skeleton, person_id=person_id,
                   sequence=sequence, subject=subject, split=split, split_by=split_by,
                   **_common(replace, max_bad_fraction, no_progress))

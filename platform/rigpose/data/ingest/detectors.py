@@ -1,9 +1,10 @@
 """What the 2D-detector converters (OpenPose, MMPose/RTMPose, MediaPipe) share: their keypoint formats mapped onto
-coco17, per-camera detections, matching input names to rig cameras, and the driver that picks one person per frame
-(`rigpose.data.ingest.people`), checks the image bounds, applies the split and writes the dataset.
+the dataset's skeleton (coco17, or halpe26), per-camera detections, matching input names to rig cameras, and the
+driver that picks one person per frame (`rigpose.data.ingest.people`), checks the image bounds, applies the split
+and writes the dataset.
 
 Keypoint formats (joint orders as the detectors write them; every one holds all 17 COCO joints, so nothing of
-coco17 is lost, and the extra joints, neck, mid-hip, feet, face, hands, are dropped):
+coco17 is lost; on coco17 the extra joints, neck, mid-hip, feet, face, hands, are dropped):
 
 | name           | points | written by                                  | coco17 joints from points                  |
 |----------------|--------|---------------------------------------------|--------------------------------------------|
@@ -14,16 +15,32 @@ coco17 is lost, and the extra joints, neck, mid-hip, feet, face, hands, are drop
 | `wholebody133` | 133    | RTMW / DWPose (COCO-WholeBody)              | 0-16 (then 6 feet, 68 face, 2 x 21 hands)  |
 | `mediapipe33`  | 33     | MediaPipe / BlazePose pose landmarks        | 0 2 5 7 8 11 12 13 14 15 16 23-28          |
 
+`out_skeleton="halpe26"` (the CLI's `--out-skeleton halpe26`) keeps, besides the 17 COCO joints, HALPE-26's head
+(the top of the head), neck, hip and six foot points (`rigpose.skeleton.HALPE26`), from any format that has foot
+points (coco17 and coco18 have none and are refused):
+
+| format         | head    | neck                         | hip              | feet                          |
+|----------------|---------|------------------------------|------------------|-------------------------------|
+| `halpe26`      | head    | neck                         | hip              | all six                       |
+| `body25`       | missing | neck (between the shoulders) | mid_hip          | all six                       |
+| `wholebody133` | missing | mean of the shoulders        | mean of the hips | all six                       |
+| `mediapipe33`  | missing | mean of the shoulders        | mean of the hips | heels, big toes = foot_index  |
+
+MediaPipe has no small toes. A derived point is missing where either of its two points is, and takes the lower
+score. Missing = NaN, score 0.
+
 Left and right are the subject's own in every format. A joint with score 0 or a non-finite coordinate is missing
 (NaN, score 0). Scores above 1 (RTMPose's SimCC confidences are not probabilities) are clipped to 1 with a note;
 a negative score is refused.
 
-Shape letters: T frames, V views (cameras), P people, K points of the file's format, J coco17 joints.
+Shape letters: T frames, V views (cameras), P people, K points of the file's format, J joints of the dataset's
+skeleton (coco17 or halpe26).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -44,7 +61,7 @@ from rigpose.data.ingest.common import (
 from rigpose.data.ingest.people import TORSO, choose_people, torso_normalized
 from rigpose.data.schema import frames_for_rig
 from rigpose.rig import Rig
-from rigpose.skeleton import COCO17
+from rigpose.skeleton import COCO17, HALPE26, Skeleton, get_skeleton
 
 # ---------------------------------------------------------------------------------------------- formats
 
@@ -55,8 +72,7 @@ _BODY25 = (*_OPENPOSE_BODY, "mid_hip", "right_hip", "right_knee", "right_ankle",
            "left_ankle", "right_eye", "left_eye", "right_ear", "left_ear", *_FEET)
 _COCO18 = (*_OPENPOSE_BODY, "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
            "right_eye", "left_eye", "right_ear", "left_ear")
-_HALPE26 = (*COCO17.joint_names, "head", "neck", "hip", "left_big_toe", "right_big_toe", "left_small_toe",
-            "right_small_toe", "left_heel", "right_heel")
+_HALPE26 = HALPE26.joint_names  # the skeleton's order is HALPE-26's own
 _WHOLEBODY133 = (*COCO17.joint_names, *_FEET, *(f"face_{i}" for i in range(68)),
                  *(f"{side}_hand_{i}" for side in ("left", "right") for i in range(21)))
 _MEDIAPIPE33 = ("nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
@@ -67,9 +83,23 @@ _MEDIAPIPE33 = ("nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_e
                 "left_foot_index", "right_foot_index")
 
 
+# Skeletons the detector converters write. Each begins with the 17 COCO joints in COCO order, which
+# `rigpose.data.ingest.people` relies on (its torso joints are coco17 indices).
+OUT_SKELETONS = ("coco17", "halpe26")
+# A format's point that stands for a halpe26 joint of another name.
+_ALIASES: dict[str, dict[str, str]] = {
+    "body25": {"hip": "mid_hip"},
+    "mediapipe33": {"left_big_toe": "left_foot_index", "right_big_toe": "right_foot_index"},
+}
+# halpe26 joints derived as the mean of two points where a format lacks them.
+_DERIVED = {"neck": ("left_shoulder", "right_shoulder"), "hip": ("left_hip", "right_hip")}
+_FOOT_POINTS = ("left_big_toe", "right_big_toe", "left_small_toe", "right_small_toe", "left_heel", "right_heel")
+
+
 @dataclass(frozen=True)
 class KeypointFormat:
-    """A detector's keypoint order. `to_coco17[j]` = the index of coco17 joint j in this format (-1: absent)."""
+    """A detector's keypoint order. `to_coco17[j]` = the index of coco17 joint j in this format (-1: absent);
+    `sources(skeleton)` the same for any skeleton the converters write, derived joints included."""
 
     name: str
     joint_names: tuple[str, ...]
@@ -83,6 +113,32 @@ class KeypointFormat:
     @property
     def num_keypoints(self) -> int:
         return len(self.joint_names)
+
+    def sources(self, skeleton: Skeleton) -> np.ndarray:
+        """[J, 2] int: joint j of `skeleton` is the mean of this format's points `[j, 0]` and `[j, 1]` (the same
+        index twice for a point of its own; -1 twice where the format cannot give it; module docstring)."""
+        return _sources(self, skeleton)
+
+    def check_writes(self, skeleton: Skeleton) -> None:
+        """ValueError unless this format can be written as `skeleton` (coco17: any; halpe26: with foot points)."""
+        feet = [skeleton.index(n) for n in _FOOT_POINTS] if skeleton.name == "halpe26" else []
+        if feet and not (self.sources(skeleton)[feet] >= 0).any():
+            raise ValueError(f"out_skeleton 'halpe26': keypoint format {self.name!r} has no foot points (nor a head "
+                             "top), so its halpe26 rows would add nothing to coco17; write coco17")
+
+
+@functools.cache
+def _sources(fmt: KeypointFormat, skeleton: Skeleton) -> np.ndarray:
+    index = {n: i for i, n in enumerate(fmt.joint_names)}
+    index.update({target: index[name] for target, name in _ALIASES.get(fmt.name, {}).items() if name in index})
+    out = np.full((skeleton.num_joints, 2), -1, np.int64)
+    for j, name in enumerate(skeleton.joint_names):
+        if name in index:
+            out[j] = index[name]
+        elif name in _DERIVED and all(n in index for n in _DERIVED[name]):
+            out[j] = [index[n] for n in _DERIVED[name]]
+    out.flags.writeable = False  # shared by every call
+    return out
 
 
 KEYPOINT_FORMATS: dict[str, KeypointFormat] = {f.name: f for f in (
@@ -122,8 +178,9 @@ def keypoint_format(num_keypoints: int, forced: str | None, *, source: str, fiel
 
 
 class People(NamedTuple):
-    """The people one camera saw in one frame, on coco17: kp [P, J, 2] (px, or normalised before scaling; NaN
-    missing), score [P, J] in [0, 1] (0 missing), track [P] (tracked person id, -1 none), source (the file)."""
+    """The people one camera saw in one frame, on the dataset's skeleton: kp [P, J, 2] (px, or normalised before
+    scaling; NaN missing), score [P, J] in [0, 1] (0 missing), track [P] (tracked person id, -1 none), source (the
+    file)."""
 
     kp: np.ndarray
     score: np.ndarray
@@ -145,17 +202,20 @@ class CameraDetections:
 
 
 def people_from_points(points_PK3: np.ndarray, track_P: np.ndarray, fmt: KeypointFormat, *, source: str,
-                       field_name: str) -> tuple[People, int]:
-    """(People on coco17, number of scores clipped to 1) from points [P, K, 3] = (x, y, score) in `fmt`'s order;
-    people with no usable joint are dropped."""
+                       field_name: str, skeleton: Skeleton = COCO17) -> tuple[People, int]:
+    """(People on `skeleton`, number of scores clipped to 1) from points [P, K, 3] = (x, y, score) in `fmt`'s
+    order; people with no usable joint are dropped."""
     points = np.asarray(points_PK3, dtype=np.float64)
-    idx = np.array(fmt.to_coco17)
-    xy, score = points[:, idx, :2], points[:, idx, 2]
-    score = np.where(idx >= 0, score, 0.0)
-    if (score < 0).any():
-        p, j = np.argwhere(score < 0)[0]
-        raise ValueError(f"{source}: field {field_name!r} person {p} joint {COCO17.joint_names[j]!r}: score "
-                         f"{score[p, j]} is negative")
+    idx = fmt.sources(skeleton)  # [J, 2]
+    has = idx[:, 0] >= 0
+    used = np.unique(idx[has])
+    if (points[:, used, 2] < 0).any():
+        p, k = np.argwhere(points[:, used, 2] < 0)[0]
+        raise ValueError(f"{source}: field {field_name!r} person {p} joint {fmt.joint_names[used[k]]!r}: score "
+                         f"{points[p, used[k], 2]} is negative")
+    a, b = points[:, idx[:, 0]], points[:, idx[:, 1]]  # [P, J, 3]; a derived joint is the mean of two points
+    xy = (a[..., :2] + b[..., :2]) / 2
+    score = np.where(has, np.minimum(a[..., 2], b[..., 2]), 0.0)  # a NaN score stays NaN: not present below
     present = (score > 0) & np.isfinite(xy).all(-1)  # NaN scores -> False
     num_clipped = int((present & (score > 1)).sum())
     score = np.where(present, np.minimum(score, 1.0), 0.0)
@@ -165,9 +225,9 @@ def people_from_points(points_PK3: np.ndarray, track_P: np.ndarray, fmt: Keypoin
                   np.asarray(track_P, np.int64)[real], source), num_clipped
 
 
-def no_people(source: str) -> People:
+def no_people(source: str, skeleton: Skeleton = COCO17) -> People:
     """A frame the camera has (a file, an entry) in which nobody was detected: P = 0."""
-    J = COCO17.num_joints
+    J = skeleton.num_joints
     return People(np.zeros((0, J, 2), np.float32), np.zeros((0, J), np.float32), np.zeros(0, np.int64), source)
 
 
@@ -224,10 +284,10 @@ class _Selected:
     rejected: int  # (frame, view) pairs whose people were all inconsistent with the other views
 
 
-def _select(cams: list[CameraDetections], rig: Rig, person_id: int | None) -> _Selected:
+def _select(cams: list[CameraDetections], rig: Rig, person_id: int | None, skeleton: Skeleton) -> _Selected:
     """One person per frame and view (cams in rig order): the tracked `person_id`, else by `choose_people`."""
     frame = np.array(sorted(set().union(*(c.people for c in cams))), dtype=np.int64)
-    T, V, J = len(frame), len(cams), COCO17.num_joints
+    T, V, J = len(frame), len(cams), skeleton.num_joints
     kp = np.full((T, V, J, 2), np.nan, np.float32)
     score = np.zeros((T, V, J), np.float32)
     arrays = rig.arrays()
@@ -295,6 +355,17 @@ def _notes(cams: list[CameraDetections], sel: _Selected, seen: np.ndarray, seque
     return notes
 
 
+def out_skeleton_for(name: str, fmt: KeypointFormat | None = None) -> Skeleton:
+    """The skeleton a converter writes for `out_skeleton=name`; ValueError unless it is coco17 or halpe26 (and,
+    once the format is known, one it can give: `KeypointFormat.check_writes`)."""
+    if name not in OUT_SKELETONS:
+        raise ValueError(f"out_skeleton {name!r}: the detector converters write {' or '.join(OUT_SKELETONS)}")
+    skeleton = get_skeleton(name)
+    if fmt is not None:
+        fmt.check_writes(skeleton)
+    return skeleton
+
+
 def check_split(split: str | None, split_by: str | None) -> Any:
     """None for frame ranges in `split`, else the (sequence, subject) -> split rule; ValueError on a bad spec.
     Converters call it before reading anything, so a typo fails at once."""
@@ -321,9 +392,11 @@ def ingest_detections(
     camera_map: dict[str, str],
     replace: bool,
     max_bad_fraction: float,
+    skeleton: Skeleton = COCO17,
 ) -> IngestSummary:
-    """Write one sequence of per-camera detections (coco17) into the dataset at `out`; see the module docstring
-    and the converters' for the rules. `split` may be a split name or frame ranges (`train=0:0.8,test=0.8:1`)."""
+    """Write one sequence of per-camera detections (on `skeleton`, coco17 or halpe26) into the dataset at `out`;
+    see the module docstring and the converters' for the rules. `split` may be a split name or frame ranges
+    (`train=0:0.8,test=0.8:1`)."""
     split_of = check_split(split, split_by)
     ranges = split_of is None
     source = ", ".join(dict.fromkeys(c.source for c in cams))
@@ -331,9 +404,9 @@ def ingest_detections(
     cams = [_in_pixels(cams[i], cam) for i, cam in zip(order, rig.cameras, strict=True)]
     if person_id is not None and not any((p.track == person_id).any() for c in cams for p in c.people.values()):
         raise ValueError(f"{source}: person_id {person_id} is in no file (field 'person_id' / 'track_id')")
-    sel = _select(cams, rig, person_id)
+    sel = _select(cams, rig, person_id, skeleton)
     seen = (sel.score > 0).any((1, 2))
-    ing = _Ingest(out, skeleton=COCO17, command=f"ingest {converter}", recipe=recipe, replace=replace,
+    ing = _Ingest(out, skeleton=skeleton, command=f"ingest {converter}", recipe=recipe, replace=replace,
                   max_bad_fraction=max_bad_fraction)
     with ing:
         if not seen.any():

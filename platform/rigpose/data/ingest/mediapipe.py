@@ -22,8 +22,10 @@ CSV (`.csv`), one row per landmark, with a header naming the columns (any order)
 any case); `person` (default 0) tells people of one frame apart; a landmark without a row is missing.
 
 - Cameras: the file stem is the rig camera's name, or `camera_map` maps it. One file per rig camera.
-- Mapped onto coco17 (table in `detectors`); several people per frame: the one whose views triangulate most
-  consistently (`rigpose.data.ingest.people`), or `person_id=N` = the CSV's `person` column / the JSON's position.
+- Mapped onto coco17 (table in `detectors`), or with `out_skeleton="halpe26"` onto halpe26: heels, big toes =
+  `foot_index`, neck and hip derived from the shoulders and hips, head and small toes missing.
+- Several people per frame: the one whose views triangulate most consistently (`rigpose.data.ingest.people`), or
+  `person_id=N` = the CSV's `person` column / the JSON's position.
 - Sequence: `sequence=`, default the files' folder name. Splits: a split name, `split_by=`, or frame ranges.
 
 Shape letters: P people, K = 33 landmarks.
@@ -48,10 +50,12 @@ from rigpose.data.ingest.detectors import (
     default_sequence,
     ingest_detections,
     no_people,
+    out_skeleton_for,
     people_from_points,
 )
 from rigpose.data.writer import DEFAULT_MAX_BAD_FRACTION
 from rigpose.rig import Rig
+from rigpose.skeleton import COCO17, Skeleton
 
 MEDIAPIPE = KEYPOINT_FORMATS["mediapipe33"]
 _CSV_COLUMNS = ("frame", "person", "landmark", "x", "y", "z", "visibility", "presence")
@@ -142,9 +146,9 @@ def _read_csv(path: str, text: str) -> dict[int, list[tuple[int, np.ndarray]]]:
     return out
 
 
-def read_mediapipe_landmarks(path: str) -> CameraDetections:
-    """One camera's landmark file (`.json` or `.csv`, module docstring) -> its detections on coco17, still in
-    normalised image coordinates (`units="normalized"`); camera name = the file stem."""
+def read_mediapipe_landmarks(path: str, *, out_skeleton: Skeleton = COCO17) -> CameraDetections:
+    """One camera's landmark file (`.json` or `.csv`, module docstring) -> its detections on `out_skeleton`, still
+    in normalised image coordinates (`units="normalized"`); camera name = the file stem."""
     data = _read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
@@ -159,11 +163,11 @@ def read_mediapipe_landmarks(path: str) -> CameraDetections:
     people: dict[int, People] = {}
     clipped = 0
     for frame, found in frames.items():
-        people[frame] = no_people(path)
+        people[frame] = no_people(path, out_skeleton)
         if found:
             track = np.array([t for t, _ in found], np.int64)  # what person_id selects
             people[frame], n = people_from_points(np.stack([p for _, p in found]), track, MEDIAPIPE, source=path,
-                                                  field_name="visibility")
+                                                  field_name="visibility", skeleton=out_skeleton)
             clipped += n
     return CameraDetections(name=_stem(path), source=path, people=people, units="normalized", num_clipped=clipped)
 
@@ -173,6 +177,7 @@ def ingest_mediapipe(
     *,
     out: str,
     rig: Rig | str,
+    out_skeleton: str = "coco17",
     person_id: int | None = None,
     camera_map: dict[str, str] | None = None,
     sequence: str | None = None,
@@ -183,20 +188,23 @@ def ingest_mediapipe(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     progress: bool = True,
 ) -> IngestSummary:
-    """Ingest one sequence given as one MediaPipe landmark file (JSON or CSV) per camera (module docstring)."""
+    """Ingest one sequence given as one MediaPipe landmark file (JSON or CSV) per camera (module docstring);
+    `out_skeleton` is the dataset's skeleton (coco17 or halpe26)."""
     rig = _as_rig(rig)
     check_split(split, split_by)
+    target = out_skeleton_for(out_skeleton, MEDIAPIPE)
     if not files:
         raise ValueError("no input files given")
     sequence = sequence or default_sequence(posixpath.dirname(str(files[0])) or ".")
     cams = []
     with _progress(progress, "read MediaPipe landmarks", len(files)) as advance:
         for path in files:
-            cams.append(read_mediapipe_landmarks(str(path)))
+            cams.append(read_mediapipe_landmarks(str(path), out_skeleton=target))
             advance(_stem(str(path)))
     recipe = {"converter": "mediapipe", "inputs": [str(p) for p in files], "rig": rig.rig_id, "sequence": sequence,
               "subject": subject, "split": split, "split_by": split_by, "skeleton": MEDIAPIPE.name,
-              "person_id": person_id, "camera_map": camera_map or {}}
+              "out_skeleton": target.name, "person_id": person_id, "camera_map": camera_map or {}}
     return ingest_detections(cams, rig=rig, converter="mediapipe", recipe=recipe, out=out, sequence=sequence,
                              subject=subject, split=split, split_by=split_by, person_id=person_id,
-                             camera_map=camera_map or {}, replace=replace, max_bad_fraction=max_bad_fraction)
+                             camera_map=camera_map or {}, replace=replace, max_bad_fraction=max_bad_fraction,
+                             skeleton=target)

@@ -12,7 +12,8 @@ frame = position), and either wrapped as `{"predictions": [...]}`. Pixels of the
 - Cameras: the file stem is the rig camera's name (the video was named after its camera), or `camera_map` maps it
   (`{"video01": "54138969"}`). One file per rig camera.
 - Skeleton: `skeleton=` (coco17, halpe26, wholebody133) or from the number of keypoints (17, 26, 133); mapped
-  onto coco17. RTMPose's scores may exceed 1: clipped to 1 (noted). An optional integer `track_id` per instance
+  onto coco17, or with `out_skeleton="halpe26"` onto halpe26 (from halpe26 or wholebody133; tables in
+  `detectors`). RTMPose's scores may exceed 1: clipped to 1 (noted). An optional integer `track_id` per instance
   is the tracked id that `person_id=N` follows; otherwise each frame keeps the person whose views triangulate
   most consistently (`rigpose.data.ingest.people`).
 - Sequence: `sequence=`, default the files' folder name (its parent's when it is called `predictions`).
@@ -31,6 +32,7 @@ import numpy as np
 
 from rigpose.data.ingest.common import IngestSummary, _as_rig, _progress, _read_bytes, _stem
 from rigpose.data.ingest.detectors import (
+    KEYPOINT_FORMATS,
     CameraDetections,
     KeypointFormat,
     People,
@@ -39,10 +41,12 @@ from rigpose.data.ingest.detectors import (
     ingest_detections,
     keypoint_format,
     no_people,
+    out_skeleton_for,
     people_from_points,
 )
 from rigpose.data.writer import DEFAULT_MAX_BAD_FRACTION
 from rigpose.rig import Rig
+from rigpose.skeleton import COCO17, Skeleton
 
 MMPOSE_FORMATS = ("coco17", "halpe26", "wholebody133")
 
@@ -93,9 +97,10 @@ def _instance(inst: Any, where: str, path: str) -> tuple[np.ndarray, int]:
     return np.concatenate([kp[:, :2], sc[:, None]], -1), track
 
 
-def read_mmpose_predictions(path: str, *, skeleton: str | None = None,
-                            fmt: KeypointFormat | None = None) -> tuple[CameraDetections, KeypointFormat | None]:
-    """One camera's prediction file -> its detections on coco17 (camera name = the file stem) and the format."""
+def read_mmpose_predictions(path: str, *, skeleton: str | None = None, fmt: KeypointFormat | None = None,
+                            out_skeleton: Skeleton = COCO17) -> tuple[CameraDetections, KeypointFormat | None]:
+    """One camera's prediction file -> its detections on `out_skeleton` (camera name = the file stem) and the
+    format."""
     try:
         doc = json.loads(_read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -105,18 +110,19 @@ def read_mmpose_predictions(path: str, *, skeleton: str | None = None,
     for frame, instances, where in _frames_of(doc, path):
         rows = [_instance(inst, f"{where}[{p}]", path) for p, inst in enumerate(instances)]
         if not rows:
-            people[frame] = no_people(path)
+            people[frame] = no_people(path, out_skeleton)
             continue
         for p, (pts, _) in enumerate(rows):
             if fmt is None:
                 fmt = keypoint_format(len(pts), skeleton, source=path, field_name=f"{where}[{p}].keypoints",
                                       allowed=MMPOSE_FORMATS)
+                fmt.check_writes(out_skeleton)
             elif len(pts) != fmt.num_keypoints:
                 raise ValueError(f"{path}: field '{where}[{p}].keypoints' has {len(pts)} keypoints, earlier ones "
                                  f"have {fmt.num_keypoints} ({fmt.name})")
         tracks = np.array([t for _, t in rows], np.int64)
         people[frame], n = people_from_points(np.stack([r for r, _ in rows]), tracks, fmt, source=path,
-                                              field_name=f"{where}.keypoint_scores")
+                                              field_name=f"{where}.keypoint_scores", skeleton=out_skeleton)
         clipped += n
     return CameraDetections(name=_stem(path), source=path, people=people, num_clipped=clipped), fmt
 
@@ -127,6 +133,7 @@ def ingest_mmpose(
     out: str,
     rig: Rig | str,
     skeleton: str | None = None,
+    out_skeleton: str = "coco17",
     person_id: int | None = None,
     camera_map: dict[str, str] | None = None,
     sequence: str | None = None,
@@ -137,23 +144,26 @@ def ingest_mmpose(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     progress: bool = True,
 ) -> IngestSummary:
-    """Ingest one sequence given as one MMPose/RTMPose predictions JSON per camera (module docstring)."""
+    """Ingest one sequence given as one MMPose/RTMPose predictions JSON per camera (module docstring); `skeleton`
+    names the files' keypoint format, `out_skeleton` the dataset's (coco17 or halpe26)."""
     rig = _as_rig(rig)
     check_split(split, split_by)
     if skeleton is not None and skeleton not in MMPOSE_FORMATS:
         raise ValueError(f"skeleton {skeleton!r}: unknown keypoint format; known: {', '.join(MMPOSE_FORMATS)}")
+    target = out_skeleton_for(out_skeleton, KEYPOINT_FORMATS[skeleton] if skeleton else None)
     if not json_files:
         raise ValueError("no input files given")
     sequence = sequence or default_sequence(posixpath.dirname(str(json_files[0])) or ".", skip=("predictions",))
     cams, fmt = [], None
     with _progress(progress, "read MMPose predictions", len(json_files)) as advance:
         for path in json_files:
-            cam, fmt = read_mmpose_predictions(str(path), skeleton=skeleton, fmt=fmt)
+            cam, fmt = read_mmpose_predictions(str(path), skeleton=skeleton, fmt=fmt, out_skeleton=target)
             cams.append(cam)
             advance(_stem(str(path)))
     recipe = {"converter": "mmpose", "inputs": [str(p) for p in json_files], "rig": rig.rig_id, "sequence": sequence,
               "subject": subject, "split": split, "split_by": split_by, "skeleton": fmt.name if fmt else skeleton,
-              "person_id": person_id, "camera_map": camera_map or {}}
+              "out_skeleton": target.name, "person_id": person_id, "camera_map": camera_map or {}}
     return ingest_detections(cams, rig=rig, converter="mmpose", recipe=recipe, out=out, sequence=sequence,
                              subject=subject, split=split, split_by=split_by, person_id=person_id,
-                             camera_map=camera_map or {}, replace=replace, max_bad_fraction=max_bad_fraction)
+                             camera_map=camera_map or {}, replace=replace, max_bad_fraction=max_bad_fraction,
+                             skeleton=target)

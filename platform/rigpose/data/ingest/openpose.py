@@ -14,7 +14,8 @@ of the original image (OpenPose's default `--keypoint_scale 0`).
 - Frames: the number at the end of each file's stem (before `_keypoints`), aligned across cameras; a camera
   without a frame's file -> NaN view. Frames where no camera saw anybody are left out (noted).
 - Skeleton: `skeleton=` (body25, coco18, halpe26, coco17, wholebody133) or from the number of points per person
-  (25, 18, 26, 17, 133); every file of the ingest must agree. Mapped onto coco17 (table in `detectors`).
+  (25, 18, 26, 17, 133); every file of the ingest must agree. Mapped onto coco17, or with `out_skeleton="halpe26"`
+  onto halpe26 (body25, halpe26, wholebody133: tables in `detectors`).
 - People: a person with empty `pose_keypoints_2d` is skipped. `person_id` (a number or `[number]`, -1 = not
   tracked) is the tracked id: `person_id=N` keeps that person in every view. Without it, each frame keeps the
   person whose views triangulate most consistently (`rigpose.data.ingest.people`).
@@ -35,6 +36,7 @@ import numpy as np
 
 from rigpose.data.ingest.common import IngestSummary, _as_rig, _progress, _read_bytes, _stem
 from rigpose.data.ingest.detectors import (
+    KEYPOINT_FORMATS,
     CameraDetections,
     KeypointFormat,
     check_split,
@@ -42,10 +44,12 @@ from rigpose.data.ingest.detectors import (
     ingest_detections,
     keypoint_format,
     no_people,
+    out_skeleton_for,
     people_from_points,
 )
 from rigpose.data.writer import DEFAULT_MAX_BAD_FRACTION
 from rigpose.rig import Rig
+from rigpose.skeleton import COCO17, Skeleton
 from rigpose.storage import url_to_fs
 
 OPENPOSE_FORMATS = ("body25", "coco18", "halpe26", "coco17", "wholebody133")
@@ -116,10 +120,10 @@ def read_openpose_frame(path: str) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def read_openpose_camera(name: str, files: list[str], *, skeleton: str | None = None,
-                         fmt: KeypointFormat | None = None,
-                         advance: Any = None) -> tuple[CameraDetections, KeypointFormat | None]:
-    """One camera folder's files -> its detections on coco17, and the keypoint format (from `fmt`, `skeleton` or
-    the first person's number of points; None while nobody was seen)."""
+                         fmt: KeypointFormat | None = None, advance: Any = None,
+                         out_skeleton: Skeleton = COCO17) -> tuple[CameraDetections, KeypointFormat | None]:
+    """One camera folder's files -> its detections on `out_skeleton`, and the keypoint format (from `fmt`,
+    `skeleton` or the first person's number of points; None while nobody was seen)."""
     people, first_of, clipped = {}, {}, 0
     for path in files:
         f = frame_number(path)
@@ -130,16 +134,18 @@ def read_openpose_camera(name: str, files: list[str], *, skeleton: str | None = 
         if advance is not None:
             advance(name)
         if not points:
-            people[f] = no_people(path)
+            people[f] = no_people(path, out_skeleton)
             continue
         for i, p in enumerate(points):
             field_name = f"people[{i}].pose_keypoints_2d"
             if fmt is None:
                 fmt = keypoint_format(len(p), skeleton, source=path, field_name=field_name, allowed=OPENPOSE_FORMATS)
+                fmt.check_writes(out_skeleton)
             elif len(p) != fmt.num_keypoints:
                 raise ValueError(f"{path}: field {field_name!r} has {len(p)} points, earlier files have "
                                  f"{fmt.num_keypoints} ({fmt.name})")
-        people[f], n = people_from_points(np.stack(points), tracks, fmt, source=path, field_name="pose_keypoints_2d")
+        people[f], n = people_from_points(np.stack(points), tracks, fmt, source=path, field_name="pose_keypoints_2d",
+                                          skeleton=out_skeleton)
         clipped += n
     folder = posixpath.dirname(files[0]) if files else name
     return CameraDetections(name=name, source=folder, people=people, num_clipped=clipped), fmt
@@ -151,6 +157,7 @@ def ingest_openpose(
     out: str,
     rig: Rig | str,
     skeleton: str | None = None,
+    out_skeleton: str = "coco17",
     person_id: int | None = None,
     camera_map: dict[str, str] | None = None,
     sequence: str | None = None,
@@ -161,21 +168,25 @@ def ingest_openpose(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     progress: bool = True,
 ) -> IngestSummary:
-    """Ingest one sequence of OpenPose-JSON detections in Pose2Sim's per-camera folders (module docstring)."""
+    """Ingest one sequence of OpenPose-JSON detections in Pose2Sim's per-camera folders (module docstring);
+    `skeleton` names the files' keypoint format, `out_skeleton` the dataset's (coco17 or halpe26)."""
     rig = _as_rig(rig)
     check_split(split, split_by)
     if skeleton is not None and skeleton not in OPENPOSE_FORMATS:
         raise ValueError(f"skeleton {skeleton!r}: unknown keypoint format; known: {', '.join(OPENPOSE_FORMATS)}")
+    target = out_skeleton_for(out_skeleton, KEYPOINT_FORMATS[skeleton] if skeleton else None)
     folders = camera_folders(pose_dir)
     sequence = sequence or default_sequence(pose_dir, skip=("pose",))
     cams, fmt = [], None
     with _progress(progress, "read OpenPose JSON", sum(len(f) for f in folders.values())) as advance:
         for name, files in folders.items():
-            cam, fmt = read_openpose_camera(name, files, skeleton=skeleton, fmt=fmt, advance=advance)
+            cam, fmt = read_openpose_camera(name, files, skeleton=skeleton, fmt=fmt, advance=advance,
+                                            out_skeleton=target)
             cams.append(cam)
     recipe = {"converter": "openpose", "inputs": [str(pose_dir)], "rig": rig.rig_id, "sequence": sequence,
               "subject": subject, "split": split, "split_by": split_by, "skeleton": fmt.name if fmt else skeleton,
-              "person_id": person_id, "camera_map": camera_map or {}}
+              "out_skeleton": target.name, "person_id": person_id, "camera_map": camera_map or {}}
     return ingest_detections(cams, rig=rig, converter="openpose", recipe=recipe, out=out, sequence=sequence,
                              subject=subject, split=split, split_by=split_by, person_id=person_id,
-                             camera_map=camera_map or {}, replace=replace, max_bad_fraction=max_bad_fraction)
+                             camera_map=camera_map or {}, replace=replace, max_bad_fraction=max_bad_fraction,
+                             skeleton=target)

@@ -4,7 +4,10 @@
 ones: rigpose/resources/recipes/*.yaml), read with `yaml.safe_load` into `Recipe`; unknown keys fail naming their path.
 The same recipe and seed give byte-identical arrays. `joints_3d` (world metres) is written for evaluation only.
 
-The recipe format is documented in rigpose.data.synth.recipe.
+The recipe format is documented in rigpose.data.synth.recipe. The dataset's skeleton is the recipe's `skeleton`:
+deepmimic16 (the motion's joints), or coco17 / halpe26 / h36m17, whose joints come from the motion's 16 joints
+and points fixed on its head and feet (rigpose.data.synth.targets); bones are scaled and placed on those points,
+then each target joint takes its point, and the detector model works on the target skeleton.
 
 A placement is one clip, one subject, one rig, one heading and one floor position: the clip's bones are scaled
 (root height with the legs, so feet stay on the floor), it is turned about the vertical through its mean root
@@ -38,11 +41,13 @@ from rigpose import resources
 from rigpose.data.manifest import Manifest
 from rigpose.data.schema import Frames, frames_for_rig
 from rigpose.data.synth import motion_bank as sm
+from rigpose.data.synth import targets
 from rigpose.data.synth.detector import detect
 from rigpose.data.synth.recipe import ProceduralMotion, Recipe, load_recipe, parse_recipe
 from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import distort, normalized_to_pixels
 from rigpose.rig import Rig, load_rig
+from rigpose.skeleton import Skeleton
 
 __all__ = ["Plan", "Recipe", "Synthesis", "build_dataset", "load_recipe", "load_rigs", "motion_bank",
            "parse_recipe", "plan_sequences", "project_rig"]
@@ -84,11 +89,13 @@ def load_rigs(recipe: Recipe, *, base_dir: Path | None = None) -> list[Rig]:
 
 
 def motion_bank(recipe: Recipe) -> sm.MotionBank:
-    """The recipe's clips as one `MotionBank` (FK done once per clip)."""
+    """The recipe's clips as one `MotionBank` (FK done once per clip), with the markers its skeleton needs."""
     m = recipe.motion
+    markers = targets.markers_for(targets.target_skeleton(recipe.skeleton))
     if isinstance(m, ProceduralMotion):
         num_frames = max(2, round(m.seconds * m.fps))
-        return sm.procedural_bank(recipe.seed, num_sequences=m.num_sequences, num_frames=num_frames, fps=m.fps)
+        return sm.procedural_bank(recipe.seed, num_sequences=m.num_sequences, num_frames=num_frames, fps=m.fps,
+                                  markers=markers)
     from rigpose.data.synth.mocap import list_clips
 
     known = list_clips()
@@ -100,7 +107,7 @@ def motion_bank(recipe: Recipe) -> sm.MotionBank:
     names = [n for n in names if n not in set(m.exclude)]
     if not names:
         raise ValueError("motion.clips: no clip left after motion.exclude")
-    return sm.deepmimic_bank(names, m.fps)
+    return sm.deepmimic_bank(names, m.fps, markers=markers)
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -251,6 +258,11 @@ class Synthesis:
     rigs: list[Rig]
     plan: Plan
 
+    @property
+    def skeleton(self) -> Skeleton:
+        """The dataset's skeleton (the recipe's `skeleton`)."""
+        return targets.target_skeleton(self.recipe.skeleton)
+
     @staticmethod
     def from_recipe(recipe: Recipe, *, base_dir: str | os.PathLike[str] | None = None) -> Synthesis:
         """Load motion and rigs (relative rig paths also tried against `base_dir`) and plan the sequences."""
@@ -275,19 +287,25 @@ class Synthesis:
         joints_3JM, centre_2, clip_centres_2C = bank.joints_3JM, rig.capture_center()[:2], bank.centers_C2.T
         image_size_V2 = np.array([[c.width, c.height] for c in rig.cameras])
         subject_names = np.array([f"s{i + 1}" for i in range(self.recipe.subjects.count)], dtype=object)
-        factors_JS = plan.bone_factors.T
+        skeleton, marked = self.skeleton, joints_3JM.shape[1] > sm.SKELETON.num_joints
+        assert marked == bool(targets.markers_for(skeleton)), "the motion bank's markers do not fit the skeleton"
+        factors_JS = (targets.point_factors(plan.bone_factors) if marked else plan.bone_factors).T
+        parents = targets.point_parents() if marked else sm.SKELETON.parents
+        pick = targets.target_points(skeleton)
         for b, a in enumerate(range(0, int(length_Q.sum()), BATCH_ROWS)):
             rows = np.arange(a, min(a + BATCH_ROWS, int(length_Q.sum())))
             s = np.searchsorted(first_row_Q, rows, side="right") - 1  # sequence of each row (none is empty)
             q = q_Q[s]
             frame_N, clip_N, subject_N = plan.start[q] + rows - first_row_Q[s], plan.clip[q], plan.subject[q]
             X_3JN = joints_3JM[:, :, bank.offsets[clip_N] + frame_N]
-            X_3JN = sm.scale_bones(X_3JN, factors_JS[:, subject_N], plan.root_height[subject_N])
+            X_3JN = sm.scale_bones(X_3JN, factors_JS[:, subject_N], plan.root_height[subject_N], parents=parents)
             X_3JN = sm.place(X_3JN, clip_centres_2C[:, clip_N], plan.yaw[q], centre_2[:, None] + plan.offset[q].T)
+            if marked:  # the target skeleton's joints from the motion's points
+                X_3JN = X_3JN[:, pick]
             X_3NJ = X_3JN.transpose(0, 2, 1).astype(np.float32)  # what is stored; the 2D is its exact projection
             clean_NVJ2 = project_rig(X_3NJ.astype(np.float64), rig)
             rng = np.random.default_rng([self.recipe.seed, _NOISE, r, b])
-            kp, scores = detect(clean_NVJ2, image_size_V2, self.recipe.noise, rng, skeleton=sm.SKELETON)
+            kp, scores = detect(clean_NVJ2, image_size_V2, self.recipe.noise, rng, skeleton=skeleton)
             frames = frames_for_rig(rig, sequence="", keypoints=kp, scores=scores, frame=frame_N,
                                     joints_3d=X_3NJ.transpose(1, 2, 0))
             yield rig, replace(frames, sequence=plan.name[q], subject=subject_names[subject_N], split=plan.split[q])
@@ -358,7 +376,7 @@ def build_dataset(recipe: Recipe | str | os.PathLike[str], out: str, *, progress
     command = command or f"rigpose.data.synth.build.build_dataset({shlex.quote(source)}, {shlex.quote(str(out))})"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with (
-        DatasetWriter(out, skeleton=sm.SKELETON, command=command, recipe=recipe.model_dump(mode="json"),
+        DatasetWriter(out, skeleton=synth.skeleton, command=command, recipe=recipe.model_dump(mode="json"),
                       replace=replace, max_bad_fraction=recipe.max_invalid_fraction) as writer,
         Progress(*columns, disable=not progress) as bar,
     ):

@@ -19,6 +19,10 @@ origin = joint position, pybullet `getLinkState(...)[4]`, unless said otherwise)
     head: centre of the head sphere = link neck's inertial origin (`getLinkState(...)[0]`), 0.175 m up the neck
     {right,left}_{hip,knee,ankle,shoulder,elbow,wrist}: the link of the same name (wrist: a fixed joint)
 
+`markers` adds points fixed on links after the 16 joints (`Marker`: a joint, the link whose rotation carries the
+point, and its offset in the rest pose's z-up axes); rigpose.data.synth.targets puts the face and foot points of the
+training skeletons there.
+
 World convention: DeepMimic's (x forward, y up, z to the character's right) is turned into RigPose's right-handed
 z-up world by `Y_UP_TO_Z_UP` = +90 degrees about x: (x, y, z) -> (x, -z, y), a proper rotation (det +1), so the
 character faces +x with its left on +y. DeepMimic's floor y = 0 becomes z = 0 and no shift is applied (the floor
@@ -35,9 +39,11 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -294,8 +300,21 @@ def _parse_urdf(path: Path, scale: float) -> tuple[str, tuple[_UrdfJoint, ...], 
 
 
 # ---------------------------------------------------------------------------------------------------- kinematics
-def forward_kinematics(frames_TF: np.ndarray, *, urdf_path: str | Path | None = None) -> np.ndarray:
-    """DeepMimic frames [T, 44] (or [..., 44]) -> deepmimic16 joint positions [T, 16, 3], metres, z-up world.
+class Marker(NamedTuple):
+    """A point fixed on a link: `joint` (a deepmimic16 joint) + R_link @ `offset_3`, where `link` names the
+    deepmimic16 joint whose link's rotation carries it ("neck" for the head) and `offset_3` (metres) is given in the
+    rest pose's axes, RigPose's z-up world (x forward, y the character's left, z up: at rest every link is aligned
+    with it)."""
+
+    joint: str
+    link: str
+    offset_3: tuple[float, float, float]
+
+
+def forward_kinematics(frames_TF: np.ndarray, *, urdf_path: str | Path | None = None,
+                       markers: Sequence[Marker] = ()) -> np.ndarray:
+    """DeepMimic frames [T, 44] (or [..., 44]) -> deepmimic16 joint positions, then `markers`, [T, 16 + M, 3],
+    metres, z-up world.
 
     Quaternions are normalised here; column 0 (dt) is ignored. `urdf_path` defaults to pybullet's humanoid,
     scaled by `URDF_SCALE` as pybullet's DeepMimic environment does.
@@ -317,10 +336,15 @@ def forward_kinematics(frames_TF: np.ndarray, *, urdf_path: str | Path | None = 
         elif kind == "revolute":
             R_child = R_child @ _axis_angle_to_matrix(joint.axis_3, frames_TF[:, col])
         R[joint.child] = R_child
-    p["pelvis"] = p[base]
+    p["pelvis"], R["pelvis"] = p[base], R[base]
     p["head"] = p[_HEAD_LINK] + R[_HEAD_LINK] @ inertial[_HEAD_LINK]
-    X_TJ3 = np.stack([p[name] for name in DEEPMIMIC16_JOINTS], axis=1) @ Y_UP_TO_Z_UP.T
-    return X_TJ3.reshape(*lead, len(DEEPMIMIC16_JOINTS), 3)
+    points = [p[name] for name in DEEPMIMIC16_JOINTS]
+    for m in markers:  # the offset in DeepMimic's rest axes is Y_UP_TO_Z_UP^T @ offset
+        if m.joint not in p or m.link not in R:
+            raise ValueError(f"marker on joint {m.joint!r}, link {m.link!r}: expected deepmimic16 joint names")
+        points.append(p[m.joint] + R[m.link] @ (Y_UP_TO_Z_UP.T @ np.asarray(m.offset_3, np.float64)))
+    X_TJ3 = np.stack(points, axis=1) @ Y_UP_TO_Z_UP.T
+    return X_TJ3.reshape(*lead, len(points), 3)
 
 
 def resample(clip: Clip, fps: float) -> np.ndarray:
@@ -344,7 +368,8 @@ def resample(clip: Clip, fps: float) -> np.ndarray:
     return out_SF
 
 
-def clip_joints(name_or_path: str | Path, *, fps: float | None = None) -> np.ndarray:
-    """Joint positions [T, 16, 3] (metres, z-up world) of a clip, at its key frames or resampled to `fps`."""
+def clip_joints(name_or_path: str | Path, *, fps: float | None = None, markers: Sequence[Marker] = ()) -> np.ndarray:
+    """Joint positions, then `markers`, [T, 16 + M, 3] (metres, z-up world) of a clip, at its key frames or
+    resampled to `fps`."""
     clip = load_clip(name_or_path)
-    return forward_kinematics(clip.frames if fps is None else resample(clip, fps))
+    return forward_kinematics(clip.frames if fps is None else resample(clip, fps), markers=markers)

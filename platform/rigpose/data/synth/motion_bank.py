@@ -8,16 +8,25 @@ Procedural motion (for scale tests only): each joint's rotation in its parent's 
 anatomical range (`JOINT_LIMITS_DEG`); bones are the DeepMimic humanoid's (`REST_OFFSETS_J3`); the root wanders
 smoothly within +-0.5 m, and each frame is lifted so its lowest joint is `FOOT_CLEARANCE` above the floor (z = 0).
 
-Shape letters: T frames of one clip, M frames of all clips, N rows, J joints (deepmimic16), S subjects, C clips.
+Both sources can carry `markers` (points fixed on links, `rigpose.data.synth.mocap.Marker`) after the 16 joints:
+the face and foot points that rigpose.data.synth.targets maps onto the training skeletons.
+
+Shape letters: T frames of one clip, M frames of all clips, N rows, J joints (deepmimic16, then any markers),
+S subjects, C clips.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rigpose.skeleton import DEEPMIMIC16
+
+if TYPE_CHECKING:
+    from rigpose.data.synth.mocap import Marker
 
 SKELETON = DEEPMIMIC16
 URDF_SCALE = 0.25  # pybullet's DeepMimic setup, as rigpose.data.synth.mocap.URDF_SCALE
@@ -80,11 +89,11 @@ class MotionBank:
                           offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), fps=float(fps))
 
 
-def deepmimic_bank(names: list[str], fps: float) -> MotionBank:
-    """The named DeepMimic clips resampled to `fps` (needs pybullet, rigpose's `mocap` extra)."""
+def deepmimic_bank(names: list[str], fps: float, *, markers: Sequence[Marker] = ()) -> MotionBank:
+    """The named DeepMimic clips resampled to `fps`, joints then `markers` (needs pybullet, the `mocap` extra)."""
     from rigpose.data.synth.mocap import clip_joints
 
-    return MotionBank.from_clips(names, [clip_joints(n, fps=fps) for n in names], fps)
+    return MotionBank.from_clips(names, [clip_joints(n, fps=fps, markers=markers) for n in names], fps)
 
 
 # ---------------------------------------------------------------------------------------------- procedural
@@ -122,8 +131,10 @@ def _limits_rad() -> np.ndarray:
     return np.deg2rad(lim)
 
 
-def procedural_clip(rng: np.random.Generator, num_frames: int, fps: float) -> np.ndarray:
-    """One random, anatomically bounded, smooth motion: joints [T, 16, 3], metres, z up, lowest joint on the floor."""
+def procedural_clip(rng: np.random.Generator, num_frames: int, fps: float, *,
+                    markers: Sequence[Marker] = ()) -> np.ndarray:
+    """One random, anatomically bounded, smooth motion: joints, then `markers`, [T, 16 + M, 3], metres, z up,
+    lowest joint on the floor."""
     J, lim = SKELETON.num_joints, _limits_rad()
     u_TJ3 = (_smooth_unit(rng, num_frames, J * 3, fps).reshape(num_frames, J, 3) + 1) / 2
     angles_TJ3 = lim[..., 0] + (lim[..., 1] - lim[..., 0]) * u_TJ3
@@ -135,14 +146,20 @@ def procedural_clip(rng: np.random.Generator, num_frames: int, fps: float) -> np
         p = SKELETON.parents[j]
         X_TJ3[:, j] = X_TJ3[:, p] + G[p] @ REST_OFFSETS_J3[j]
         G[j] = G[p] @ L_TJ33[:, j]
-    X_TJ3[..., 2] += FOOT_CLEARANCE - X_TJ3[..., 2].min(1, keepdims=True)
+    if markers:  # a joint's position is its parent's plus the parent link's rotation of the rest offset: likewise
+        M_TM3 = np.stack([X_TJ3[:, SKELETON.index(m.joint)] + G[SKELETON.index(m.link)] @ np.asarray(m.offset_3)
+                          for m in markers], axis=1)
+        X_TJ3 = np.concatenate([X_TJ3, M_TM3], axis=1)
+    X_TJ3[..., 2] += FOOT_CLEARANCE - X_TJ3[:, :J, 2].min(1, keepdims=True)
     return X_TJ3
 
 
-def procedural_bank(seed: int, *, num_sequences: int, num_frames: int, fps: float) -> MotionBank:
+def procedural_bank(seed: int, *, num_sequences: int, num_frames: int, fps: float,
+                    markers: Sequence[Marker] = ()) -> MotionBank:
     """`num_sequences` procedural clips `proc0000`, ... of `num_frames` frames each; clip i from seed (seed, i)."""
     names = [f"proc{i:04d}" for i in range(num_sequences)]
-    clips = [procedural_clip(np.random.default_rng([seed, 5, i]), num_frames, fps) for i in range(num_sequences)]
+    clips = [procedural_clip(np.random.default_rng([seed, 5, i]), num_frames, fps, markers=markers)
+             for i in range(num_sequences)]
     return MotionBank.from_clips(names, clips, fps)
 
 
@@ -176,18 +193,20 @@ def root_height_factors(factors_SJ: np.ndarray) -> np.ndarray:
     return out
 
 
-def scale_bones(X_3JN: np.ndarray, factors_JN: np.ndarray, root_height_N: np.ndarray) -> np.ndarray:
+def scale_bones(X_3JN: np.ndarray, factors_JN: np.ndarray, root_height_N: np.ndarray, *,
+                parents: Sequence[int] = SKELETON.parents) -> np.ndarray:
     """Scale each bone (child - parent) by its factor, rebuilding the tree from the root outward.
 
     Coordinates-first layout [3, J, N] (each coordinate of each joint contiguous over the N rows: NumPy is slow on
     a trailing axis of 3). The root keeps its (x, y); its height is multiplied by `root_height_N` so scaled legs
-    still reach the floor.
+    still reach the floor. `parents` [J] lists every parent before its children (deepmimic16's; markers hang from
+    their joint).
     """
     out = np.empty_like(X_3JN)
     out[:2, 0] = X_3JN[:2, 0]
     out[2, 0] = X_3JN[2, 0] * root_height_N
     for j in range(1, X_3JN.shape[1]):
-        p = SKELETON.parents[j]
+        p = parents[j]
         out[:, j] = out[:, p] + factors_JN[j] * (X_3JN[:, j] - X_3JN[:, p])
     return out
 

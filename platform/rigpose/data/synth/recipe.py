@@ -9,6 +9,10 @@ Recipe format (every key optional except `rigs`; defaults in brackets):
     seed: 0                          # [0] seeds every random draw
     frames: 30000                    # [none] total frames: cycle clips x placements until reached (the last
                                      #   sequence is cut short); none = `placement.per_clip` placements per clip
+    skeleton: halpe26                # [deepmimic16] the dataset's skeleton: deepmimic16 (the motion's own
+                                     #   joints), or the detector's: coco17, halpe26, h36m17; joints the motion
+                                     #   capture lacks (face, toes, heels) are fixed on its head and feet
+                                     #   (rigpose.data.synth.targets)
     motion:
       source: deepmimic              # pybullet's DeepMimic clips (rigpose.data.synth.mocap; needs the mocap extra)
       clips: all                     # [all] or a list of names (walk, run, jump, ...)
@@ -28,8 +32,9 @@ Recipe format (every key optional except `rigs`; defaults in brackets):
       radius: 1.0                    # [1.0] m: floor point (x, y) uniform in a disc around the rig's capture centre
       yaw_deg: [0, 360]              # [[0, 360]] heading, uniform
       per_clip: 4                    # [1] placements per clip when `frames` is not given
-    rigs: [h36m-s1, my-rig.json]     # shipped rigs by name (rigpose.resources) or rig files (relative to the
-                                     #   working directory, the recipe's folder or one of its two parents);
+    rigs: [h36m-s1, my-rig.json]     # shipped rigs by name (rigpose.resources) or rig files: your own rig's
+                                     #   calibration (a path, absolute or relative to the working directory, the
+                                     #   recipe's folder or one of its two parents; or an fsspec URL);
                                      #   placements are spread round-robin
     noise:                           # the detector model, see rigpose.data.synth.detector (all [0]: exact projections)
       pixel_std: 5                   # px per coordinate
@@ -59,6 +64,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rigpose.config import Strict
 from rigpose.data.synth.detector import DetectorNoise
+from rigpose.data.synth.targets import SkeletonName
 
 _SPLIT_NAME = r"^[A-Za-z0-9_.-]+$"
 
@@ -139,6 +145,9 @@ class Recipe(Strict):
     seed: int = Field(0, ge=0, description="seeds every random draw")
     frames: int | None = Field(None, ge=1, description="total frames (cycles clips x placements); none = "
                                                        "placement.per_clip placements of every clip")
+    skeleton: SkeletonName = Field(
+        "deepmimic16", description="the dataset's skeleton: the motion's own joints, or a detector's (joints the "
+                                   "motion capture lacks fixed on its head and feet: rigpose.data.synth.targets)")
     motion: Annotated[DeepMimicMotion | ProceduralMotion, Field(discriminator="source")] = Field(
         default_factory=lambda: DeepMimicMotion(source="deepmimic"), description="motion source")
     subjects: Subjects = Field(default_factory=Subjects, description="virtual subjects")
