@@ -7,13 +7,17 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.rigpose-setup-stamp
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup demo test unit integration bench lint clean help
+.PHONY: setup demo test unit integration bench lint clean help up down status demo-cluster
 
 help:
 	@echo "make demo   - set up, then run the end-to-end demo on embedded defaults"
 	@echo "make test   - set up, then run unit and integration tests"
 	@echo "make bench  - set up, then run the benchmarks in bench/"
 	@echo "make lint   - ruff check"
+	@echo "make up     - start the local stack on 127.0.0.1: Ray head + 2nd node, MLflow, S3 (DB=sqlite); idempotent"
+	@echo "make status - health of each part of the local stack"
+	@echo "make down   - stop exactly what make up started"
+	@echo "make demo-cluster - make up, then the demo as a Ray job on it (S3 data, MLflow server, 2 nodes)"
 	@echo "make setup  - create .venv, install torch==$(TORCH_VERSION) first, then rigpose[test,mocap] editable"
 
 # Re-run the install only when the project's dependencies change (idempotent and quick otherwise).
@@ -48,6 +52,22 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# The local stack (infra/local/stack.py; its state, token and keys in infra/local/.state/, git-ignored).
+STACK := $(PY) infra/local/stack.py
+DB ?= sqlite
+
+up: setup
+	@$(STACK) up --db $(DB)
+
+status:
+	@$(STACK) status
+
+down:
+	@$(STACK) down
+
+demo-cluster: up
+	@source infra/local/.state/env && $(PY) infra/local/demo_cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info platform/*.egg-info

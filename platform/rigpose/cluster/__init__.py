@@ -1,1 +1,1 @@
-"""Ray clusters: connecting to one and submitting jobs to it."""
+"""Ray clusters: connecting to one, submitting jobs to it, and finding our own processes of a local one."""

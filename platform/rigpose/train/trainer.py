@@ -199,7 +199,8 @@ def train(job: TrainJob) -> dict[str, Any]:
                            "init": init, "steps_per_epoch": per_epoch},
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=job.scaling.placement_strategy),
         run_config=RunConfig(
             name=job.run.name, storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.checkpoints_to_keep,

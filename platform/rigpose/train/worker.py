@@ -135,6 +135,8 @@ def train_func(config: dict[str, Any]) -> None:
     skeleton = get_skeleton(config["skeleton"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if world > 1:  # where the ranks run (scaling.placement_strategy SPREAD: on different nodes)
+        say(f"rank {rank} of {world} on node {ray.get_runtime_context().get_node_id()[:12]}")
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
     state = load_state(checkpoint, map_location=device) if checkpoint is not None else None
