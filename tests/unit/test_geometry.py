@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -12,6 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rigpose import geometry as g
+from rigpose.model.inputs import UNDISTORT_BUDGET_PX
+from rigpose.resources import rigs_dir
+from rigpose.rig import load_rig
 
 CV_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 500, 1e-15)
 
@@ -107,6 +111,71 @@ def test_undistort_matches_cv2_undistort_points_over_the_whole_image(dist: list[
     np.testing.assert_allclose(g.normalized_to_pixels(g.distort(ours, cam.dist), cam.K), uv, atol=1e-4, rtol=0)
 
 
+def _image_and_margin(cam) -> np.ndarray:
+    """Pixels [N, 2] over a camera's whole image, its four corners exactly, and 5% beyond each corner, rounded to
+    float32 (how keypoints are stored)."""
+    W, H = cam.width, cam.height
+    u, v = np.meshgrid(np.linspace(0, W - 1, 61), np.linspace(0, H - 1, 61))
+    beyond = [[-0.05 * W, -0.05 * H], [1.05 * W, -0.05 * H], [-0.05 * W, 1.05 * H], [1.05 * W, 1.05 * H]]
+    return np.concatenate([np.stack([u, v], -1).reshape(-1, 2), beyond]).astype(np.float32)
+
+
+@pytest.mark.parametrize("rig_file", sorted(p.name for p in rigs_dir().glob("*.json")))
+def test_float32_undistortion_agrees_with_float64_within_budget_on_every_shipped_lens(rig_file: str) -> None:
+    rig = load_rig(rigs_dir() / rig_file)
+    for cam in rig.cameras:
+        uv = _image_and_margin(cam)
+        f64 = g.undistort(uv.astype(np.float64), cam)
+        f32 = g.undistort(uv, cam)
+        assert f32.dtype == np.float32
+        err_px = np.abs(f32 - f64).max(-1) * cam.K[0, 0]  # normalised -> pixels of the ideal camera
+        assert err_px.max() < UNDISTORT_BUDGET_PX, (cam.name, err_px.max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_undistortion_stopping_at_convergence_equals_many_fixed_iterations(dtype: type) -> None:
+    rig = load_rig(rigs_dir() / "humaneva-s1.json")  # the strongest shipped distortion
+    for cam in rig.cameras:
+        uv = _image_and_margin(cam).astype(dtype)
+        xy = g.pixels_to_normalized(uv, cam.K.astype(dtype))
+        stopped = g.undistort_normalized(xy, cam.dist)
+        fixed = g.undistort_normalized(xy, cam.dist, max_iters=60, tol=0.0)  # every step taken
+        assert stopped.dtype == dtype
+        np.testing.assert_allclose(stopped, fixed, atol=1e-13 if dtype == np.float64 else 1e-6, rtol=0)
+        # converged: distorting the answer again gives the input (to the dtype's precision)
+        np.testing.assert_allclose(g.distort(stopped.astype(np.float64), cam.dist), xy,
+                                   atol=1e-14 if dtype == np.float64 else 5e-7, rtol=0)
+
+
+def test_four_newton_steps_suffice_on_the_shipped_lenses() -> None:
+    for path in sorted(rigs_dir().glob("*.json")):
+        for cam in load_rig(path).cameras:
+            xy = g.pixels_to_normalized(_image_and_margin(cam).astype(np.float64), cam.K)
+            np.testing.assert_allclose(g.undistort_normalized(xy, cam.dist, max_iters=4),
+                                       g.undistort_normalized(xy, cam.dist, max_iters=60, tol=0.0),
+                                       atol=1e-12, rtol=0, err_msg=f"{path.name} {cam.name}")
+
+
+def test_a_point_that_never_converges_leaves_the_others_answers_unchanged() -> None:
+    cam = load_rig(rigs_dir() / "h36m-s1.json").cameras[0]
+    xy = g.pixels_to_normalized(_image_and_margin(cam).astype(np.float64), cam.K)
+    wild = np.concatenate([xy, [[40.0, -30.0], [np.nan, 0.0]]])  # far outside the lens model's range; NaN
+    ours = g.undistort_normalized(wild, cam.dist)
+    np.testing.assert_array_equal(ours[:-2], g.undistort_normalized(xy, cam.dist))
+    fixed = g.undistort_normalized(wild, cam.dist, max_iters=20, tol=0.0)  # what 20 fixed steps give
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(fixed))
+    np.testing.assert_allclose(ours[:-2], fixed[:-2], atol=1e-13, rtol=0)
+    assert np.isnan(ours[-1]).all()
+
+
+def test_undistort_in_torch_matches_numpy() -> None:
+    cam = load_rig(rigs_dir() / "humaneva-s1.json").cameras[1]
+    uv = _image_and_margin(cam).astype(np.float64)
+    cams = g.CameraArrays(*(np.array(a) for a in (cam.K, cam.dist, cam.R, cam.t))).to_torch(dtype=torch.float64)
+    torch.testing.assert_close(g.undistort(torch.tensor(uv), cams), torch.tensor(g.undistort(uv, cam)), atol=1e-13,
+                               rtol=0)
+
+
 def test_triangulate_matches_cv2_triangulate_points_on_noise_free_data(cams: list[Cam], points: np.ndarray) -> None:
     a, b = cams[0], cams[2]
     pix = np.stack([cv_project(points, a), cv_project(points, b)])
@@ -163,6 +232,86 @@ def test_triangulate_robust_survives_one_outlier_view_among_four(
     plain = np.linalg.norm(g.triangulate(pix, stacked) - points, axis=-1)
     assert robust.max() < 0.02  # 1 px noise -> millimetres; the outlier view has no influence
     assert plain.mean() > 5 * robust.mean()
+
+
+def _robust_reference(pixels: np.ndarray, cams: g.CameraArrays, scores: np.ndarray, inlier_px: float = 20.0
+                      ) -> np.ndarray:
+    """The per-pair loop `triangulate_robust` was until the batched closed form replaced it: one eigendecomposition
+    DLT (`triangulate`) per view pair, the MSAC winner kept by strictly lower cost, two inlier refits."""
+    w = np.where(np.isfinite(pixels).all(-1) & (scores > 0), scores, 0.0)
+    if pixels.shape[-3] < 4:
+        return g.triangulate(pixels, cams, w)
+    usable = w > 0
+    best_cost = best_X = None
+    for i, j in itertools.combinations(range(pixels.shape[-3]), 2):
+        pair = np.zeros(pixels.shape[-3])
+        pair[[i, j]] = 1.0
+        X = g.triangulate(pixels, cams, w * pair[:, None])
+        err = g.reprojection_error(X, pixels, cams)
+        cost = np.where(usable, np.where(err < inlier_px, err**2, inlier_px**2), 0.0).sum(-2)
+        if best_cost is None:
+            best_cost, best_X = cost, X
+            continue
+        better = cost < best_cost
+        best_cost, best_X = np.where(better, cost, best_cost), np.where(better[..., None], X, best_X)
+    for _ in range(2):
+        err = g.reprojection_error(best_X, pixels, cams)
+        X_in = g.triangulate(pixels, cams, np.where(usable & (err < inlier_px), w, 0.0))
+        best_X = np.where(X_in == X_in, X_in, best_X)
+    return np.where(best_X == best_X, best_X, g.triangulate(pixels, cams, w))
+
+
+def _noisy_views(rig_name: str, rng: np.random.Generator, *, frames: int = 300, joints: int = 3
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, g.CameraArrays]:
+    """(truth [N, J, 3], pixels [N, V, J, 2], scores [N, V, J], cameras [N, V, ...]) of a shipped rig: 5 px noise,
+    10% of the keypoints 150 px off (outliers), 10% missing (NaN, score 0)."""
+    rig = load_rig(rigs_dir() / f"{rig_name}.json")
+    X = rig.capture_center() + rng.uniform(-1, 1, (frames, joints, 3)) * [1.0, 1.0, 0.8]
+    cams = rig.arrays()
+    pix = g.project(X[:, None], cams) + rng.normal(0, 5.0, (frames, len(rig.cameras), joints, 2))
+    outlier = rng.random(pix.shape[:-1]) < 0.1
+    pix[outlier] += rng.normal(0, 150.0, (int(outlier.sum()), 2))
+    missing = rng.random(pix.shape[:-1]) < 0.1
+    pix[missing] = np.nan
+    scores = np.where(missing, 0.0, rng.uniform(0.3, 1.0, pix.shape[:-1]))
+    return X, pix, scores, g.CameraArrays(*(np.broadcast_to(a, (frames, *a.shape)) for a in cams))
+
+
+@pytest.mark.parametrize("rig_name", ["h36m-s1", "humaneva-s1", "studio-8"])  # 4, 3 and 8 views
+def test_batched_robust_triangulation_equals_the_per_pair_reference(rig_name: str, rng: np.random.Generator
+                                                                    ) -> None:
+    _, pix, scores, cams = _noisy_views(rig_name, rng)
+    ours = g.triangulate_robust(pix, cams, scores)
+    ref = _robust_reference(pix, cams, scores)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)  # metres: the same choice and refit everywhere
+
+
+def test_robust_triangulation_of_consistent_views_is_the_plain_dlt(cams: list[Cam], points: np.ndarray,
+                                                                   rng: np.random.Generator) -> None:
+    for num_views in (2, 3, 4):
+        stacked = g.stack_cameras(cams[:num_views])
+        pix = g.project(points[None], stacked) + rng.normal(0, 1.0, (num_views, len(points), 2))
+        np.testing.assert_allclose(g.triangulate_robust(pix, stacked), g.triangulate(pix, stacked), atol=1e-9,
+                                   rtol=0)
+
+
+def test_triangulate_robust_normalized_reuses_undistorted_points(rng: np.random.Generator) -> None:
+    _, pix, scores, cams = _noisy_views("h36m-s1", rng)
+    w = np.where(np.isfinite(pix).all(-1), scores, 0.0)
+    xy = g.undistort(pix, cams)
+    np.testing.assert_array_equal(g.triangulate_robust_normalized(xy, pix, cams, w),
+                                  g.triangulate_robust(pix, cams, scores))
+    with pytest.raises(ValueError, match="weights"):
+        g.triangulate_robust_normalized(xy, pix, cams, w[..., :2])
+
+
+def test_triangulate_robust_in_torch_matches_numpy(rng: np.random.Generator) -> None:
+    _, pix, scores, cams = _noisy_views("studio-8", rng, frames=50)
+    cams_t = g.CameraArrays(*(np.array(a) for a in cams)).to_torch(dtype=torch.float64)  # writable copies
+    ours = g.triangulate_robust(torch.tensor(pix), cams_t, torch.tensor(scores))
+    torch.testing.assert_close(ours, torch.tensor(g.triangulate_robust(pix, cams, scores)), atol=1e-9, rtol=0,
+                               equal_nan=True)
 
 
 def test_triangulate_in_torch_matches_numpy(cams: list[Cam], points: np.ndarray) -> None:

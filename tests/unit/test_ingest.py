@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from rigpose.data.ingest import (
     split_for,
     write_interchange_npz,
 )
+from rigpose.data.ingest.coco import _best_person
 from rigpose.data.manifest import DatasetError, read_manifest
 from rigpose.data.reader import Dataset
 from rigpose.geometry import project
@@ -415,6 +417,52 @@ def coco_json(path: Path, frames: list[int], kp_F173: np.ndarray, *, scores=None
         if extra_person:  # a worse-scoring bystander
             anns.append({**a, "id": 500 + i, "score": 0.01, "keypoints": [1.0] * 51})
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1}]}))
+
+
+def _best_person_by_loop(anns: list[dict], J: int) -> dict:
+    """The per-annotation loop the COCO converter ran: a person replaces the kept one only when strictly better
+    by (score, -1 without; labelled keypoints; area)."""
+    best: dict = {}
+    for a in anns:
+        if "keypoints" not in a or a.get("category_id", 1) != 1:
+            continue
+        kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(J, 3)
+        score = a.get("score")
+        rank = (float(score) if score is not None else -1.0, float((kp[:, 2] > 0).sum()), float(a.get("area", 0)))
+        row = np.vstack([kp, [np.nan if score is None else float(score), 0.0, 0.0]])
+        if a["image_id"] not in best or rank > best[a["image_id"]][0]:
+            best[a["image_id"]] = (rank, row)
+    return {k: v for k, (_, v) in best.items()}
+
+
+def test_coco_keeps_the_same_person_per_image_as_a_per_annotation_loop(rng) -> None:
+    for _ in range(100):  # crowded images, ties on every key, people without score or area, other categories
+        anns = []
+        for _ in range(int(rng.integers(0, 40))):
+            kp = np.round(rng.uniform(0, 3, (17, 3)))
+            kp[:, 2] = rng.integers(0, 3, 17)
+            a = {"image_id": int(rng.integers(0, 8)), "keypoints": kp.reshape(-1).tolist()}
+            if rng.random() < 0.6:
+                a["score"] = float(np.round(rng.random(), 1))
+            if rng.random() < 0.5:
+                a["area"] = float(rng.integers(0, 3))
+            if rng.random() < 0.1:
+                a["category_id"] = 2
+            anns.append(a)
+        ours, ref = _best_person(anns, 17, "cam.json"), _best_person_by_loop(anns, 17)
+        assert ours.keys() == ref.keys()
+        for image_id, row in ref.items():
+            np.testing.assert_array_equal(ours[image_id], row)
+
+
+def test_coco_names_the_first_bad_annotation() -> None:
+    good = {"image_id": 0, "keypoints": [1.0] * 51}
+    for anns, field in (([good, {**good, "score": 2.0}, {**good, "keypoints": [1.0] * 5}], "annotations[1].score"),
+                        ([good, {**good, "keypoints": [1.0] * 5}, {**good, "score": 2.0}], "annotations[1].keypoints"),
+                        ([good, {**good, "score": float("nan")}], "annotations[1].score"),
+                        ([good, {"keypoints": [1.0] * 51}], "annotations[1].image_id")):
+        with pytest.raises(ValueError, match=rf"cam.json: field '{re.escape(field)}'"):
+            _best_person(anns, 17, "cam.json")
 
 
 def test_coco_aligns_frames_across_cameras_keeps_best_person_and_masks_gaps(tmp_path: Path, rig4, rng) -> None:

@@ -7,12 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rigpose import geometry as g
 from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess, check_rig_ids
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import Frames, frames_for_rig
 from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import project
-from rigpose.model.inputs import prepare_arrays
+from rigpose.model.inputs import ROOT_BUDGET_M, UNDISTORT_BUDGET_PX, prepare_arrays
 from rigpose.resources import rigs_dir
 from rigpose.rig import load_rig
 from rigpose.skeleton import H36M17
@@ -93,6 +94,39 @@ def test_preprocess_equals_prepare_arrays_on_the_same_rows_read_by_the_dataset_r
     assert set(out) == set(ref)
     for key in ref:
         np.testing.assert_array_equal(out[key], ref[key], err_msg=key)
+
+
+@pytest.mark.parametrize("rig_id", ["h36m-s1", "studio-8"])
+def test_float32_preprocessing_agrees_with_a_float64_reference_within_budget(rig_id: str) -> None:
+    rng = np.random.default_rng(3)
+    rig = load_rig(rigs_dir() / f"{rig_id}.json")
+    N, V = 400, len(rig.cameras)
+    X = rig.capture_center() + rng.normal(0, 0.4, (N, 17, 3))
+    cams = g.CameraArrays(*(np.broadcast_to(a, (N, *a.shape)) for a in rig.arrays()))
+    kp = (g.project(X[:, None], cams) + rng.normal(0, 5.0, (N, V, 17, 2))).astype(np.float32)  # as stored
+    kp[rng.random((N, V, 17)) < 0.05] += np.float32(200.0)  # outliers
+    scores = rng.uniform(0.2, 1.0, (N, V, 17)).astype(np.float32)
+    kp[scores < 0.3] = np.nan
+    scores[scores < 0.3] = 0.0
+    view_mask = rng.random((N, V)) > 0.1
+    out = prepare_arrays(kp, scores, cams, view_mask, root_joints=H36M17.root_joints)
+    # the float64 reference: every step in float64 from the same (float32) keypoints, NaN where not valid
+    valid = np.isfinite(kp).all(-1) & (scores > 0) & view_mask[..., None]
+    kp64 = np.where(valid[..., None], kp.astype(np.float64), np.nan)
+    xy = g.undistort(kp64, cams)
+    X_ref = g.triangulate_robust(kp64, cams, np.where(valid, scores, 0.0))
+    err_px = np.abs(out["xy"] - np.where(valid[..., None], xy, 0.0)).max(-1) * cams.K[..., 0, 0][..., None]
+    assert err_px.max() < UNDISTORT_BUDGET_PX
+    ok = np.isfinite(X_ref).all(-1)
+    assert ok.mean() > 0.9
+    np.testing.assert_array_equal(out["pseudo_ok"], ok)
+    err_m = np.linalg.norm(out["pseudo_world"] - np.where(ok[..., None], X_ref, 0.0), axis=-1)
+    far = np.linalg.norm(X_ref - rig.capture_center(), axis=-1) > 5.0  # ill-posed: nearly parallel rays
+    assert err_m[ok & ~far].max() < ROOT_BUDGET_M
+    assert (err_m[ok & far] < 1e-5 * np.linalg.norm(X_ref[ok & far], axis=-1)).all()  # relative, float32 inputs
+    root_ref = X_ref[:, list(H36M17.root_joints)].mean(1)
+    inside = np.isfinite(root_ref).all(-1) & (np.linalg.norm(root_ref - rig.capture_center(), axis=-1) < 5.0)
+    np.testing.assert_allclose(out["root_world"][inside], root_ref[inside], atol=ROOT_BUDGET_M, rtol=0)
 
 
 def test_preprocess_without_pseudo_3d_gives_the_same_root_and_no_pseudo_arrays(dataset: Dataset) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rigpose.data.checks import check_frames
 from rigpose.data.manifest import DatasetError, manifest_path, read_manifest
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import ARROW_SCHEMA, Frames, frames_for_rig
@@ -102,6 +103,24 @@ def test_appending_adds_partitions_and_keeps_old_rows(tmp_path: Path, rig4, rig3
     assert (root / "rig_id=humaneva-s1" / "split=train").is_dir()
 
 
+def test_manifest_splits_summarise_the_shards_and_callers_cannot_change_them(tmp_path: Path, rig4, rig3, rng
+                                                                             ) -> None:
+    root = tmp_path / "ds"
+    write(root, rig4, make_frames(rig4, rng, sequence="a"), "train")
+    write(root, rig3, make_frames(rig3, rng, sequence="c"), "train")
+    write(root, rig4, make_frames(rig4, rng, sequence="b"), "test")
+    m = read_manifest(str(root))
+    expected = {"train": {"rows": 40, "shards": 2, "rigs": ["h36m-s1", "humaneva-s1"], "sequences": 2},
+                "test": {"rows": 20, "shards": 1, "rigs": ["h36m-s1"], "sequences": 1}}
+    got = m.splits()
+    assert got == expected
+    got["train"]["rigs"].append("other")  # a caller editing its answer ...
+    got["test"]["rows"] = 0
+    del got["train"]
+    assert m.splits() == expected  # ... does not edit the manifest's
+    assert json.loads(m.to_json())["splits"] == expected and "_splits" not in json.loads(m.to_json())
+
+
 def test_ingesting_a_sequence_twice_is_refused_unless_replacing(tmp_path: Path, rig4, rng) -> None:
     root = tmp_path / "ds"
     write(root, rig4, make_frames(rig4, rng, sequence="a"))
@@ -176,6 +195,36 @@ def test_scores_outside_unit_range_and_unordered_frames_are_refused(tmp_path: Pa
     with pytest.raises(DatasetError, match="'frame' not strictly increasing in sequence 'walk'"):
         write(tmp_path / "b", rig4, frames)
     assert read_manifest(str(tmp_path / "a")) is None and read_manifest(str(tmp_path / "b")) is None
+
+
+def _first_unordered_by_masks(frames: Frames, source: str) -> str | None:
+    """check_frames' message as its per-sequence mask loop wrote it (the first bad sequence by name)."""
+    for seq in np.unique(frames.sequence):
+        f = frames.frame[frames.sequence == seq]
+        steps = np.diff(f)
+        if (steps <= 0).any():
+            i = int(np.flatnonzero(steps <= 0)[0])
+            return (f"{source}: field 'frame' not strictly increasing in sequence {seq!r}: {f[i]} then {f[i + 1]} "
+                    f"at row {i + 1}")
+    return None
+
+
+def test_check_frames_names_the_first_bad_step_of_interleaved_sequences(rig4, rng) -> None:
+    parts = [make_frames(rig4, rng, sequence=f"take{k}", T=12) for k in range(4)]
+    order = rng.permutation(48)  # rows of 4 sequences interleaved: no fast path
+    order = np.concatenate([np.sort(order[order % 12 < 6]), np.sort(order[order % 12 >= 6])])
+    frames = Frames.concat(parts).take(order)
+    assert _first_unordered_by_masks(frames, "src") is None
+    check_frames(frames, source="src")  # interleaved but increasing within each sequence: fine
+    for seq, k, new in (("take2", 7, 3), ("take1", 5, 4), ("take3", 11, 0)):
+        bad = frames.take(np.arange(len(frames)))
+        rows = np.flatnonzero(bad.sequence == seq)
+        bad.frame[rows[k]] = new
+        expected = _first_unordered_by_masks(bad, "src")
+        assert expected is not None
+        with pytest.raises(DatasetError) as e:
+            check_frames(bad, source="src")
+        assert str(e.value) == expected
 
 
 def test_a_truncated_shard_is_named_in_the_error(tmp_path: Path, rig4, rng) -> None:

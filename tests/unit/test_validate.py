@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
-from rigpose.data.schema import frames_for_rig
-from rigpose.data.validate import describe_dataset, validate_dataset
+from rigpose.data.checks import unordered_sequences
+from rigpose.data.schema import frames_for_rig, frames_to_table
+from rigpose.data.validate import _check_values, describe_dataset, validate_dataset
 from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import project
 from rigpose.resources import rigs_dir
@@ -93,3 +94,45 @@ def test_cli_validate_exits_1_and_describe_prints_json(tmp_path: Path, rig) -> N
     next((tmp_path / "ds").rglob("*.parquet")).write_bytes(b"garbage")
     bad = runner.invoke(app, ["datasets", "validate", str(tmp_path / "ds")])
     assert bad.exit_code == 1
+
+
+def interleaved_frames(rig, *, num_rows: int = 400, num_sequences: int = 25, seed: int = 1):
+    """One shard's rows of many sequences, interleaved at random, frames increasing within each sequence except
+    three crafted defects: s03 repeats a frame, s07 steps back, s11 steps back at its last row; s24 has one row."""
+    rng = np.random.default_rng(seed)
+    seq = np.array([f"s{i:02d}" for i in rng.integers(0, num_sequences - 1, num_rows)], dtype=object)
+    seq[rng.integers(num_rows)] = f"s{num_sequences - 1:02d}"
+    frame = np.zeros(num_rows, np.int64)
+    for name in np.unique(seq):
+        rows = np.flatnonzero(seq == name)
+        frame[rows] = 10 + 3 * np.arange(len(rows))
+    for name, k in (("s03", 4), ("s07", 2), ("s11", -1)):
+        rows = np.flatnonzero(seq == name)
+        frame[rows[k]] = frame[rows[k - 1]] if name == "s03" else frame[rows[k - 1]] - 1
+    X = rng.normal(0, 0.3, (num_rows, 17, 3)) + [0.0, 0.0, 1.0]
+    pix = np.stack([project(X, c) for c in rig.cameras], 1)
+    frames = frames_for_rig(rig, sequence="x", keypoints=pix)
+    return dataclasses.replace(frames, sequence=seq, frame=frame)
+
+
+def _unordered_by_masks(sequence: np.ndarray, frame: np.ndarray) -> list[str]:
+    """The per-sequence mask loop validate ran before (one pass over all rows per sequence)."""
+    return [str(q) for q in np.unique(sequence) if (np.diff(frame[sequence == q]) <= 0).any()]
+
+
+def test_validate_names_exactly_the_sequences_whose_frames_do_not_increase(rig) -> None:
+    frames = interleaved_frames(rig)
+    problems = _check_values(frames_to_table(frames), where="part-0.parquet", num_joints=17)
+    assert problems == [f"part-0.parquet: field 'frame' not strictly increasing in sequence {q!r}"
+                        for q in ("s03", "s07", "s11")]
+    assert unordered_sequences(frames.sequence, frames.frame) == _unordered_by_masks(frames.sequence, frames.frame)
+
+
+def test_unordered_sequences_agree_with_per_sequence_masks_on_random_orders() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n = int(rng.integers(1, 60))
+        seq = np.array([f"q{i}" for i in rng.integers(0, 6, n)], dtype=object)
+        frame = rng.integers(0, 12, n)
+        assert unordered_sequences(seq, frame) == _unordered_by_masks(seq, frame)
+    assert unordered_sequences(np.array([], dtype=object), np.array([], np.int64)) == []

@@ -74,6 +74,38 @@ def distinct(values: np.ndarray) -> list[Any]:
     return sorted(set(_runs(values)[1].tolist()))
 
 
+def sequence_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(values, return_inverse=True)` of [N] values: (sorted distinct values [S], code [N] int64 into
+    them), the sort done on the runs of equal values only (the rows of a sequence come in runs)."""
+    values = np.asarray(values)
+    if not len(values):
+        return values[:0], np.zeros(0, np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(values[1:] != values[:-1]) + 1])
+    names, run_code = np.unique(values[starts], return_inverse=True)
+    return names, np.repeat(run_code.reshape(-1).astype(np.int64), np.diff(np.append(starts, len(values))))
+
+
+def unordered_steps(sequence: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where `frame` [N] does not strictly increase within a sequence (its rows in their order), in one sort.
+
+    Returns (names [S]: the sorted distinct sequences, code [N] and frames [N]: every row's sequence (index into
+    names) and frame with the rows grouped by sequence (stable: each sequence's rows in their order), bad [B]:
+    positions p into those where rows p and p + 1 are one sequence's consecutive rows and the frame does not
+    increase). `bad` ascends: by sequence name, then row.
+    """
+    names, code = sequence_codes(sequence)
+    order = np.argsort(code, kind="stable")
+    code, frames = code[order], np.asarray(frame)[order]
+    bad = np.flatnonzero((code[1:] == code[:-1]) & (frames[1:] <= frames[:-1]))
+    return names, code, frames, bad
+
+
+def unordered_sequences(sequence: np.ndarray, frame: np.ndarray) -> list[Any]:
+    """The sequences (sorted) of [N] `sequence` whose `frame` [N] does not strictly increase in row order."""
+    names, code, _, bad = unordered_steps(sequence, frame)
+    return names[np.unique(code[bad])].tolist()
+
+
 def check_frames(frames: Frames, *, source: str) -> None:
     """Whole-input errors (not row quarantine): scores outside [0, 1], non-monotonic frames within a sequence."""
     sc = frames.scores
@@ -87,16 +119,15 @@ def check_frames(frames: Frames, *, source: str) -> None:
         )
     if len(frames) < 2:
         return
-    # Fast path: each sequence is one run of rows and frames increase within runs. Else look per sequence.
+    # Fast path: each sequence is one run of rows and frames increase within runs. Else group rows by sequence.
     same, starts = _runs(frames.sequence)
     if len(set(starts.tolist())) == len(starts) and (np.diff(frames.frame)[same] > 0).all():
         return
-    for seq in np.unique(frames.sequence):
-        f = frames.frame[frames.sequence == seq]
-        steps = np.diff(f)
-        if (steps <= 0).any():
-            i = int(np.flatnonzero(steps <= 0)[0])
-            raise DatasetError(
-                f"{source}: field 'frame' not strictly increasing in sequence {seq!r}: {f[i]} then {f[i + 1]} "
-                f"at row {i + 1}"
-            )
+    names, code, f, steps = unordered_steps(frames.sequence, frames.frame)
+    if len(steps):
+        p = int(steps[0])  # the first bad step of the first bad sequence (by name)
+        i = p - int(np.searchsorted(code, code[p]))  # the step's place among that sequence's rows
+        raise DatasetError(
+            f"{source}: field 'frame' not strictly increasing in sequence {names[code[p]]!r}: {f[p]} then "
+            f"{f[p + 1]} at row {i + 1}"
+        )

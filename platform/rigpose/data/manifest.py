@@ -24,6 +24,7 @@ import json
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from rigpose.data.schema import SCHEMA_VERSION
@@ -74,6 +75,13 @@ class Manifest:
         return max((int(r["num_cameras"]) for r in self.rigs.values()), default=0)
 
     def splits(self) -> dict[str, dict[str, Any]]:
+        """split -> {"rows", "shards", "rigs" (sorted ids), "sequences" (count)}; a fresh copy of `_splits`."""
+        return {k: {**v, "rigs": list(v["rigs"])} for k, v in self._splits.items()}
+
+    @cached_property
+    def _splits(self) -> dict[str, dict[str, Any]]:
+        """`splits`, computed once: a manifest's shards do not change after it is built (a commit builds a new
+        one), and readers ask for the splits on every `Dataset.shards` call (a pass over every shard's sequences)."""
         out: dict[str, dict[str, Any]] = {}
         for s in self.shards:
             d = out.setdefault(s.split, {"rows": 0, "shards": 0, "rigs": set(), "sequences": set()})

@@ -34,6 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from rigpose import geometry as g
 from rigpose.config import VERIFY_MODES, VerifyMode
+from rigpose.data.checks import unordered_sequences
 from rigpose.data.manifest import DatasetError, ShardInfo
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import ARROW_SCHEMA, frames_from_table
@@ -86,10 +87,8 @@ def _check_values(table: pa.Table, *, where: str, num_joints: int) -> list[str]:
         problems.append(f"{where}: field 'keypoints' is NaN with a non-zero score at row {row}")
     if np.isinf(kp).any():
         problems.append(f"{where}: field 'keypoints' has infinite values")
-    for seq in np.unique(frames.sequence):
-        f = frames.frame[frames.sequence == seq]
-        if (np.diff(f) <= 0).any():
-            problems.append(f"{where}: field 'frame' not strictly increasing in sequence {seq!r}")
+    for seq in unordered_sequences(frames.sequence, frames.frame):  # one sort, not a mask per sequence
+        problems.append(f"{where}: field 'frame' not strictly increasing in sequence {seq!r}")
     if frames.joints_3d is not None and np.isinf(frames.joints_3d).any():
         problems.append(f"{where}: field 'joints_3d' has infinite values")
     return problems

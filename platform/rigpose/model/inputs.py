@@ -15,6 +15,10 @@ import torch
 
 from rigpose import geometry as g
 
+# Agreement of the float32 data path with float64 (tests/unit/test_geometry.py, test_pipeline.py hold it to these):
+UNDISTORT_BUDGET_PX = 1e-3  # xy x focal length, over the whole image of the shipped rigs' lenses, corners too
+ROOT_BUDGET_M = 1e-5  # root_world / pseudo_world within 5 m of the rig, metres (0.01 mm); 1e-5 relative beyond
+
 BATCH_KEYS_2D = ("kp", "w", "xy", "K", "dist", "R", "t", "view_mask", "root_world", "root_ok", "pseudo_world",
                  "pseudo_ok")
 
@@ -40,30 +44,39 @@ def prepare_arrays(
 
     `pseudo_3d=False` triangulates the root joints only and leaves pseudo_world / pseudo_ok out (the same
     root_world: joints are triangulated independently): ~6x faster, for training without the pseudo-3D term.
+
+    Precision against the same computed in float64 (`UNDISTORT_BUDGET_PX`, `ROOT_BUDGET_M`): the undistortion
+    runs in float32, the keypoints' own precision, within 1e-3 px; the triangulation runs in float64 on those
+    float32 points (in float32 a DLT of poorly separated views is off by cm), within 0.01 mm for points within 5 m
+    of the rig, 1e-5 relative beyond (nearly parallel rays). Each point is undistorted once: the triangulation
+    reuses `xy`.
     """
-    kp64 = np.asarray(keypoints, dtype=np.float64)
+    kp = np.asarray(keypoints, dtype=np.float32)
     vm = np.asarray(view_mask, dtype=bool)
-    finite = np.isfinite(kp64[..., 0]) & np.isfinite(kp64[..., 1])  # NumPy reduces a size-2 axis slowly
-    sc = np.asarray(scores, dtype=np.float64)
+    sc = np.asarray(scores, dtype=np.float32)
+    finite = np.isfinite(kp[..., 0]) & np.isfinite(kp[..., 1])  # NumPy reduces a size-2 axis slowly
     valid = finite & (sc > 0) & vm[..., None]
-    w = np.where(valid, sc, 0.0)
-    kp_clean = np.where(valid[..., None], kp64, np.nan)
-    xy = g.undistort(kp_clean, cameras)  # camera fields [N, V, ...] broadcast over the joints
+    w = np.where(valid, sc, np.float32(0))
+    kp0 = np.where(valid[..., None], kp, np.float32(0))  # missing -> (0, 0): a harmless point to undistort
+    cams32 = g.CameraArrays(*(np.asarray(a, np.float32) for a in cameras))
+    xy = g.undistort(kp0, cams32)  # float32; cameras [N, V, ...] broadcast over the joints
+    xy = np.where(valid[..., None], np.nan_to_num(xy, copy=False), np.float32(0))
+    cams64 = g.CameraArrays(*(np.asarray(a, np.float64) for a in cameras))
     roots = list(root_joints)
     if pseudo_3d:
-        pseudo = g.triangulate_robust(kp_clean, cameras, w, inlier_px=inlier_px)  # [N, J, 3]
+        pseudo = _triangulate(xy, kp0, cams64, w, inlier_px=inlier_px)  # [N, J, 3]
         root = pseudo[:, roots].mean(1)
     else:  # robust triangulation is most of the cost: do the root joints only
-        root = g.triangulate_robust(kp_clean[:, :, roots], cameras, w[:, :, roots], inlier_px=inlier_px).mean(1)
+        root = _triangulate(xy[:, :, roots], kp0[:, :, roots], cams64, w[:, :, roots], inlier_px=inlier_px).mean(1)
     root_ok = np.isfinite(root).all(-1)
     out = {
-        "kp": np.nan_to_num(np.where(valid[..., None], kp64, 0.0)).astype(np.float32),
-        "w": w.astype(np.float32),
-        "xy": np.where(valid[..., None], np.nan_to_num(xy), 0.0).astype(np.float32),
-        "K": np.asarray(cameras.K, np.float32),
-        "dist": np.asarray(cameras.dist, np.float32),
-        "R": np.asarray(cameras.R, np.float32),
-        "t": np.asarray(cameras.t, np.float32),
+        "kp": kp0,
+        "w": w,
+        "xy": xy,
+        "K": cams32.K,
+        "dist": cams32.dist,
+        "R": cams32.R,
+        "t": cams32.t,
         "view_mask": vm.astype(np.float32),
         "root_world": np.nan_to_num(root).astype(np.float32),
         "root_ok": root_ok.astype(np.float32),
@@ -74,6 +87,14 @@ def prepare_arrays(
     if joints_3d is not None:
         out["joints_3d"] = np.asarray(joints_3d, np.float32)
     return out
+
+
+def _triangulate(xy: np.ndarray, kp: np.ndarray, cameras: g.CameraArrays, w: np.ndarray, *, inlier_px: float
+                 ) -> np.ndarray:
+    """`geometry.triangulate_robust_normalized` in float64 of float32 xy [N, V, J, 2], kp [N, V, J, 2] px and
+    w [N, V, J] -> [N, J, 3] float64 metres, NaN where fewer than two views see the joint."""
+    return g.triangulate_robust_normalized(xy.astype(np.float64), kp.astype(np.float64), cameras,
+                                           w.astype(np.float64), inlier_px=inlier_px)
 
 
 def model_inputs(keypoints: np.ndarray, scores: np.ndarray, cameras: g.CameraArrays, view_mask: np.ndarray, *,

@@ -53,23 +53,49 @@ def _coco_entries(doc: Any, source: str) -> tuple[dict[Any, int], list[dict[str,
 
 
 def _best_person(anns: list[dict[str, Any]], J: int, source: str) -> dict[Any, np.ndarray]:
-    """image id -> the kept person's keypoints [J, 3] (+ its score appended as row J) ."""
-    best: dict[Any, tuple[tuple[float, float, float], np.ndarray]] = {}
-    for i, a in enumerate(anns):
-        if not isinstance(a, dict) or "keypoints" not in a or a.get("category_id", 1) != 1:
-            continue
-        kp = np.asarray(a["keypoints"], dtype=np.float64)
-        if kp.shape != (3 * J,):
-            raise ValueError(f"{source}: field 'annotations[{i}].keypoints' has {kp.size} values, expected {3 * J}")
-        score = a.get("score")
-        if score is not None and not 0 <= float(score) <= 1:
-            raise ValueError(f"{source}: field 'annotations[{i}].score' {score} outside [0, 1]")
-        kp = kp.reshape(J, 3)
-        rank = (float(score) if score is not None else -1.0, float((kp[:, 2] > 0).sum()), float(a.get("area", 0)))
-        row = np.vstack([kp, [np.nan if score is None else float(score), 0.0, 0.0]])
-        if a.get("image_id") not in best or rank > best[a["image_id"]][0]:
-            best[a["image_id"]] = (rank, row)
-    return {k: v for k, (_, v) in best.items()}
+    """image id -> the kept person's keypoints [J, 3] (+ its score appended as row J, NaN when it has none).
+
+    Kept per image: the highest score (none ranks below any), then the most labelled keypoints, then the largest
+    area; the first in file order among equals. One array and one sort over all annotations, not one per person.
+    """
+    people = [(i, a) for i, a in enumerate(anns)
+              if isinstance(a, dict) and "keypoints" in a and a.get("category_id", 1) == 1]
+    if not people:
+        return {}
+    P = len(people)
+    has_score = np.array([a.get("score") is not None for _, a in people])
+    score = np.array([float(a["score"]) if h else np.nan for (_, a), h in zip(people, has_score, strict=True)])
+    bad_score = has_score & ~((score >= 0) & (score <= 1))  # NaN too
+    try:
+        kp = np.array([a["keypoints"] for _, a in people], dtype=np.float64)
+    except (ValueError, TypeError):  # ragged: found per annotation below
+        kp = np.zeros(0)
+    bad_kp = np.zeros(P, bool)
+    if kp.shape != (P, 3 * J):  # the error path: which annotation
+        bad_kp = np.array([np.asarray(a["keypoints"], np.float64).shape != (3 * J,) for _, a in people])
+    for k in np.flatnonzero(bad_kp | bad_score)[:1]:  # the first bad annotation, checked as the file is read
+        i, a = people[k]
+        if bad_kp[k]:
+            size = np.asarray(a["keypoints"], np.float64).size
+            raise ValueError(f"{source}: field 'annotations[{i}].keypoints' has {size} values, expected {3 * J}")
+        raise ValueError(f"{source}: field 'annotations[{i}].score' {a['score']} outside [0, 1]")
+    missing = next((i for i, a in people if "image_id" not in a), None)
+    if missing is not None:
+        raise ValueError(f"{source}: field 'annotations[{missing}].image_id' is missing")
+    kp = kp.reshape(P, J, 3)
+    codes: dict[Any, int] = {}
+    image = np.array([codes.setdefault(a["image_id"], len(codes)) for _, a in people])
+    area = np.array([float(a.get("area", 0)) for _, a in people])
+    labelled = (kp[:, :, 2] > 0).sum(1)
+    rank_score = np.where(has_score, score, -1.0)
+    # within each image, best first: highest score, most labelled, largest area, earliest in the file
+    order = np.lexsort((np.arange(P), -area, -labelled, -rank_score, image))
+    first = order[np.concatenate([[True], image[order][1:] != image[order][:-1]])]  # [I], one per image
+    score_row = np.zeros((len(first), 1, 3))
+    score_row[:, 0, 0] = score[first]
+    rows = np.concatenate([kp[first], score_row], axis=1)  # [I, J + 1, 3]
+    ids = list(codes)
+    return {ids[image[k]]: row for k, row in zip(first, rows, strict=True)}
 
 
 def read_coco_keypoints(path: str, *, num_joints: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
