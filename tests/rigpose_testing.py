@@ -379,3 +379,47 @@ def stop_with_children(proc: subprocess.Popen, *, timeout_s: float = 20.0) -> No
         proc.kill()
         proc.wait()
     stop_processes(children, timeout_s=timeout_s)
+
+
+class Stack:
+    """The local stack (`infra/local/stack.py`) of one temporary state folder on free ports, driven through its
+    command line (tests/integration/test_local_stack.py, test_node_loss.py)."""
+
+    SCRIPT = REPO / "infra" / "local" / "stack.py"
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="rp-stack-", dir="/tmp"))  # short: Ray's sockets are below it
+        self.state = self.root / "state"
+        self.ports = {"--dashboard-port": free_port(), "--gcs-port": free_port(), "--mlflow-port": free_port(),
+                      "--s3-port": free_port()}
+
+    def run(self, command: str) -> subprocess.CompletedProcess:
+        args = [a for k, v in self.ports.items() for a in (k, str(v))]
+        return subprocess.run([sys.executable, str(self.SCRIPT), command, "--state-dir", str(self.state), *args],
+                              capture_output=True, text=True, timeout=600)
+
+    def records(self) -> dict[str, dict]:
+        import json
+
+        return json.loads((self.state / "stack.json").read_text())["parts"]
+
+    def env(self) -> dict[str, str]:
+        """The env file's exports, as `source` would set them (its `unset RAY_AUTH_TOKEN` included)."""
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in
+                       (self.state / "env").read_text().splitlines() if line.startswith("export "))
+        return {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}, **exports}
+
+    def processes(self) -> set[int]:
+        """Every process of the stack, found independently of the script's own bookkeeping: the recorded pids'
+        sessions, those naming the state folder (Ray's temp folders, MLflow's store), and their children."""
+        from rigpose.cluster.processes import descendants as below
+        from rigpose.cluster.processes import process_table
+
+        table = process_table()
+        sids = {r["pid"] for r in self.records().values()} if (self.state / "stack.json").exists() else set()
+        found = {p for p, info in table.items() if info.sid in sids or str(self.state) in info.cmdline}
+        for pid in list(found):
+            found |= below(pid, table)
+        return found

@@ -12,54 +12,18 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rigpose_testing import REPO, free_port
+from rigpose_testing import Stack
 
-from rigpose.cluster.processes import alive, descendants, process_table, stop_processes
+from rigpose.cluster.processes import alive, descendants, stop_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-STACK = REPO / "infra" / "local" / "stack.py"
 PARTS = ["s3", "mlflow", "ray-head", "ray-node2"]
-
-
-class Stack:
-    """The stack of one state folder, driven through its command line."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="rp-stack-", dir="/tmp"))  # short: Ray's sockets are below it
-        self.state = self.root / "state"
-        self.ports = {"--dashboard-port": free_port(), "--gcs-port": free_port(), "--mlflow-port": free_port(),
-                      "--s3-port": free_port()}
-
-    def run(self, command: str) -> subprocess.CompletedProcess:
-        args = [a for k, v in self.ports.items() for a in (k, str(v))]
-        return subprocess.run([sys.executable, str(STACK), command, "--state-dir", str(self.state), *args],
-                              capture_output=True, text=True, timeout=600)
-
-    def records(self) -> dict[str, dict]:
-        return json.loads((self.state / "stack.json").read_text())["parts"]
-
-    def env(self) -> dict[str, str]:
-        """The env file's exports, as `source` would set them (its `unset RAY_AUTH_TOKEN` included)."""
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in
-                       (self.state / "env").read_text().splitlines() if line.startswith("export "))
-        return {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}, **exports}
-
-    def processes(self) -> set[int]:
-        """Every process of the stack, found independently of the script's own bookkeeping: the recorded pids'
-        sessions, those naming the state folder (Ray's temp folders, MLflow's store), and their children."""
-        table = process_table()
-        sids = {r["pid"] for r in self.records().values()} if (self.state / "stack.json").exists() else set()
-        found = {p for p, info in table.items() if info.sid in sids or str(self.state) in info.cmdline}
-        for pid in list(found):
-            found |= descendants(pid, table)
-        return found
 
 
 @pytest.fixture(scope="module")

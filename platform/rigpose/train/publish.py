@@ -1,7 +1,8 @@
 """After training (driver side): evaluate, log artifacts and pictures to the run's MLflow run, register the model.
 
 `start_tracking` runs before `fit()` (creates or finds the run, logs params and lineage tags; never fails the job);
-`publish` runs after it: evaluation JSON on the eval split, the job file, the dataset manifest, the metric history,
+`publish` runs after it: the epochs' metrics the run lacks (rank 0 leaves the last ones to the driver, see
+`rigpose.train.worker`), evaluation JSON on the eval split, the job file, the dataset manifest, the metric history,
 PNG pictures (`rigpose.inference.plots`), then the pyfunc model registered as a new version with alias `candidate`
 (`rigpose.tracking.registry.register`, retried with backoff; a registry that cannot be reached fails the job).
 """
@@ -83,6 +84,8 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
     from rigpose.tracking.registry import metric_tags, register
 
     logger.run_id = logger.run_id or read_run_id(run_dir, logger.spec.target)  # a worker may have created it
+    logger.backfill(history)  # first: the epochs rank 0 leaves to the driver (rigpose.train.worker.REGISTERED_AFTER)
+    logger.flush()
     split = job.tracking.eval_split or job.data.val_split or job.data.train_split
     if split not in ds.manifest.splits():
         raise ValueError(f"tracking.eval_split: {ds.root} has no split {split!r}; has {sorted(ds.manifest.splits())}")
@@ -107,7 +110,6 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
         single = report.get("single", {}).get("overall", {})
         final = {f"eval/{k}": v for k, v in single.items() if isinstance(v, int | float) and not k.startswith("num")}
         last = history[-1] if history else {}
-        logger.backfill(history)
         logger.log_metrics(final, step=int(last.get("epoch", 0)))
         logger.set_tags({"rigpose.model_file": model_file, "rigpose.eval_split": split})
         sent = logger.flush_with_retries(attempts=5)

@@ -16,7 +16,10 @@ module only wires it to Ray Train:
 - every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8).
 
 Tracking (rank 0 only): with `config["tracking"]` (a `rigpose.tracking.runs.RunSpec`), every epoch's metrics go to the
-MLflow run of this training run (`RunLogger`: never fails training, queues while the server is down).
+MLflow run of this training run (`RunLogger`: never fails training, queues while the server is down), once Ray Train
+has registered the epoch's checkpoint (`REGISTERED_AFTER` reports later): an epoch that a failure makes the next
+attempt train again is never logged twice. A resumed attempt first sends the epochs of its checkpoint's history that
+the run lacks (the failed attempt's unsent ones); the driver sends the last epochs after `fit()` (`publish`).
 
 Checkpoint = a folder holding `STATE_FILE`: a torch.save dict {model, optimizer, scheduler, epoch (0-based, last
 finished), step, history (per-epoch metrics), job (the job config, scrubbed: `rigpose.tracking.secrets`), skeleton,
@@ -45,6 +48,11 @@ from rigpose.train.progress import progress_line
 from rigpose.train.schedule import lr_scheduler, num_epochs, resume_scheduler, total_steps
 
 STATE_FILE = "state.pt"
+#: reports after which an epoch's checkpoint is surely registered: rank 0's `ray.train.report` for epoch e + 2 passes
+#: a barrier of all ranks, each of which had put its epoch e + 1 result into its worker's one-result queue, so Ray
+#: Train's controller had taken every rank's epoch e result, and it registers a round once it has all ranks' results.
+#: Logged earlier, an epoch could be lost with a node and trained (and logged) again by the next attempt.
+REGISTERED_AFTER = 2
 
 
 def build_lifter(job: TrainJob, skeleton: Skeleton) -> Lifter:
@@ -167,6 +175,8 @@ def train_func(config: dict[str, Any]) -> None:
         from rigpose.tracking.runs import RunLogger
 
         tracker = RunLogger(config["tracking"], warn=say)
+        if state is not None:
+            tracker.backfill(history)  # the checkpointed epochs the failed attempt had not sent yet
         tracker.flush()  # connect now (sqlite schema check, HTTP session): start-up time, not the first epoch's
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
@@ -176,6 +186,7 @@ def train_func(config: dict[str, Any]) -> None:
     every_s = float("inf") if rank != 0 else 30.0 if verbose() else 2.0
     progress = _StepProgress(epochs, budget, history, step0=step, every_s=every_s)
     tracking_s = [0.0]
+    unsent: list[tuple[int, dict[str, Any]]] = []  # (epoch, metrics) not yet known registered: REGISTERED_AFTER
 
     def batches(shard: Any, *, shuffle: bool) -> Iterable[Batch]:
         return shard.iter_torch_batches(
@@ -196,7 +207,7 @@ def train_func(config: dict[str, Any]) -> None:
             metrics["startup_s"] = clock.first - config["t_start"]
         metrics["world_size"] = world
         if tracker is not None and result.epoch > start_epoch:
-            metrics["tracking_s"] = tracking_s[0]  # rank 0's time logging the previous epoch to MLflow
+            metrics["tracking_s"] = tracking_s[0]  # rank 0's time logging to MLflow after the previous epoch
         history.append(metrics)
         progress.step0 = global_step
         with tempfile.TemporaryDirectory() as d:
@@ -212,7 +223,10 @@ def train_func(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
         if tracker is not None:  # after the checkpoint: a slow tracking server never delays it
             t0 = time.perf_counter()
-            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=result.epoch)
+            unsent.append((result.epoch, {k: v for k, v in metrics.items() if k != "epoch"}))
+            while len(unsent) > REGISTERED_AFTER:
+                epoch, values = unsent.pop(0)
+                tracker.log_metrics(values, step=epoch)
             tracking_s[0] = time.perf_counter() - t0
 
     fit(model, optimizer, scheduler, skeleton,
@@ -222,8 +236,10 @@ def train_func(config: dict[str, Any]) -> None:
         supervision=job.supervision, dropout=job.model.dropout, dropout_mode=job.model.dropout_schedule,
         grad_clip=job.optim.grad_clip, on_epoch=on_epoch, reduce=reduce, num_replicas=world,
         seed=job.optim.seed + rank)
+    # the last REGISTERED_AFTER epochs stay unsent: the driver logs them from the final history (`publish`)
     if tracker is not None and not tracker.flush_with_retries(attempts=3):
-        say("MLflow tracking still unreachable at the end of training: some epoch metrics were not logged")
+        say("MLflow tracking still unreachable at the end of training: the driver sends the missing epochs after "
+            "training if it can")
 
 
 def print_epoch(m: dict[str, Any], epochs: int) -> None:
