@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from rigpose.cluster.processes import descendants, processes_with, stop_processes
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for services the tests start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from rigpose.cluster.processes import free_port as free
+
+    return free("127.0.0.1")
 
 
 def synthetic_batch(num_frames: int = 32, *, seed: int = 0, noise_px: float = 0.0, with_3d: bool = True,
@@ -77,82 +78,13 @@ def to_torch(batch: dict) -> dict:
 # machine, e.g. another engineer's tests or a user's cluster. These find the processes of one service by a marker
 # only it has on its command line (its own temp folder) plus their descendants (Ray's workers rename themselves
 # "ray::..." but stay children of their raylet). Linux /proc; no psutil in the venv.
-
-
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process we can read."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        table[int(entry.name)] = (ppid, cmdline)
-    return table
-
-
-def processes_with(*markers: str) -> set[int]:
-    """Pids of the processes whose command line contains one of `markers`, and all their descendants (not this
-    one). A Ray head: its temp folder (GCS, raylet, dashboard, monitors) and `--address=IP:PORT` of its GCS (the
-    Ray Client server names nothing else of it)."""
-    import os
-
-    table = _process_table()
-    found = {pid for pid, (_, cmd) in table.items() if any(m in cmd for m in markers)}
-    grew = True
-    while grew:
-        more = {pid for pid, (ppid, _) in table.items() if ppid in found and pid not in found}
-        found |= more
-        grew = bool(more)
-    found.discard(os.getpid())
-    return found
-
-
-def descendants(pid: int) -> set[int]:
-    """Pids of every process below `pid` (children, their children, ...), not `pid` itself."""
-    table = _process_table()
-    found: set[int] = set()
-    parents = {pid}
-    while parents:
-        parents = {p for p, (ppid, _) in table.items() if ppid in parents and p not in found}
-        found |= parents
-    return found
+# The helpers are the package's own (`rigpose.cluster.processes`, which the local stack uses), imported above and
+# re-exported to the tests: descendants, processes_with, stop_processes.
 
 
 #: SIGTERM-to-SIGKILL grace when a test stops a Ray it started: some of a Ray node's processes ignore SIGTERM for
 #: any wait (30 s per cluster, seen here), and a test's cluster holds nothing worth a graceful stop.
 RAY_STOP_GRACE_S = 5.0
-
-
-def stop_processes(pids: set[int], *, timeout_s: float = 30.0) -> set[int]:
-    """SIGTERM `pids`, SIGKILL what is left after `timeout_s`; returns the pids that were still alive at the end."""
-    import contextlib
-    import os
-    import signal
-    import time
-
-    def alive(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            return False
-        return state != "Z"  # a zombie has exited; its parent (not ours) reaps it
-
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.time() + wait_s
-        while time.time() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.2)
-        pids = {p for p in pids if alive(p)}
-        if not pids:
-            break
-    return pids
 
 
 # One writer in its own process: ROWS frames of RIG/SEQUENCE in shards of 10 rows. It waits at a barrier (a file
