@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Strict(BaseModel):
@@ -49,6 +49,14 @@ class DataConfig(Strict):
         "auto", description="Check the shards training reads against the manifest before Ray starts: 'footer' = "
                             "size and Parquet footer (schema, row count); 'full' = also the sha256 (reads every "
                             "byte); 'auto' = full for local files, footer for object storage.")
+    mix_url: str | None = Field(
+        None, description="A second dataset (e.g. synthetic) mixed into training: every epoch takes all the "
+                          "training rows of `url` and enough rows of this dataset's `train_split` (all its rigs) to "
+                          "make `mix_ratio` of the epoch's rows; same skeleton as `url`. Validation stays on `url`'s "
+                          "val_split. null = no mix.")
+    mix_ratio: float = Field(0.5, gt=0, lt=1, description="With mix_url: the fraction of every epoch's training rows "
+                                                          "taken from it (round(n x r / (1 - r)) rows for n rows of "
+                                                          "url; repeated when it has fewer).")
 
 
 class ModelConfig(Strict):
@@ -69,10 +77,11 @@ class ModelConfig(Strict):
                               "network one rig's depths (bench/frame_sweep.py: lower error on an unseen rig); "
                               "'camera': lift in the camera's own frame (model files without the setting).")
     init_weights: str | None = Field(
-        None, min_length=1,
+        None, min_length=1, validation_alias=AliasChoices("init_weights", "init_from"),
         description="Start from these weights (a model.pt file, a run folder, or an MLflow model URI "
-                    "models:/NAME@ALIAS / models:/NAME/VERSION) instead of random initialisation; ignored when the "
-                    "run resumes from its own checkpoint. Their skeleton, width, num_blocks and output must match.")
+                    "models:/NAME@ALIAS / models:/NAME/VERSION) instead of random initialisation, e.g. to fine-tune "
+                    "a champion; ignored when the run resumes from its own checkpoint. Their skeleton, width, "
+                    "num_blocks, output and frame must match. Also accepted as `model.init_from`.")
 
 
 class LossConfig(Strict):
@@ -97,7 +106,8 @@ class OptimConfig(Strict):
 
     The budget resolves to exactly one of the two: setting `epochs` (e.g. `--set optim.epochs=2`) makes the run that
     many passes over the training split and clears `steps` (null in the validated job, its tracked params and
-    job.json); `steps` and `epochs` both null is an error.
+    job.json); `steps` and `epochs` both null is an error. `min_steps` raises either to at least that many steps;
+    `early_stop_patience` may end the run before its budget.
     """
 
     lr: float = Field(3e-4, gt=0, description="Adam peak learning rate (1e-3 diverged in measurements).")
@@ -106,6 +116,9 @@ class OptimConfig(Strict):
                                                       "Ignored (null) when epochs is set.")
     epochs: int | None = Field(None, ge=1, description="When set, the budget is this many passes over the training "
                                                        "split instead of `steps` (null = use steps).")
+    min_steps: int = Field(0, ge=0, description="The budget is at least this many steps: with `epochs`, "
+                                                "max(epochs passes, min_steps), so that a small dataset (few steps "
+                                                "an epoch) is not left undertrained (0 = no minimum).")
     schedule: LrSchedule = Field(
         "cosine", description="Learning-rate factor per step after the warm-up: 'cosine' from 1 down to "
                               "min_lr_ratio at the last step; 'exponential' lr_decay per epoch (steps_per_epoch "
@@ -120,6 +133,14 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     seed: int = Field(0, description="Seed for initialisation and augmentation.")
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs in a row without the label-free validation metric "
+                                "(val/reprojection_px) improving on its best by early_stop_min_delta; model.pt then "
+                                "holds the best epoch's weights (needs data.val_split; null = train the whole "
+                                "budget). The learning-rate schedule stays that of the whole budget: stopping early "
+                                "truncates it.")
+    early_stop_min_delta: float = Field(0.01, ge=0, lt=1, description="Relative improvement that counts for "
+                                                                      "early stopping: below best x (1 - this).")
 
     @model_validator(mode="before")
     @classmethod
@@ -200,6 +221,9 @@ class TrainJob(Strict):
     def _check(self) -> TrainJob:
         if self.data.val_split is not None and self.data.val_split == self.data.train_split:
             raise ValueError("data.val_split must differ from data.train_split")
+        if self.optim.early_stop_patience is not None and self.data.val_split is None:
+            raise ValueError("optim.early_stop_patience needs data.val_split: early stopping watches the label-free "
+                             "validation metric (val/reprojection_px)")
         return self
 
 
@@ -333,6 +357,35 @@ def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def alias_paths(cls: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    """{'model.init_from': 'model.init_weights'}: every other name (a pydantic `AliasChoices`) of a setting of
+    `cls` and its sections, dotted, to the setting's own."""
+    out: dict[str, str] = {}
+    for name, field in cls.model_fields.items():
+        if isinstance(field.validation_alias, AliasChoices):
+            out.update({f"{prefix}{c}": f"{prefix}{name}" for c in field.validation_alias.choices
+                        if isinstance(c, str) and c != name})
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out.update(alias_paths(field.annotation, f"{prefix}{name}."))
+    return out
+
+
+def _canonical_names(raw: dict[str, Any], aliases: dict[str, str], source: str) -> None:
+    """Rename the other names of settings in `raw` (a job file) to their own, in place, so that an override under
+    either name replaces the file's value; ValueError naming both when the file gives a setting under two."""
+    for alias, name in aliases.items():
+        *path, key = alias.split(".")
+        node: Any = raw
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        own = name.rsplit(".", 1)[-1]
+        if own in node:
+            raise ValueError(f"{source}: {alias} and {name} are one setting; give it once")
+        node[own] = node.pop(key)
+
+
 def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     """['optim.epochs=2', 'data.url=s3://b/x'] -> [(path, YAML-parsed value)]; ValueError naming a bad one."""
     out = []
@@ -360,8 +413,10 @@ def load_config(cls: type[Config], path: str | os.PathLike[str] | None, override
             raise ValueError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a job file is a mapping of sections, got {type(raw).__name__}")
+    aliases = alias_paths(cls)
+    _canonical_names(raw, aliases, source)
     for key, value in [*parse_overrides(overrides), *(options or {}).items()]:
-        _set_path(raw, key, value)
+        _set_path(raw, aliases.get(key, key), value)
     try:
         return cls.model_validate(raw)
     except ValidationError as e:

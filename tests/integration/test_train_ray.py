@@ -113,3 +113,26 @@ def test_cli_train_rejects_a_bad_override_with_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", str(REPO / "jobs" / "train.yaml"), "--set", "optim.epochs=0"])
     assert result.exit_code == 1
     assert "field optim.epochs" in result.output
+
+
+def test_two_workers_stop_early_after_the_same_epoch_and_write_the_best_epochs_weights(two_rig_dataset: str,
+                                                                                        local_ray: None,
+                                                                                        tmp_path: Path) -> None:
+    import torch
+
+    from rigpose.train.trainer import train
+
+    # min_delta 0.99: no later epoch counts as better than the first, so patience 1 stops after epoch 1 of 6; a rank
+    # that decided otherwise would report once more than the other and the run would fail
+    out = train(load_job(REPO / "jobs" / "train.yaml", [
+        f"data.url={two_rig_dataset}", "data.val_split=test", "optim.epochs=6", "optim.early_stop_patience=1",
+        "optim.early_stop_min_delta=0.99", "model.width=32", "model.num_blocks=1", "data.batch_size=16",
+        "scaling.num_workers=2", f"run.output_dir={tmp_path}", "run.name=two-stop", "tracking.enabled=false"]))
+    history = out["history"]
+    assert [h["world_size"] for h in history] == [2, 2] and [h["stopped_early"] for h in history] == [0.0, 1.0]
+    assert (out["stopped_early"], out["best_epoch"]) == (True, 0)
+    model, _, meta = load_lifter(out["model"])
+    state = torch.load(Path(out["checkpoint"]) / "state.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["best"]["epoch"] == 0 and meta["best_epoch"] == 0
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state["best"]["model"][k], rtol=0, atol=0)

@@ -18,6 +18,7 @@ from rigpose.skeleton import DEEPMIMIC16
 from rigpose.train.loop import fit
 from rigpose.train.schedule import (
     dropout_at,
+    epoch_limit,
     lr_factor,
     lr_scheduler,
     num_epochs,
@@ -51,6 +52,18 @@ def test_a_job_without_any_budget_or_with_a_bad_one_is_refused_naming_the_field(
         load_job(None, ["optim.schedule=linear"])
     with pytest.raises(ValueError, match="no full batch"):
         total_steps(OptimConfig(epochs=3), 0)
+
+
+def test_min_steps_lifts_a_small_datasets_epochs_budget_and_leaves_a_large_ones_alone() -> None:
+    cfg = load_job(REPO / "jobs" / "train.yaml", ["optim.epochs=3", "optim.min_steps=100"]).optim
+    assert (total_steps(cfg, 5), epoch_limit(cfg, 100, 5)) == (100, 20)  # 3 epochs of 5 steps: too few
+    assert (total_steps(cfg, 7), epoch_limit(cfg, 100, 7)) == (100, 15)  # the 15th epoch stops at step 100
+    assert (total_steps(cfg, 50), epoch_limit(cfg, 150, 50)) == (150, 3)  # 3 epochs are more than enough
+    assert total_steps(OptimConfig(epochs=3), 5) == 15  # no minimum by default
+    steps = OptimConfig(steps=50, min_steps=80)
+    assert (total_steps(steps, 10), epoch_limit(steps, 80, 10)) == (80, None)  # a steps budget: at least min_steps
+    with pytest.raises(ValueError, match=r"field optim\.min_steps"):
+        load_job(None, ["optim.min_steps=-1"])
 
 
 def test_warm_up_rises_linearly_to_the_peak_learning_rate() -> None:
@@ -106,6 +119,8 @@ def test_the_driver_counts_each_ranks_full_batches_of_the_selected_rows() -> Non
     assert steps_per_epoch(load_job(None, ["data.batch_size=64", "data.max_rows=500"]), ds) == 7  # type: ignore[arg-type]
     per_epoch = [steps_per_epoch(job, _Dataset({"a": rows})) for rows in (640, 64_000)]  # type: ignore[arg-type]
     assert per_epoch == [5, 500] and [total_steps(job.optim, n) for n in per_epoch] == [3000, 3000]
+    mixed = load_job(None, ["data.batch_size=64", "data.mix_url=synth", "data.mix_ratio=0.25"])
+    assert steps_per_epoch(mixed, ds) == (1600 + 533) // 64  # type: ignore[arg-type]  # + a quarter of the rows
 
 
 class _StopError(Exception):
@@ -125,7 +140,7 @@ class _Batches:
 
 
 def _train(num_batches: int, num_steps: int, *, cfg: OptimConfig | None = None, start: dict[str, Any] | None = None,
-           stop_after_epoch: int | None = None) -> dict[str, Any]:
+           stop_after_epoch: int | None = None, max_epochs: int | None = None) -> dict[str, Any]:
     """`fit` on `num_batches` tiny batches per epoch for a budget of `num_steps`, as the worker wires it: a LambdaLR
     stepped per step, half dropout; `start`: a checkpoint to resume from; `stop_after_epoch`: end the attempt
     there (as a failed worker would), returning the checkpoint of that epoch."""
@@ -160,7 +175,8 @@ def _train(num_batches: int, num_steps: int, *, cfg: OptimConfig | None = None, 
 
     with contextlib.suppress(_StopError):
         out["step"] = fit(model, optimizer, scheduler, DEEPMIMIC16, train_batches=batches, val_batches=None,
-                          total_steps=num_steps, start_epoch=epoch0, start_step=step0, loss_cfg=LossConfig(),
+                          total_steps=num_steps, max_epochs=max_epochs, start_epoch=epoch0, start_step=step0,
+                          loss_cfg=LossConfig(),
                           supervision="2d", dropout=0.5, dropout_mode="half", grad_clip=1.0, on_epoch=on_epoch)
     return out
 
@@ -175,6 +191,16 @@ def test_training_takes_the_same_optimizer_steps_on_a_small_and_a_large_dataset(
     np.testing.assert_allclose(small["lrs"], large["lrs"])  # one schedule of steps, whatever the epochs
     assert small["lrs"][-1] == pytest.approx(1e-3 * OptimConfig().min_lr_ratio)
     assert [h["dropout"] for h in large["history"]] == [0.5, 0.0, 0.0]  # switched off at step 10 of 20
+
+
+def test_an_epochs_budget_with_min_steps_trains_those_steps_on_a_small_dataset() -> None:
+    cfg = OptimConfig(epochs=2, min_steps=11, warmup_steps=0)
+    budget = total_steps(cfg, 3)  # 2 epochs of 3 batches would be 6 steps
+    run = _train(3, budget, cfg=cfg, max_epochs=epoch_limit(cfg, budget, 3))
+    assert run["step"] == 11 and [h["steps"] for h in run["history"]] == [3, 3, 3, 2]
+    assert run["lrs"][-1] == pytest.approx(1e-3 * cfg.min_lr_ratio)  # the schedule spans the 11 steps
+    plain = OptimConfig(epochs=2, warmup_steps=0)
+    assert [h["steps"] for h in _train(3, 6, cfg=plain, max_epochs=epoch_limit(plain, 6, 3))["history"]] == [3, 3]
 
 
 def test_a_resumed_run_continues_the_schedule_where_it_stopped() -> None:

@@ -77,6 +77,7 @@ def test_a_remote_cluster_is_told_that_every_node_must_see_an_absolute_local_pat
     (["data.url=outputs/datasets/demo", "run.output_dir=s3://b/r"], "data.url"),
     (["data.url=file://outputs/datasets/demo", "run.output_dir=s3://b/r"], "data.url"),
     (["data.url=s3://b/d", "run.output_dir=outputs/runs"], "run.output_dir"),
+    (["data.url=s3://b/d", "data.mix_url=outputs/datasets/synth", "run.output_dir=s3://b/r"], "data.mix_url"),
 ])
 def test_a_remote_cluster_refuses_a_relative_local_path_naming_the_field(sets: list[str], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{re.escape(field)}='[^']+' is a relative local path.*use s3://"):

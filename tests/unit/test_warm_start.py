@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rigpose_testing import synthetic_batch, to_torch
+from rigpose_testing import REPO, synthetic_batch, to_torch
 
 from rigpose.config import ModelConfig, TrainJob, load_job
 from rigpose.model.checkpoint import MODEL_FILE, load_lifter, save_lifter
@@ -110,6 +110,27 @@ def test_weights_of_another_skeleton_are_refused_naming_both(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"^model\.init_weights '.*h36m': its skeleton is 'h36m17', the dataset's "
                                          r"is 'deepmimic16'"):
         load_init_weights(_job(tmp_path / "h36m"), DEEPMIMIC16)
+
+
+def test_init_from_is_the_other_name_of_init_weights_in_a_job_file_and_in_set(tmp_path: Path) -> None:
+    assert load_job(None, ["model.init_from=a/model.pt"]).model.init_weights == "a/model.pt"
+    assert ModelConfig(init_from="a").init_weights == "a" and "init_from" not in ModelConfig().model_dump()
+    # jobs/train.yaml states init_weights: null; an override under either name replaces it
+    assert load_job(REPO / "jobs" / "train.yaml", ["model.init_from=x"]).model.init_weights == "x"
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("model: {init_from: x}\n")
+    assert load_job(job_file).model.init_weights == "x"
+    assert load_job(job_file, ["model.init_weights=y"]).model.init_weights == "y"
+    assert load_job(job_file, ["model.init_weights=null"]).model.init_weights is None
+    job_file.write_text("model: {init_from: x, init_weights: y}\n")
+    with pytest.raises(ValueError, match=r"job\.yaml: model\.init_from and model\.init_weights are one setting"):
+        load_job(job_file)
+
+
+def test_weights_of_another_skeleton_given_as_init_from_are_refused_naming_both(tmp_path: Path) -> None:
+    _saved(tmp_path / "dm", skeleton=DEEPMIMIC16)
+    with pytest.raises(ValueError, match=r"its skeleton is 'deepmimic16', the dataset's is 'h36m17'"):
+        load_init_weights(load_job(None, [*TINY, f"model.init_from={tmp_path / 'dm'}"]), H36M17)
 
 
 @pytest.mark.parametrize("bad", ["missing", "not a model"])

@@ -105,8 +105,9 @@ def _is_local_path(url: str) -> bool:
 def _path_overrides(job: TrainJob, *, local_cluster: bool) -> tuple[list[str], list[str]]:
     """(--set overrides that make relative local paths absolute, notes) for the job's data and output paths."""
     overrides, notes = [], []
-    for key, value in (("data.url", job.data.url), ("run.output_dir", job.run.output_dir)):
-        if not _is_local_path(value):
+    for key, value in (("data.url", job.data.url), ("data.mix_url", job.data.mix_url),
+                       ("run.output_dir", job.run.output_dir)):
+        if value is None or not _is_local_path(value):
             continue
         path = Path(value.removeprefix("file://")).expanduser()
         if path.is_absolute():

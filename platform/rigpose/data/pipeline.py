@@ -17,6 +17,15 @@ labelled ones (`rigpose.train.loop.validate`).
 Shuffling, every epoch: the order of the shards (streaming) or of the cached blocks changes with each execution
 (`reseed_after_execution`), then `iter_torch_batches(local_shuffle_buffer_size=...)` mixes rows within a buffer.
 
+Mixing (`data.mix_url`, `data.mix_ratio` r): every epoch takes all the training rows of `data.url` (n) and
+`mix_rows(n, r)` rows of the mixed-in dataset's training split (all its rigs; repeated when it has fewer), so that
+they are r of the epoch's rows (`epoch_rows`; the driver's steps per epoch count both). Which of its rows changes
+every epoch with `data.shuffle_files`: the first rows of a new shard order (streaming) or block order (cached: cut
+into blocks of about 1/`MIX_BLOCKS` of an epoch's mixed-in rows, so that they are drawn from all over it);
+both parts are padded to the larger of the two datasets' camera counts, and the cached blocks of both are put in one
+new random order every epoch, before the local shuffle buffer mixes rows. `check_mix` refuses a dataset of another
+skeleton. Validation reads `data.url` only.
+
 Preprocessing (`Preprocess`, vectorised NumPy over a block of rows: undistortion, K^-1, the triangulated root) runs
 in Ray Data tasks, not in the training workers. With `data.cache` it runs once and the result stays in the object
 store; without it, it streams again every epoch (datasets larger than the object store).
@@ -24,6 +33,7 @@ store; without it, it streams again every epoch (datasets larger than the object
 
 from __future__ import annotations
 
+import math
 import posixpath
 import sys
 from typing import TYPE_CHECKING, Any
@@ -45,6 +55,7 @@ if TYPE_CHECKING:
 # The only columns a lifter's training or inference needs (all numeric; the key columns stay on storage).
 MODEL_COLUMNS = ("num_views", "K", "dist", "R", "t", "keypoints", "scores")
 PREPROCESS_ROWS = 1024  # rows per Ray Data preprocessing call (one vectorised prepare_arrays)
+MIX_BLOCKS = 16  # data.mix_url, cached: an epoch's mixed-in rows are at least this many blocks drawn at random
 
 
 class Preprocess:
@@ -143,13 +154,45 @@ def training_shards(ds: Dataset, data: DataConfig) -> list[ShardInfo]:
     return out
 
 
+def mix_rows(num_rows: int, ratio: float) -> int:
+    """Rows of the mixed-in dataset per epoch beside `num_rows` rows of the main one: `ratio` of the epoch's rows."""
+    if not 0 < ratio < 1:
+        raise ValueError(f"data.mix_ratio: expected 0 < ratio < 1, got {ratio!r}")
+    return round(num_rows * ratio / (1.0 - ratio))
+
+
+def epoch_rows(data: DataConfig, ds: Dataset) -> tuple[int, int]:
+    """(rows of `ds`, rows of data.mix_url) one epoch trains on: the training split's rows of the selected rigs
+    (`data.rig_ids`), at most `data.max_rows`, and `mix_rows` of them with a mix (0 without), from the manifest."""
+    rows = sum(s.rows for s in ds.shards(splits=[data.train_split], rig_ids=data.rig_ids))
+    rows = min(rows, data.max_rows) if data.max_rows else rows
+    return rows, mix_rows(rows, data.mix_ratio) if data.mix_url is not None else 0
+
+
+def check_mix(ds: Dataset, mix: Dataset, data: DataConfig) -> list[ShardInfo]:
+    """The shards of the mixed-in dataset `mix` (data.mix_url) that training reads: its `data.train_split`, every
+    rig. ValueError naming both datasets when its skeleton is not `ds`'s (data.url), or naming data.mix_url when
+    it has no rows of that split."""
+    if mix.skeleton.name != ds.skeleton.name:
+        raise ValueError(f"data.mix_url {mix.root!r}: its skeleton is {mix.skeleton.name!r}, that of data.url "
+                         f"{ds.root!r} is {ds.skeleton.name!r}; datasets mixed in training need the same skeleton")
+    if data.train_split not in mix.manifest.splits():
+        raise ValueError(f"data.mix_url {mix.root!r}: no split {data.train_split!r} (data.train_split) to mix in; it "
+                         f"has {sorted(mix.manifest.splits())}")
+    shards = mix.shards(splits=[data.train_split])
+    if not sum(s.rows for s in shards):
+        raise ValueError(f"data.mix_url {mix.root!r}: split {data.train_split!r} has no rows to mix in")
+    return shards
+
+
 def read_split(ds: Dataset, split: str, *, rig_ids: list[str] | None = None, with_3d: bool = False,
                with_pseudo: bool = True, eval_3d: bool = False, shuffle_seed: int | None = None,
-               max_rows: int | None = None) -> ray.data.Dataset:
+               max_rows: int | None = None, num_views: int | None = None) -> ray.data.Dataset:
     """A Ray dataset of preprocessed model inputs for one split (streaming: nothing is read until iterated).
 
     `with_3d` / `eval_3d`: required / optional (validation) 3D labels, see `Preprocess`.
     `shuffle_seed`: shuffle the shard order anew on every execution (epoch), reproducibly from this seed.
+    `num_views`: pad every row to this many views (default: the dataset's largest rig; a mix: the larger one's).
     """
     import ray.data
     from ray.data import FileShuffleConfig
@@ -163,38 +206,63 @@ def read_split(ds: Dataset, split: str, *, rig_ids: list[str] | None = None, wit
     rd = ray.data.read_parquet(urls, partitioning=None, shuffle=shuffle).select_columns(columns)
     if max_rows:
         rd = rd.limit(max_rows)
-    prep = Preprocess(num_joints=ds.skeleton.num_joints, num_views=ds.manifest.max_views,
+    prep = Preprocess(num_joints=ds.skeleton.num_joints, num_views=num_views or ds.manifest.max_views,
                       root_joints=ds.skeleton.root_joints, with_3d=with_3d, with_pseudo=with_pseudo,
                       eval_3d=eval_3d)
     return rd.map_batches(prep, batch_format="pyarrow", batch_size=PREPROCESS_ROWS)
 
 
-def build_datasets(data: DataConfig, ds: Dataset, *, with_3d: bool, seed: int, with_pseudo: bool = True
-                   ) -> dict[str, Any]:
+def build_datasets(data: DataConfig, ds: Dataset, *, with_3d: bool, seed: int, with_pseudo: bool = True,
+                   mix: Dataset | None = None) -> dict[str, Any]:
     """{"train": ..., "val": ...} Ray datasets for a TorchTrainer (val only when `data.val_split` is set).
 
     `with_3d`: the training split carries joints_3d (the 3D-supervised baseline); otherwise it never reads it.
     The val split carries joints_3d / joints_3d_ok for validation metrics whenever its shards hold labels
     (`split_has_3d`), whatever the supervision. `with_pseudo=False` (no pseudo-3D loss term) preprocesses without
-    the per-joint triangulation.
+    the per-joint triangulation. `mix`: the dataset data.mix_url names (checked with `check_mix`), mixed into
+    every epoch's training rows (see the module docstring).
     """
-    from ray.data import DataContext, RandomSeedConfig
+    from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = ctx.enable_progress_bars and sys.stderr.isatty()  # piped logs: no cursor codes
-    splits = {"train": data.train_split}
+    out: dict[str, Any] = {"train": _train_dataset(data, ds, with_3d=with_3d, seed=seed, with_pseudo=with_pseudo,
+                                                   mix=mix)}
     if data.val_split is not None:
-        splits["val"] = data.val_split
-    out: dict[str, Any] = {}
-    for name, split in splits.items():
-        train = name == "train"
-        shuffle_seed = seed if (train and data.shuffle_files and not data.cache) else None
-        eval_3d = not train and split_has_3d(ds, split, rig_ids=data.rig_ids)
-        rd = read_split(ds, split, rig_ids=data.rig_ids, with_3d=with_3d and train, with_pseudo=with_pseudo,
-                        eval_3d=eval_3d, shuffle_seed=shuffle_seed, max_rows=data.max_rows if train else None)
-        if data.cache:
-            rd = rd.materialize()
-            if train and data.shuffle_files:  # a new block order every epoch (each epoch re-executes this op)
-                rd = rd.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
-        out[name] = rd
+        rd = read_split(ds, data.val_split, rig_ids=data.rig_ids, with_3d=False, with_pseudo=with_pseudo,
+                        eval_3d=split_has_3d(ds, data.val_split, rig_ids=data.rig_ids))
+        out["val"] = rd.materialize() if data.cache else rd
     return out
+
+
+def _train_dataset(data: DataConfig, ds: Dataset, *, with_3d: bool, seed: int, with_pseudo: bool,
+                   mix: Dataset | None) -> ray.data.Dataset:
+    """The training split of `ds`, with `mix`'s rows mixed in when given; reshuffled every epoch (`data.cache`:
+    materialised once, then a new block order every epoch; streaming: a new shard order)."""
+    from ray.data import RandomSeedConfig
+
+    def reshuffled(rd: ray.data.Dataset, offset: int = 0) -> ray.data.Dataset:
+        if not (data.cache and data.shuffle_files):
+            return rd
+        return rd.randomize_block_order(seed=RandomSeedConfig(seed=seed + offset, reseed_after_execution=True))
+
+    def read(source: Dataset, offset: int = 0, **kw: Any) -> ray.data.Dataset:
+        shuffle_seed = seed + offset if (data.shuffle_files and not data.cache) else None
+        return read_split(source, data.train_split, with_3d=with_3d, with_pseudo=with_pseudo, eval_3d=False,
+                          shuffle_seed=shuffle_seed, num_views=views, **kw)
+
+    views = max(ds.manifest.max_views, mix.manifest.max_views) if mix is not None else None
+    main = read(ds, rig_ids=data.rig_ids, max_rows=data.max_rows)
+    main = main.materialize() if data.cache else main  # each epoch re-executes what follows
+    num_mix = epoch_rows(data, ds)[1] if mix is not None else 0
+    if mix is None or num_mix == 0:
+        return reshuffled(main)
+    have = sum(s.rows for s in check_mix(ds, mix, data))
+    extra = read(mix, offset=1)
+    if data.cache:  # blocks of about num_mix / MIX_BLOCKS rows: an epoch's rows come from all over the dataset
+        block_rows = min(PREPROCESS_ROWS, max(1, math.ceil(num_mix / MIX_BLOCKS)))
+        extra = extra.repartition(math.ceil(have / block_rows)).materialize()
+    if num_mix > have:  # the mixed-in dataset has fewer rows than an epoch takes: repeat it
+        extra = extra.union(*[extra] * (math.ceil(num_mix / have) - 1))
+    extra = reshuffled(extra, 1).limit(num_mix)  # the first rows of a new block order: other rows every epoch
+    return reshuffled(main.union(extra))

@@ -165,23 +165,34 @@ def quick_http(timeout_s: float = 5.0, retries: int = 0) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def run_params(job: TrainJob, *, manifest_sha256: str, rig_ids: list[str]) -> dict[str, str]:
-    """Params of a training run: the flattened job plus dataset, manifest hash, rigs, version and commit."""
+def run_params(job: TrainJob, *, manifest_sha256: str, rig_ids: list[str],
+               mix: dict[str, Any] | None = None) -> dict[str, str]:
+    """Params of a training run: the flattened job plus dataset, manifest hash, rigs, version and commit; with a
+    mix (`rigpose.train.trainer.open_mix`'s record) also the mixed-in dataset's manifest hash and rows per epoch."""
     import rigpose
 
     params = {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in flatten(job).items()}
     params.update({"dataset.url": job.data.url, "dataset.manifest_sha256": manifest_sha256,
                    "dataset.rig_ids": ",".join(rig_ids), "rigpose.version": rigpose.__version__,
                    "rigpose.git_commit": git_commit()})
+    if mix is not None:
+        params.update({"dataset.mix_url": str(mix["dataset"]), "dataset.mix_manifest_sha256": mix["manifest_sha256"],
+                       "dataset.mix_rows_per_epoch": str(mix["rows_per_epoch"])})
     return {k: scrub(v)[:6000] for k, v in params.items()}
 
 
-def run_tags(job: TrainJob, *, run_dir: str, manifest_sha256: str, rig_ids: list[str]) -> dict[str, str]:
-    """Lineage tags of a training run (what scheduled retraining looks runs up by)."""
-    return {k: scrub(v) for k, v in {
-        "rigpose.run_dir": run_dir, "rigpose.run_name": job.run.name, "rigpose.supervision": job.supervision,
-        "rigpose.dataset": job.data.url, "rigpose.manifest_sha256": manifest_sha256,
-        "rigpose.rig_ids": ",".join(rig_ids)}.items()}
+def run_tags(job: TrainJob, *, run_dir: str, manifest_sha256: str, rig_ids: list[str],
+             mix: dict[str, Any] | None = None) -> dict[str, str]:
+    """Lineage tags of a training run (what scheduled retraining looks runs up by). `rigpose.dataset`,
+    `rigpose.manifest_sha256` and `rigpose.rig_ids` are the main dataset's (the one validated on, whose rigs the
+    retrain gate compares); a mix adds `rigpose.mix_dataset`, `rigpose.mix_manifest_sha256`, `rigpose.mix_ratio`."""
+    tags = {"rigpose.run_dir": run_dir, "rigpose.run_name": job.run.name, "rigpose.supervision": job.supervision,
+            "rigpose.dataset": job.data.url, "rigpose.manifest_sha256": manifest_sha256,
+            "rigpose.rig_ids": ",".join(rig_ids)}
+    if mix is not None:
+        tags.update({"rigpose.mix_dataset": str(mix["dataset"]), "rigpose.mix_manifest_sha256": mix["manifest_sha256"],
+                     "rigpose.mix_ratio": str(mix["ratio"])})
+    return {k: scrub(v) for k, v in tags.items()}
 
 
 @dataclass

@@ -208,7 +208,7 @@ def fit(
     dropout: float,
     dropout_mode: str,
     grad_clip: float,
-    on_epoch: Callable[[EpochResult, int], None],
+    on_epoch: Callable[[EpochResult, int], bool | None],
     reduce: Reduce = lambda x: x,
     num_replicas: int = 1,
     seed: int = 0,
@@ -217,7 +217,8 @@ def fit(
     (the last epoch stops part-way where the budget ends inside it), or to the end of epoch `max_epochs` - 1 when
     that comes first (an epochs budget). `scheduler` (or None) is stepped after every optimizer step, the dropout
     (`rigpose.train.schedule.dropout_at`, mode `dropout_mode`) set before every step. Calls `on_epoch(result,
-    global_step)` after each epoch, the last partial one too. Returns the global step reached.
+    global_step)` after each epoch, the last partial one too; when it returns True, training ends after that epoch
+    (early stopping: every rank must return the same). Returns the global step reached.
 
     ValueError when an epoch has no full batch (it would never reach the budget).
     """
@@ -249,8 +250,10 @@ def fit(
         if not math.isfinite(train_means.get("loss", 0.0)):
             raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({train_means}); lower the "
                                      "learning rate (optim.lr) or check the data with `rigpose datasets validate`")
-        on_epoch(EpochResult(epoch=epoch, steps=steps, frames=frames, seconds=seconds, lr=last["lr"],
-                             dropout=last["dropout"], step=step, total_steps=total_steps,
-                             train=train_means, val=val), step)
+        stop = on_epoch(EpochResult(epoch=epoch, steps=steps, frames=frames, seconds=seconds, lr=last["lr"],
+                                    dropout=last["dropout"], step=step, total_steps=total_steps,
+                                    train=train_means, val=val), step)
         epoch += 1
+        if stop:
+            break
     return step

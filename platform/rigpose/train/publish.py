@@ -38,20 +38,30 @@ def say(message: str) -> None:
     sys.stdout.flush()
 
 
-def start_tracking(job: TrainJob, ds: Dataset, *, run_dir: str, manifest_sha256: str) -> RunLogger | None:
-    """The run's logger (None when tracking is off); creates the MLflow run now when the server answers."""
+def start_tracking(job: TrainJob, ds: Dataset, *, run_dir: str, manifest_sha256: str,
+                   mix: dict[str, Any] | None = None) -> RunLogger | None:
+    """The run's logger (None when tracking is off); creates the MLflow run now when the server answers. `mix`:
+    the mixed-in dataset's record (`rigpose.train.trainer.open_mix`), logged as params and lineage tags."""
     if not job.tracking.enabled:
         return None
     quiet_when_piped()
     target = resolve_target(job)
     rig_ids = sorted(job.data.rig_ids) if job.data.rig_ids else sorted(ds.manifest.rigs)
     spec = RunSpec(target=target, run_name=job.run.name, run_dir=run_dir,
-                   params=run_params(job, manifest_sha256=manifest_sha256, rig_ids=rig_ids),
-                   tags=run_tags(job, run_dir=run_dir, manifest_sha256=manifest_sha256, rig_ids=rig_ids))
+                   params=run_params(job, manifest_sha256=manifest_sha256, rig_ids=rig_ids, mix=mix),
+                   tags=run_tags(job, run_dir=run_dir, manifest_sha256=manifest_sha256, rig_ids=rig_ids, mix=mix))
     logger = RunLogger(spec, warn=say)
     if logger.flush():
         say(f"MLflow run {logger.run_id} (experiment {target.experiment!r}, {_where(target)})")
     return logger
+
+
+def model_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics of the epoch whose weights model.pt holds: with early stopping the best epoch's (`best_epoch`),
+    else the last epoch's ({} without epochs)."""
+    last = history[-1] if history else {}
+    best = last.get("best_epoch")
+    return next((h for h in history if best is not None and h.get("epoch") == best), last)
 
 
 def _where(target: TrackingTarget) -> str:
@@ -78,8 +88,9 @@ def _pictures(model_file: str, ds: Dataset, split: str, max_rows: int) -> dict[s
 
 
 def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, model_file: str,
-            history: list[dict[str, Any]], manifest_sha256: str) -> dict[str, Any]:
-    """Evaluation + artifacts + registration; returns {"run_id", "evaluation", "registered" (or None), "uri", "ui"}."""
+            history: list[dict[str, Any]], manifest_sha256: str, mix: Dataset | None = None) -> dict[str, Any]:
+    """Evaluation + artifacts + registration; returns {"run_id", "evaluation", "registered" (or None), "uri", "ui"}.
+    `mix`: the mixed-in dataset (data.mix_url), whose manifest is logged beside the main one's."""
     from rigpose.inference.evaluate import evaluate
     from rigpose.tracking.registry import metric_tags, register
 
@@ -101,6 +112,8 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
         logger.log_artifact_bytes("evaluation.json", json.dumps(report, indent=1).encode())
         logger.log_artifact_bytes("job.yaml", yaml.safe_dump(job.model_dump(), sort_keys=False).encode())
         logger.log_artifact_bytes("dataset/manifest.json", ds.manifest.to_json().encode())
+        if mix is not None:
+            logger.log_artifact_bytes("dataset/mix_manifest.json", mix.manifest.to_json().encode())
         logger.log_artifact_bytes("history.json", json.dumps(history, indent=1).encode())
         try:
             for name, png in _pictures(local_model, ds, split, job.tracking.eval_max_rows).items():
@@ -111,7 +124,9 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
         final = {f"eval/{k}": v for k, v in single.items() if isinstance(v, int | float) and not k.startswith("num")}
         last = history[-1] if history else {}
         logger.log_metrics(final, step=int(last.get("epoch", 0)))
-        logger.set_tags({"rigpose.model_file": model_file, "rigpose.eval_split": split})
+        stop_tags = ({"rigpose.best_epoch": str(int(last["best_epoch"])),
+                      "rigpose.stopped_early": str(bool(last.get("stopped_early")))} if "best_epoch" in last else {})
+        logger.set_tags({"rigpose.model_file": model_file, "rigpose.eval_split": split, **stop_tags})
         sent = logger.flush_with_retries(attempts=5)
         out: dict[str, Any] = {"run_id": logger.run_id, "evaluation": report, "registered": None,
                                "uri": logger.spec.target.uri, "ui": logger.spec.target.ui_command()}
@@ -127,7 +142,7 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
         # the version shows one figure per split and metric: training validation's val/* (the whole val split) and,
         # for another eval split only, the evaluation's (same definitions, rigpose.metrics: a second figure for
         # the val split would differ only by tracking.eval_max_rows)
-        metrics = {k: v for k, v in last.items() if k.startswith("val/")}
+        metrics = {k: v for k, v in model_epoch(history).items() if k.startswith("val/")}
         if split != job.data.val_split:
             metrics.update({f"eval/{k}": v for k, v in single.items()
                             if k in ("heldout_px", "mpjpe_mm", "pa_mpjpe_mm")})

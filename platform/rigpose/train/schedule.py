@@ -1,10 +1,12 @@
 """Training budget and per-step schedules (learning rate, dropout) as pure functions of the optimizer step.
 
 Everything counts optimizer steps, 0-based: step k is the k-th `optimizer.step()` of the run. `total_steps` turns
-`optim.steps` / `optim.epochs` into the run's step budget, `lr_factor` is the multiplier of `optim.lr` that step k
-uses (what `torch.optim.lr_scheduler.LambdaLR`, stepped once per optimizer step, takes), `dropout_at` the dropout
-probability of step k. No Ray and no torch state here: `rigpose.train.worker` builds the scheduler from them,
-`rigpose.train.loop` applies them, the tests call them directly.
+`optim.steps` / `optim.epochs` (at least `optim.min_steps`) into the run's step budget, `lr_factor` is the
+multiplier of `optim.lr` that step k uses (what `torch.optim.lr_scheduler.LambdaLR`, stepped once per optimizer
+step, takes), `dropout_at` the dropout probability of step k. No Ray and no torch state here:
+`rigpose.train.worker` builds the scheduler from them, `rigpose.train.loop` applies them, the tests call them
+directly. Early stopping (`rigpose.train.early_stop`) may end a run before its budget: the schedule stays the whole
+budget's (a cosine stopped early has not reached min_lr_ratio), so a run is the same with or without it up to there.
 """
 
 from __future__ import annotations
@@ -22,18 +24,25 @@ WARMUP_MAX_FRACTION = 0.1  # optim.warmup_steps is capped at this fraction of th
 
 
 def total_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
-    """The run's budget in optimizer steps: `cfg.steps`, or `cfg.epochs` x `steps_per_epoch` when epochs is set.
+    """The run's budget in optimizer steps: `cfg.steps`, or `cfg.epochs` x `steps_per_epoch` when epochs is set;
+    at least `cfg.min_steps` either way (a small dataset's few epochs are not a small budget).
 
     `steps_per_epoch`: each rank's full batches per pass over the training split (every rank takes the same).
     ValueError when an epochs budget meets an epoch without a single full batch.
     """
     if cfg.epochs is None:
         assert cfg.steps is not None  # OptimConfig resolves exactly one budget
-        return cfg.steps
+        return max(cfg.steps, cfg.min_steps)
     if steps_per_epoch < 1:
         raise ValueError(f"optim.epochs={cfg.epochs} with {steps_per_epoch} steps per epoch: the training split has "
                          "no full batch (lower data.batch_size or scaling.num_workers)")
-    return cfg.epochs * steps_per_epoch
+    return max(cfg.epochs * steps_per_epoch, cfg.min_steps)
+
+
+def epoch_limit(cfg: OptimConfig, num_steps: int, steps_per_epoch: int) -> int | None:
+    """The last epoch (exclusive) of an epochs budget of `num_steps` (`total_steps`): `cfg.epochs`, or the epochs
+    `cfg.min_steps` needs when it is the larger; None for a steps budget (it ends at its step, inside an epoch)."""
+    return None if cfg.epochs is None else num_epochs(num_steps, steps_per_epoch)
 
 
 def num_epochs(num_steps: int, steps_per_epoch: int) -> int:

@@ -20,6 +20,13 @@ a models:/NAME@ALIAS URI pinned to its version, skeleton and architecture checke
 workers in memory (`train_loop_config["init"]`), which start from them unless they resume from a checkpoint. Where
 they came from is recorded in run.json, every checkpoint and model.pt's meta (`init_weights`).
 
+Fine-tuning: `model.init_weights` (also `model.init_from`) from a champion, `data.mix_url` / `data.mix_ratio` to
+mix a second (e.g. synthetic) dataset's training rows into every epoch (`rigpose.data.pipeline`: same skeleton,
+checked here; its manifest hash is recorded in run.json, model.pt's meta and the MLflow run beside the main one's),
+`optim.min_steps` so a small dataset's epochs budget is not too few steps, and `optim.early_stop_patience`: the run
+stops when the label-free validation metric stops improving, and model.pt holds the best epoch's weights (the
+checkpoint's `best`, see `rigpose.train.worker`), its meta and the result `best_epoch` and `stopped_early`.
+
 Tracking (`job.tracking`, rigpose.train.publish): one MLflow run per training run (its id kept in the run folder's
 `mlflow.json`, so retries and resumes log into the same run); rank 0 logs every epoch; after `fit()` the driver
 logs the evaluation, artifacts and pictures and registers the model with alias `candidate`.
@@ -38,8 +45,8 @@ from typing import Any
 
 from rigpose.cluster.connect import init_ray, session_logs_dir, verbose
 from rigpose.config import TrainJob
-from rigpose.data.manifest import ShardInfo
-from rigpose.data.pipeline import build_datasets, training_shards
+from rigpose.data.manifest import DatasetError, ShardInfo
+from rigpose.data.pipeline import build_datasets, check_mix, epoch_rows, training_shards
 from rigpose.data.reader import Dataset
 from rigpose.data.validate import verify_shards
 from rigpose.model.checkpoint import MODEL_FILE, save_lifter
@@ -47,7 +54,7 @@ from rigpose.skeleton import Skeleton
 from rigpose.storage import protocol_url, url_to_fs, write_bytes_atomic
 from rigpose.train.progress import TrainingProgress
 from rigpose.train.schedule import num_epochs, total_steps
-from rigpose.train.worker import STATE_FILE, build_lifter, load_state, train_func
+from rigpose.train.worker import STATE_FILE, best_weights, build_lifter, load_state, train_func
 
 __all__ = ["STATE_FILE", "load_init_weights", "manifest_sha256", "steps_per_epoch", "storage_root", "train"]
 
@@ -107,17 +114,35 @@ def load_init_weights(job: TrainJob, skeleton: Skeleton) -> dict[str, Any] | Non
             "source": scrub_obj(source)}
 
 
-def _run_record(job: TrainJob, sha: str, *, init: dict[str, Any] | None = None) -> dict[str, Any]:
+def open_mix(job: TrainJob, ds: Dataset) -> tuple[Dataset, dict[str, Any]] | None:
+    """The dataset data.mix_url names and its record ({"dataset", "manifest_sha256", "ratio", "rows_per_epoch"},
+    what run.json, model.pt and the MLflow run keep); None without a mix. Its shards are checked against its
+    manifest (data.verify) here, before Ray starts; ValueError naming data.mix_url (and data.url, for another
+    skeleton: `rigpose.data.pipeline.check_mix`)."""
+    if job.data.mix_url is None:
+        return None
+    try:
+        mix = Dataset(job.data.mix_url)
+    except DatasetError as e:
+        raise ValueError(f"data.mix_url: {e}") from None
+    verify_shards(mix, check_mix(ds, mix, job.data), mode=job.data.verify)
+    return mix, {"dataset": job.data.mix_url, "manifest_sha256": manifest_sha256(mix), "ratio": job.data.mix_ratio,
+                 "rows_per_epoch": epoch_rows(job.data, ds)[1]}
+
+
+def _run_record(job: TrainJob, sha: str, *, init: dict[str, Any] | None = None,
+                mix: dict[str, Any] | None = None) -> dict[str, Any]:
     """What run.json records, scrubbed (rigpose.tracking.secrets) as it is written: the resume check compares a
     new record with the stored one, so both are scrubbed alike. `init`: `load_init_weights`'s result; its source is
-    recorded, never compared (a resumed run ignores init_weights: its checkpoint's weights win)."""
+    recorded, never compared (a resumed run ignores init_weights: its checkpoint's weights win). `mix`:
+    `open_mix`'s record (compared: its manifest hash and ratio)."""
     from rigpose.tracking.secrets import scrub_obj
 
     rig_ids = sorted(job.data.rig_ids) if job.data.rig_ids else None  # the selection, not its order, matters
     return scrub_obj({"dataset": job.data.url, "manifest_sha256": sha, "rig_ids": rig_ids,
                       "supervision": job.supervision, "job": job.model_dump(),
                       "model": job.model.model_dump(include=set(SHAPE_FIELDS)),  # the weights' shapes
-                      "init_weights": init["source"] if init is not None else None})
+                      "init_weights": init["source"] if init is not None else None, "mix": mix})
 
 
 def _check_resumable(run_dir: str, record: dict[str, Any]) -> bool:
@@ -131,13 +156,19 @@ def _check_resumable(run_dir: str, record: dict[str, Any]) -> bool:
     except json.JSONDecodeError as e:
         raise ValueError(f"{run_dir}/{RUN_FILE}: not valid JSON ({e}); delete the run folder or use a new "
                          "run.name") from None
+
+    def mixed(r: dict[str, Any]) -> dict[str, Any] | None:  # what of a mix decides the data (not its URL)
+        mix = r.get("mix")
+        return None if mix is None else {k: mix.get(k) for k in ("manifest_sha256", "ratio")}
+
     for key, what in (("manifest_sha256", "dataset manifest"), ("supervision", "supervision"),
-                      ("model", "model architecture"), ("rig_ids", "rig selection (data.rig_ids)")):
-        if before.get(key) != record[key]:
+                      ("model", "model architecture"), ("rig_ids", "rig selection (data.rig_ids)"),
+                      ("mix", "mixed-in dataset (data.mix_url manifest, data.mix_ratio)")):
+        was, now = (mixed(before), mixed(record)) if key == "mix" else (before.get(key), record[key])
+        if was != now:
             raise ValueError(
                 f"run {run_dir} exists and its checkpoints were trained with another {what} "
-                f"({before.get(key)!r}, now {record[key]!r}); use a new run.name, or delete the run folder to "
-                "start over")
+                f"({was!r}, now {now!r}); use a new run.name, or delete the run folder to start over")
     return True
 
 
@@ -150,8 +181,9 @@ def _write_json(run_dir: str, name: str, obj: Any) -> None:
 
 
 def train(job: TrainJob) -> dict[str, Any]:
-    """Run (or resume) a training job; returns {"run_dir", "model", "history", "checkpoint", "resumed",
-    "tracking"} (tracking: `rigpose.train.publish.publish`'s result, or None when tracking is off)."""
+    """Run (or resume) a training job; returns {"run_dir", "model", "history", "checkpoint", "best_epoch",
+    "stopped_early", "resumed", "tracking"} (best_epoch: the epoch whose weights model.pt holds with early stopping,
+    else None; tracking: `rigpose.train.publish.publish`'s result, or None when tracking is off)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -163,19 +195,21 @@ def train(job: TrainJob) -> dict[str, Any]:
     shards = training_shards(ds, job.data)  # ValueError naming data.train_split / val_split / rig_ids
     verify_shards(ds, shards, mode=job.data.verify)  # DatasetError naming the first bad shard: all before Ray
     sha = manifest_sha256(ds)
+    mixing = open_mix(job, ds)  # ValueError naming data.mix_url
+    mix, mix_record = mixing if mixing is not None else (None, None)
     per_epoch = steps_per_epoch(job, ds)
     budget = total_steps(job.optim, per_epoch)  # ValueError: no full batch in the training split
     epochs = num_epochs(budget, per_epoch)
     storage = storage_root(job.run.output_dir)
     run_dir = f"{storage}/{job.run.name}"
     init = load_init_weights(job, ds.skeleton)  # ValueError naming model.init_weights, before anything is written
-    record = _run_record(job, sha, init=init)
+    record = _run_record(job, sha, init=init, mix=mix_record)
     resumed = _check_resumable(run_dir, record)
     if not resumed:
         _write_json(run_dir, RUN_FILE, record)
     from rigpose.train.publish import start_tracking
 
-    tracker = start_tracking(job, ds, run_dir=run_dir, manifest_sha256=sha)
+    tracker = start_tracking(job, ds, run_dir=run_dir, manifest_sha256=sha, mix=mix_record)
     init_ray(job.run.ray_address)
     if not verbose():  # one progress display for training (TrainingProgress): none of Ray Data's
         from ray.data import DataContext
@@ -183,7 +217,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         DataContext.get_current().enable_progress_bars = False
     try:  # with data.cache the shards are read here (materialize), else in fit()
         datasets = build_datasets(job.data, ds, with_3d=job.supervision == "3d", seed=job.optim.seed,
-                                  with_pseudo=job.supervision == "2d" and job.loss.pseudo_3d > 0)
+                                  with_pseudo=job.supervision == "2d" and job.loss.pseudo_3d > 0, mix=mix)
     except Exception as e:
         if (message := _read_failure(e, ds, shards)) is None:
             raise
@@ -219,25 +253,24 @@ def train(job: TrainJob) -> dict[str, Any]:
         raise RuntimeError(f"training failed after {job.run.max_failures} allowed worker failure(s): "
                            f"{_cause_line(_error_text(e))} (Ray logs: {session_logs_dir()}; run folder "
                            f"{run_dir})") from e
-    out = _finish(job, result, run_dir, ds.skeleton.name)
+    out = _finish(job, result, run_dir, ds.skeleton.name, mix=mix_record)
     out["resumed"] = resumed
     out["tracking"] = None
     if tracker is not None:
         from rigpose.train.publish import publish
 
         out["tracking"] = publish(job, tracker, ds, run_dir=run_dir, model_file=out["model"],
-                                  history=out["history"], manifest_sha256=sha)
+                                  history=out["history"], manifest_sha256=sha, mix=mix)
     return out
 
 
 def steps_per_epoch(job: TrainJob, ds: Dataset) -> int:
     """Optimizer steps per epoch: each rank's full batches (`drop_last`) of its equal share of the training rows
     (Ray Train splits the train dataset with `streaming_split(equal=True)`), from the manifest's rows of the train
-    split's selected shards (`data.rig_ids`) and `data.max_rows`. The schedule and the epochs budget use it, so a
-    steps budget takes ceil(steps / this) epochs. 0 when the split has no full batch."""
-    shards = ds.shards(splits=[job.data.train_split], rig_ids=job.data.rig_ids)
-    rows = sum(s.rows for s in shards)
-    rows = min(rows, job.data.max_rows) if job.data.max_rows else rows
+    split's selected shards (`data.rig_ids`) and `data.max_rows`, plus the rows data.mix_url adds to every epoch
+    (`rigpose.data.pipeline.epoch_rows`). The schedule and the epochs budget use it, so a steps budget takes
+    ceil(steps / this) epochs. 0 when the split has no full batch."""
+    rows = sum(epoch_rows(job.data, ds))
     return rows // job.scaling.num_workers // job.data.batch_size
 
 
@@ -286,8 +319,10 @@ def _read_failure(e: BaseException, ds: Dataset, shards: list[ShardInfo]) -> str
     return None
 
 
-def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str) -> dict[str, Any]:
-    """Write model.pt (from the latest checkpoint), history.json and job.json into the run folder."""
+def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str, *,
+            mix: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write model.pt (from the latest checkpoint: its weights, or with early stopping the best epoch's it holds),
+    history.json and job.json into the run folder."""
     from rigpose.skeleton import get_skeleton
 
     if result.checkpoint is None:
@@ -295,16 +330,21 @@ def _finish(job: TrainJob, result: Any, run_dir: str, skeleton_name: str) -> dic
     state = load_state(result.checkpoint)
     skeleton = get_skeleton(skeleton_name)
     model = build_lifter(job, skeleton)
-    model.load_state_dict(state["model"])
+    best = best_weights(state)
+    model.load_state_dict(best[1] if best is not None else state["model"])
+    last = state["history"][-1] if state["history"] else {}
+    stopped = bool(last.get("stopped_early", 0.0))
     from rigpose.tracking.secrets import scrub_obj
 
     meta = scrub_obj({"supervision": job.supervision, "dataset": job.data.url,
                       "manifest_sha256": state["manifest_sha256"], "epochs": state["epoch"] + 1,
                       "steps": state["step"], "run_name": job.run.name, "world_size": state.get("world_size", 1),
-                      "init_weights": state.get("init_weights")})
+                      "init_weights": state.get("init_weights"), "mix": mix,
+                      "best_epoch": best[0] if best is not None else None, "stopped_early": stopped})
     save_lifter(f"{run_dir}/{MODEL_FILE}", model, skeleton, meta=meta)
     _write_json(run_dir, "history.json", state["history"])
     _write_json(run_dir, "job.json", job.model_dump())
     return {"run_dir": run_dir, "model": f"{run_dir}/{MODEL_FILE}", "history": state["history"],
-            "checkpoint": result.checkpoint.path}
+            "checkpoint": result.checkpoint.path, "best_epoch": best[0] if best is not None else None,
+            "stopped_early": stopped}
 

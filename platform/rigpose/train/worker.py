@@ -13,7 +13,12 @@ module only wires it to Ray Train:
   schedule continues at the checkpoint's step: `resume_scheduler`);
   without a checkpoint, `config["init"]` (the driver's `load_init_weights`: warm-start weights, in memory) replaces
   the random initialisation on every rank before DDP wraps the model (`warm_start`);
-- every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8).
+- every rank calls `ray.train.report` once per epoch; rank 0 alone attaches the checkpoint (STYLE habit 8);
+- early stopping (`optim.early_stop_patience`, `rigpose.train.early_stop`): every rank decides from the same
+  all-reduced validation metric, and one all-reduce of the decision makes sure they end at the same epoch; each
+  epoch records `best_epoch` and `stopped_early`; rank 0 keeps a CPU copy of the best epoch's weights and every
+  checkpoint holds it (`best`), so the driver writes model.pt from it (`best_weights`), also after a resume. A run
+  that stopped early does nothing more when re-run, unless early stopping is switched off.
 
 Tracking (rank 0 only): with `config["tracking"]` (a `rigpose.tracking.runs.RunSpec`), every epoch's metrics go to the
 MLflow run of this training run (`RunLogger`: never fails training, queues while the server is down), once Ray Train
@@ -23,7 +28,8 @@ the run lacks (the failed attempt's unsent ones); the driver sends the last epoc
 
 Checkpoint = a folder holding `STATE_FILE`: a torch.save dict {model, optimizer, scheduler, epoch (0-based, last
 finished), step, history (per-epoch metrics), job (the job config, scrubbed: `rigpose.tracking.secrets`), skeleton,
-manifest_sha256, world_size, init_weights (the warm start's source, None after a random one)}. The real config (its
+manifest_sha256, world_size, init_weights (the warm start's source, None after a random one), best (with early
+stopping: {epoch, model}, model None when it is this checkpoint's own)}. The real config (its
 tracking URI with a password, if any) stays in memory.
 """
 
@@ -43,9 +49,10 @@ from rigpose.config import TrainJob
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton, get_skeleton
 from rigpose.tracking.secrets import scrub, scrub_obj
+from rigpose.train.early_stop import METRIC, early_stop
 from rigpose.train.loop import Batch, EpochResult, fit
 from rigpose.train.progress import progress_line
-from rigpose.train.schedule import lr_scheduler, num_epochs, resume_scheduler, total_steps
+from rigpose.train.schedule import epoch_limit, lr_scheduler, num_epochs, resume_scheduler, total_steps
 
 STATE_FILE = "state.pt"
 #: reports after which an epoch's checkpoint is surely registered: rank 0's `ray.train.report` for epoch e + 2 passes
@@ -69,6 +76,16 @@ def load_state(checkpoint: Any, *, map_location: Any = "cpu") -> dict[str, Any]:
     """The state dict saved in a Ray Train checkpoint of this module (local or on object storage)."""
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / STATE_FILE, map_location=map_location, weights_only=False)
+
+
+def best_weights(state: dict[str, Any] | None) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """(epoch, CPU copy of its weights) of the best epoch a checkpoint's `state` records (early stopping); None for a
+    checkpoint without (early stopping off, or older)."""
+    best = state.get("best") if state is not None else None
+    if best is None:
+        return None
+    weights = best["model"] if best["model"] is not None else state["model"]  # type: ignore[index]
+    return int(best["epoch"]), {k: v.detach().cpu().clone() for k, v in weights.items()}
 
 
 def warm_start(model: Lifter, init: dict[str, Any] | None, state: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -158,6 +175,8 @@ def train_func(config: dict[str, Any]) -> None:
     steps_per_epoch = int(config["steps_per_epoch"])
     budget = total_steps(job.optim, steps_per_epoch)
     epochs = num_epochs(budget, steps_per_epoch)  # the last one partial when the steps budget ends inside it
+    max_epochs = epoch_limit(job.optim, budget, steps_per_epoch)
+    patience = job.optim.early_stop_patience
     scheduler = lr_scheduler(optimizer, job.optim, budget, steps_per_epoch=steps_per_epoch)
     start_epoch, step, history = 0, 0, []
     if state is not None:
@@ -168,7 +187,13 @@ def train_func(config: dict[str, Any]) -> None:
         if rank == 0:
             ignored = "; model.init_weights ignored (the checkpoint's weights win)" if config.get("init") else ""
             say(f"resuming from the checkpoint of epoch {start_epoch}/{epochs} (step {step}/{budget}){ignored}")
-    if rank == 0 and (step >= budget or (job.optim.epochs is not None and start_epoch >= job.optim.epochs)):
+    best = best_weights(state) if rank == 0 else None  # rank 0: (epoch, CPU weights) of the best epoch so far
+    if patience is not None and history and history[-1].get("stopped_early"):
+        max_epochs = start_epoch  # it stopped early: nothing more to train
+        if rank == 0:
+            say(f"run {job.run.name!r} stopped early after {start_epoch} epochs: nothing to do (set "
+                "optim.early_stop_patience=null to train on)")
+    elif rank == 0 and (step >= budget or (max_epochs is not None and start_epoch >= max_epochs)):
         say(f"run {job.run.name!r} has already trained {start_epoch} epochs ({step} steps): nothing to do")
     tracker = None
     if rank == 0 and config.get("tracking") is not None:
@@ -199,13 +224,29 @@ def train_func(config: dict[str, Any]) -> None:
             torch.distributed.all_reduce(x)
         return x.cpu() if x.device.type != "cpu" else x
 
-    def on_epoch(result: EpochResult, global_step: int) -> None:
+    def early_stopping(result: EpochResult, metrics: dict[str, Any]) -> bool:
+        """Records best_epoch and stopped_early in `metrics`, keeps the best weights (rank 0); True: stop now."""
+        nonlocal best
+        assert patience is not None
+        es = early_stop([*history, metrics], patience=patience, min_delta=job.optim.early_stop_min_delta)
+        stop = es.stop
+        if world > 1:  # one decision for all ranks (each took it from the same all-reduced metric)
+            stop = bool(reduce(torch.tensor([float(stop)]))[0] > 0)
+        metrics["best_epoch"] = es.best_epoch if es.best_epoch is not None else -1
+        metrics["stopped_early"] = float(stop)
+        if rank == 0 and es.best_epoch == result.epoch:
+            best = result.epoch, {k: v.detach().cpu().clone()
+                                  for k, v in getattr(model, "module", model).state_dict().items()}
+        return stop
+
+    def on_epoch(result: EpochResult, global_step: int) -> bool:
         metrics = result.metrics()
         if result.epoch == start_epoch and clock.first is not None:  # this attempt's first epoch
             # seconds from `rigpose train` starting (driver clock) to this attempt's first batch: Ray, dataset and
             # worker start-up, and on a restart the time to recover
             metrics["startup_s"] = clock.first - config["t_start"]
         metrics["world_size"] = world
+        stop = early_stopping(result, metrics) if patience is not None else False
         if tracker is not None and result.epoch > start_epoch:
             metrics["tracking_s"] = tracking_s[0]  # rank 0's time logging to MLflow after the previous epoch
         history.append(metrics)
@@ -217,10 +258,20 @@ def train_func(config: dict[str, Any]) -> None:
                             "scheduler": scheduler.state_dict(), "epoch": result.epoch, "step": global_step,
                             "history": history, "job": saved_job, "skeleton": skeleton.name,
                             "manifest_sha256": config["manifest_sha256"], "world_size": world,
-                            "init_weights": init_source}, Path(d) / STATE_FILE)
+                            "init_weights": init_source,
+                            "best": None if best is None else {  # its own weights when this epoch is the best
+                                "epoch": best[0], "model": None if best[0] == result.epoch else best[1]}},
+                           Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 print_epoch(metrics, epochs)
             ray.train.report(metrics, checkpoint=ckpt)
+        if rank == 0 and stop:
+            b = int(metrics["best_epoch"])
+            value = next((h.get(METRIC) for h in history if int(h["epoch"]) == b), None)
+            there = f" ({value:.3g} px)" if value is not None else ""
+            say(f"early stop after epoch {result.epoch + 1}: {METRIC} has not improved by "
+                f"{job.optim.early_stop_min_delta:.1%} for {job.optim.early_stop_patience} epochs; model.pt gets the "
+                f"weights of epoch {b + 1}{there}")
         if tracker is not None:  # after the checkpoint: a slow tracking server never delays it
             t0 = time.perf_counter()
             unsent.append((result.epoch, {k: v for k, v in metrics.items() if k != "epoch"}))
@@ -228,11 +279,12 @@ def train_func(config: dict[str, Any]) -> None:
                 epoch, values = unsent.pop(0)
                 tracker.log_metrics(values, step=epoch)
             tracking_s[0] = time.perf_counter() - t0
+        return stop
 
     fit(model, optimizer, scheduler, skeleton,
         train_batches=lambda epoch: progress.wrap(clock.wrap(batches(train_shard, shuffle=True)), epoch),
         val_batches=(lambda: batches(val_shard, shuffle=False)) if val_shard is not None else None,
-        total_steps=budget, max_epochs=job.optim.epochs, start_epoch=start_epoch, start_step=step, loss_cfg=job.loss,
+        total_steps=budget, max_epochs=max_epochs, start_epoch=start_epoch, start_step=step, loss_cfg=job.loss,
         supervision=job.supervision, dropout=job.model.dropout, dropout_mode=job.model.dropout_schedule,
         grad_clip=job.optim.grad_clip, on_epoch=on_epoch, reduce=reduce, num_replicas=world,
         seed=job.optim.seed + rank)
