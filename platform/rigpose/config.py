@@ -72,10 +72,11 @@ class ModelConfig(Strict):
                            "along the rays through the network's own 2D estimate (the input's noise is not passed "
                            "through); 'free': free 3D offsets.")
     frame: Literal["camera", "person"] = Field(
-        "person", description="'person': lift in a virtual camera turned (about the camera centre) to look at the "
+        "camera", description="'camera': lift in the camera's own frame (model files without the setting too); "
+                              "'person': lift in a virtual camera turned (about the camera centre) to look at the "
                               "person, then rotate back, so where the person stands in the image cannot teach the "
-                              "network one rig's depths (bench/frame_sweep.py: lower error on an unseen rig); "
-                              "'camera': lift in the camera's own frame (model files without the setting).")
+                              "network one rig's depths (better 2D-supervised on an unseen rig, but the 3D-supervised "
+                              "lifter's floor scale breaks: BENCHMARKS.md).")
     init_weights: str | None = Field(
         None, min_length=1, validation_alias=AliasChoices("init_weights", "init_from"),
         description="Start from these weights (a model.pt file, a run folder, or an MLflow model URI "
