@@ -1,4 +1,4 @@
-"""`rigpose datasets ...`: build, ingest, validate, describe and vacuum datasets on local paths or s3://."""
+"""`rigpose datasets ...`: build, ingest, validate, describe, noise-profile and vacuum datasets (local or s3://)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -13,7 +14,7 @@ from rich.table import Table
 from rigpose import resources
 from rigpose.cli import ui
 
-app = typer.Typer(help="Datasets: build, ingest, validate, describe, vacuum.", no_args_is_help=True,
+app = typer.Typer(help="Datasets: build, ingest, validate, describe, noise-profile, vacuum.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 console = ui.console()
 err_console = ui.console(stderr=True)
@@ -109,6 +110,75 @@ def describe(
                       f"{r.get('missing_view_rate', float('nan')):.1%}", cams)
     console.print(table)
 
+
+@app.command("noise-profile")
+def noise_profile(
+    url: str = typer.Argument(..., metavar="DATASET", help="Dataset root (local path, file:// or s3://)."),
+    out: str = typer.Option(..., "--out", help="Profile JSON to write (local path or URL)."),
+    split: str = typer.Option("train", "--split", help="Split to measure."),
+    max_rows: int = typer.Option(20_000, "--max-rows", min=1, help="Rows used at most, spread evenly over the "
+                                 "split's shards."),
+    outlier_k: float = typer.Option(4.0, "--outlier-k", min=0.5, help="Outlier threshold, in robust stds of the "
+                                    "residual."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Measure your 2D detector's noise per camera and joint from multi-view consistency (no 3D labels needed).
+
+    Each view's keypoints are compared with the point triangulated robustly from the other views: the robust
+    std of that residual, corrected for the triangulation's own error, is the detector's pixel noise; outlier,
+    missing-joint, missing-view and left/right swap rates come with it (method and biases: python -c "import
+    rigpose.data.noise_residuals as m; help(m)"). Needs rigs of 3 cameras or more.
+
+    A recipe takes the profile so that a synthetic prior sees your detector:
+    noise: {profile: profile.json} (datasets/README.md). Example:
+
+        rigpose datasets noise-profile outputs/datasets/my-lab --split train --out my-lab-noise.json
+    """
+    import shlex
+
+    from rigpose.data.manifest import DatasetError
+    from rigpose.data.noise_profile import profile_dataset, save_noise_profile
+
+    command = shlex.join(["rigpose", "datasets", "noise-profile", url, "--split", split, "--out", out,
+                          "--max-rows", str(max_rows), "--outlier-k", f"{outlier_k:g}"])
+    try:
+        profile = profile_dataset(url, split=split, max_rows=max_rows, progress=progress, command=command,
+                                  outlier_k=outlier_k)
+        save_noise_profile(profile, out)
+    except (DatasetError, ValueError, OSError) as e:
+        _fail(str(e))
+    _print_profile(profile)
+    if profile.skipped_rigs:
+        console.print(f"[yellow]note:[/yellow] left out rigs with fewer than 3 cameras: "
+                      f"{', '.join(profile.skipped_rigs)}", soft_wrap=True)
+    console.print(f"wrote {out} ({profile.rows_used:,} rows of {split!r})", highlight=False)
+
+
+def _print_profile(profile: Any) -> None:
+    """One row per camera and one for all: median and range over joints of the noise, then the rates."""
+    table = Table(title=f"detector noise ({profile.skeleton}, {len(profile.joint_names)} joints)")
+    for col in ("camera", "residuals", "noise px (median, min-max)", "outliers", "missing joints",
+                "missing views", "swaps"):
+        table.add_column(col, justify="left" if col == "camera" else "right")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    def mean(xs: list[float | None]) -> float | None:
+        known = [x for x in xs if x is not None]
+        return sum(known) / len(known) if known else None
+
+    for name, s in [*profile.cameras.items(), ("all", profile.overall)]:
+        std = [x for x in s.pixel_std if x is not None]
+        noise = f"{sorted(std)[len(std) // 2]:.1f} ({min(std):.1f}-{max(std):.1f})" if std else "-"
+        table.add_row(name, f"{sum(s.residuals):,}", noise, pct(mean(s.outlier_rate)), pct(mean(s.missing_rate)),
+                      pct(s.missing_view_rate), pct(s.swap_rate), style="bold" if name == "all" else None)
+    console.print(table)
+    ranked = sorted((x, n) for x, n in zip(profile.overall.pixel_std, profile.joint_names, strict=True)
+                    if x is not None)
+    if ranked:
+        console.print("noisiest joints: " + ", ".join(f"{n} {x:.1f} px" for x, n in ranked[::-1][:3])
+                      + "; steadiest: " + ", ".join(f"{n} {x:.1f} px" for x, n in ranked[:3]), highlight=False)
 
 
 @app.command()

@@ -39,6 +39,7 @@ import numpy as np
 
 from rigpose import resources
 from rigpose.data.manifest import Manifest
+from rigpose.data.noise_profile import NoiseProfile, check_profile_joints, load_noise_profile, view_noise
 from rigpose.data.schema import Frames, frames_for_rig
 from rigpose.data.synth import motion_bank as sm
 from rigpose.data.synth import targets
@@ -61,13 +62,19 @@ _SUBJECTS, _PLACEMENTS, _SPLITS, _NOISE = 1, 2, 3, 4
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _resolve(path: str, base_dir: Path | None) -> Path | str:
-    if "://" in path:
-        return path  # an fsspec URL: load_rig reads it
+def _candidates(path: str, base_dir: Path | None) -> list[Path]:
+    """Where a relative file of a recipe may be: the working directory, then `base_dir` and its two parents."""
     candidates = [Path(path)]
     if not Path(path).is_absolute():
         bases = [base_dir, base_dir.parent, base_dir.parent.parent] if base_dir else []
         candidates += [b / path for b in bases]
+    return candidates
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path | str:
+    if "://" in path:
+        return path  # an fsspec URL: load_rig reads it
+    candidates = _candidates(path, base_dir)
     for c in candidates:
         if c.is_file():
             return c
@@ -86,6 +93,24 @@ def load_rigs(recipe: Recipe, *, base_dir: Path | None = None) -> list[Rig]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"rigs: the same rig_id appears twice: {ids}")
     return rigs
+
+
+def load_profile(recipe: Recipe, *, base_dir: Path | None = None) -> NoiseProfile | None:
+    """The recipe's `noise.profile` (a path tried as rig files are, or an fsspec URL), checked against the recipe's
+    skeleton; None without one."""
+    path = recipe.noise.profile
+    if path is None:
+        return None
+    found: Path | str | None = path
+    if "://" not in path:
+        candidates = _candidates(path, base_dir)
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ValueError(f"noise.profile: no file {path!r} (looked in "
+                             f"{', '.join(str(c.parent) for c in candidates)})")
+    profile = load_noise_profile(found)
+    check_profile_joints(profile, targets.target_skeleton(recipe.skeleton), source=path)
+    return profile
 
 
 def motion_bank(recipe: Recipe) -> sm.MotionBank:
@@ -257,6 +282,7 @@ class Synthesis:
     bank: sm.MotionBank
     rigs: list[Rig]
     plan: Plan
+    profile: NoiseProfile | None = None  # the recipe's noise.profile, loaded
 
     @property
     def skeleton(self) -> Skeleton:
@@ -266,9 +292,12 @@ class Synthesis:
     @staticmethod
     def from_recipe(recipe: Recipe, *, base_dir: str | os.PathLike[str] | None = None) -> Synthesis:
         """Load motion and rigs (relative rig paths also tried against `base_dir`) and plan the sequences."""
-        rigs = load_rigs(recipe, base_dir=Path(base_dir) if base_dir is not None else None)
+        base = Path(base_dir) if base_dir is not None else None
+        rigs = load_rigs(recipe, base_dir=base)
+        profile = load_profile(recipe, base_dir=base)
         bank = motion_bank(recipe)
-        return Synthesis(recipe=recipe, bank=bank, rigs=rigs, plan=plan_sequences(recipe, bank, len(rigs)))
+        return Synthesis(recipe=recipe, bank=bank, rigs=rigs, plan=plan_sequences(recipe, bank, len(rigs)),
+                         profile=profile)
 
     @property
     def num_frames(self) -> int:
@@ -292,6 +321,9 @@ class Synthesis:
         factors_JS = (targets.point_factors(plan.bone_factors) if marked else plan.bone_factors).T
         parents = targets.point_parents() if marked else sm.SKELETON.parents
         pick = targets.target_points(skeleton)
+        noise = self.recipe.noise
+        views = None if self.profile is None else view_noise(
+            noise, self.profile, [c.name for c in rig.cameras], skeleton, source=str(noise.profile))
         for b, a in enumerate(range(0, int(length_Q.sum()), BATCH_ROWS)):
             rows = np.arange(a, min(a + BATCH_ROWS, int(length_Q.sum())))
             s = np.searchsorted(first_row_Q, rows, side="right") - 1  # sequence of each row (none is empty)
@@ -305,7 +337,7 @@ class Synthesis:
             X_3NJ = X_3JN.transpose(0, 2, 1).astype(np.float32)  # what is stored; the 2D is its exact projection
             clean_NVJ2 = project_rig(X_3NJ.astype(np.float64), rig)
             rng = np.random.default_rng([self.recipe.seed, _NOISE, r, b])
-            kp, scores = detect(clean_NVJ2, image_size_V2, self.recipe.noise, rng, skeleton=skeleton)
+            kp, scores = detect(clean_NVJ2, image_size_V2, noise, rng, skeleton=skeleton, views=views)
             frames = frames_for_rig(rig, sequence="", keypoints=kp, scores=scores, frame=frame_N,
                                     joints_3d=X_3NJ.transpose(1, 2, 0))
             yield rig, replace(frames, sequence=plan.name[q], subject=subject_names[subject_N], split=plan.split[q])
@@ -360,7 +392,8 @@ def build_dataset(recipe: Recipe | str | os.PathLike[str], out: str, *, progress
     """Build the synthetic dataset `recipe` (a `Recipe` or a recipe file) at `out` (any fsspec URL); commit it.
 
     `replace` overwrites sequences already at `out`; `command` is recorded in the manifest (default: this call).
-    The recipe itself is recorded too. Returns the committed manifest.
+    The recipe itself is recorded too, with its noise profile's contents under `noise_profile`. Returns the
+    committed manifest.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -373,10 +406,13 @@ def build_dataset(recipe: Recipe | str | os.PathLike[str], out: str, *, progress
     else:
         raise TypeError(f"recipe: expected a Recipe or a path, got {type(recipe).__name__}")
     synth = Synthesis.from_recipe(recipe, base_dir=base_dir)
+    recorded = recipe.model_dump(mode="json")
+    if synth.profile is not None:  # the profile's numbers, not just its path, so the build can be redone
+        recorded["noise_profile"] = synth.profile.model_dump(mode="json")
     command = command or f"rigpose.data.synth.build.build_dataset({shlex.quote(source)}, {shlex.quote(str(out))})"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with (
-        DatasetWriter(out, skeleton=synth.skeleton, command=command, recipe=recipe.model_dump(mode="json"),
+        DatasetWriter(out, skeleton=synth.skeleton, command=command, recipe=recorded,
                       replace=replace, max_bad_fraction=recipe.max_invalid_fraction) as writer,
         Progress(*columns, disable=not progress) as bar,
     ):

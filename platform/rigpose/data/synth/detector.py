@@ -11,13 +11,19 @@ from the one generator passed in, so a seeded generator gives identical arrays):
    score uniform in `scores.outlier`;
 4. occlusion: per joint with `occlusion_rate`; a share `occlusion_missing_fraction` becomes missing, the rest
    stays with extra Gaussian noise (`occluded_px`) and a score uniform in `scores.occluded`;
-5. missing view: per (frame, view) with `missing_view_rate` the whole view is missing;
-6. a joint whose true or reported position lies outside the image, or behind the camera, is missing.
+5. dropped joint: per joint with `missing_rate`, reported missing (what a noise profile measures);
+6. missing view: per (frame, view) with `missing_view_rate` the whole view is missing;
+7. a joint whose true or reported position lies outside the image, or behind the camera, is missing.
 
+The rates and stds of 2, 3 and 5 may differ per view and joint, those of 1 and 6 per view (`ViewNoise`: what a
+noise profile of the user's own 2D gives, rigpose.data.noise_profile.view_noise); `DetectorNoise` alone gives
+every view and joint the same, and its `profile` is resolved by the build (rigpose.data.synth.build).
 Missing = NaN keypoint and score 0 (DESIGN.md). Shape letters: N frames, V views, J joints, L limbs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -61,14 +67,55 @@ class DetectorNoise(Strict):
     occlusion_missing_fraction: float = Field(0.5, ge=0, le=1, description="share of occluded joints reported "
                                               "missing (NaN, score 0); the others get a low score and extra noise")
     occluded_px: float = Field(10.0, ge=0, description="extra Gaussian std (px) of occluded joints that are kept")
+    missing_rate: float = Field(0.0, ge=0, le=1, description="probability that a joint is reported missing "
+                                                             "(NaN, score 0) on top of occlusions")
     missing_view_rate: float = Field(0.0, ge=0, le=1, description="probability that a whole view of a frame is "
                                                                   "missing (all joints NaN, score 0)")
     scores: DetectorScores = Field(default_factory=DetectorScores, description="detector confidence model")
+    profile: str | None = Field(None, min_length=1, description="noise profile JSON (`rigpose datasets "
+                                "noise-profile`): per camera and joint pixel_std, outlier_rate, missing_rate, and "
+                                "per camera swap_rate, missing_view_rate, outlier_px; keys written next to it "
+                                "override the profile's values for every camera and joint")
 
     @model_validator(mode="after")
     def _ranges(self) -> DetectorNoise:
         _check_range("outlier_px", self.outlier_px, 0.0)
         return self
+
+
+@dataclass(frozen=True)
+class ViewNoise:
+    """The per-view, per-joint part of the detector model for one rig's V views and J joints.
+
+    Rates are probabilities, stds px per coordinate; the model's other settings (occlusions, scores) come from
+    the `DetectorNoise` passed to `detect` alongside.
+    """
+
+    pixel_std: np.ndarray  # [V, J] px, float64
+    outlier_rate: np.ndarray  # [V, J]
+    missing_rate: np.ndarray  # [V, J]
+    swap_rate: np.ndarray  # [V] per (frame, limb)
+    missing_view_rate: np.ndarray  # [V] per frame
+    outlier_px: Range  # (low, high) distance an outlier is moved (px)
+
+    @staticmethod
+    def uniform(noise: DetectorNoise, num_views: int, num_joints: int) -> ViewNoise:
+        """`noise`'s scalars for every view and joint."""
+        VJ = (num_views, num_joints)
+        return ViewNoise(pixel_std=np.full(VJ, noise.pixel_std), outlier_rate=np.full(VJ, noise.outlier_rate),
+                         missing_rate=np.full(VJ, noise.missing_rate), swap_rate=np.full(num_views, noise.swap_rate),
+                         missing_view_rate=np.full(num_views, noise.missing_view_rate), outlier_px=noise.outlier_px)
+
+    def check(self, num_views: int, num_joints: int) -> None:
+        """ValueError unless the arrays are [V, J] / [V] with stds >= 0 and rates in [0, 1]."""
+        for name in ("pixel_std", "outlier_rate", "missing_rate", "swap_rate", "missing_view_rate"):
+            a = getattr(self, name)
+            shape = (num_views,) if name in ("swap_rate", "missing_view_rate") else (num_views, num_joints)
+            if a.shape != shape:
+                raise ValueError(f"ViewNoise.{name}: expected shape {shape}, got {a.shape}")
+            if not (np.isfinite(a).all() and (a >= 0).all() and (name == "pixel_std" or (a <= 1).all())):
+                raise ValueError(f"ViewNoise.{name}: expected finite values >= 0 (rates <= 1)")
+        _check_range("outlier_px", self.outlier_px, 0.0)
 
 
 def limb_pairs(skeleton: Skeleton) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -83,11 +130,11 @@ def limb_pairs(skeleton: Skeleton) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.array(ls), np.array([mirror[j] for j in ls])) for ls in limbs.values()]
 
 
-def _swap_limbs(kp_NVJ2: np.ndarray, rate: float, limbs: list[tuple[np.ndarray, np.ndarray]],
+def _swap_limbs(kp_NVJ2: np.ndarray, rate_V: np.ndarray, limbs: list[tuple[np.ndarray, np.ndarray]],
                 rng: np.random.Generator) -> None:
-    """Swap, in place, each limb's left and right joints in a random `rate` share of (frame, view, limb)."""
+    """Swap, in place, each limb's left and right joints in a random `rate_V[v]` share of (frame, view v, limb)."""
     N, V, _, _ = kp_NVJ2.shape
-    swap_NVL = rng.random((N, V, len(limbs)), dtype=np.float32) < rate
+    swap_NVL = rng.random((N, V, len(limbs)), dtype=np.float32) < rate_V.astype(np.float32)[:, None]
     for l_idx, (left, right) in enumerate(limbs):
         n, v = np.nonzero(swap_NVL[..., l_idx])
         n, v = n[:, None], v[:, None]
@@ -113,9 +160,12 @@ def _at(mask: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def detect(clean_NVJ2: np.ndarray, image_size_V2: np.ndarray, noise: DetectorNoise, rng: np.random.Generator,
-           *, skeleton: Skeleton) -> tuple[np.ndarray, np.ndarray]:
+           *, skeleton: Skeleton, views: ViewNoise | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Clean projections [N, V, J, 2] (px; NaN behind the camera) -> (keypoints [N, V, J, 2], scores [N, V, J]),
-    float32, as the detector described in the module docstring would report them."""
+    float32, as the detector described in the module docstring would report them.
+
+    `views` gives per-view, per-joint stds and rates (default: `noise`'s scalars everywhere; the same draws, so
+    a uniform `views` reproduces `noise` alone bit for bit)."""
     if clean_NVJ2.ndim != 4 or clean_NVJ2.shape[-1] != 2:
         raise ValueError(f"clean keypoints: expected shape [N, V, J, 2], got {clean_NVJ2.shape}")
     if clean_NVJ2.shape[2] != skeleton.num_joints:
@@ -123,23 +173,33 @@ def detect(clean_NVJ2: np.ndarray, image_size_V2: np.ndarray, noise: DetectorNoi
                          f"{skeleton.num_joints}")
     kp = np.array(clean_NVJ2, dtype=np.float32)  # a copy: edited in place below
     N, V, J, _ = kp.shape
-    if noise.swap_rate > 0:
-        _swap_limbs(kp, noise.swap_rate, limb_pairs(skeleton), rng)
+    if views is None:
+        views = ViewNoise.uniform(noise, V, J)
+    views.check(V, J)
+    # rates compared in float32, as a Python float is against a float32 array: the same draws either way
+    outlier_VJ, missing_VJ = views.outlier_rate.astype(np.float32), views.missing_rate.astype(np.float32)
+    if (views.swap_rate > 0).any():
+        _swap_limbs(kp, views.swap_rate, limb_pairs(skeleton), rng)
     visible = _inside(kp, image_size_V2)
     lo, hi = noise.scores.clean
-    if noise.pixel_std > 0:
-        err_NVJ2 = rng.standard_normal((N, V, J, 2), dtype=np.float32) * np.float32(noise.pixel_std)
+    std_VJ = views.pixel_std
+    if (std_VJ > 0).any():
+        err_NVJ2 = rng.standard_normal((N, V, J, 2), dtype=np.float32) * std_VJ.astype(np.float32)[..., None]
         kp += err_NVJ2
         err_NVJ = np.sqrt(err_NVJ2[..., 0] ** 2 + err_NVJ2[..., 1] ** 2)  # not .sum(-1): slow on a size-2 axis
         jitter = rng.random((N, V, J), dtype=np.float32)
-        share = err_NVJ * np.float32(0.7 / (3 * noise.pixel_std)) + np.float32(0.3) * jitter
+        with np.errstate(divide="ignore"):  # std 0: no error, the top score (below)
+            per_px_VJ = np.where(std_VJ > 0, 0.7 / (3 * std_VJ), 0.0).astype(np.float32)
+        share = err_NVJ * per_px_VJ + np.float32(0.3) * jitter
         scores = np.float32(hi) - np.float32(hi - lo) * np.minimum(share, np.float32(1.0))
+        if not (std_VJ > 0).all():
+            scores = np.where(std_VJ > 0, scores, np.float32(hi))
     else:
         scores = np.full((N, V, J), hi, dtype=np.float32)
-    if noise.outlier_rate > 0:
-        out = _at(rng.random((N, V, J), dtype=np.float32) < noise.outlier_rate)
+    if (outlier_VJ > 0).any():
+        out = _at(rng.random((N, V, J), dtype=np.float32) < outlier_VJ)
         n = len(out[0])
-        dist, angle = _uniform(rng, noise.outlier_px, n), _uniform(rng, (0.0, 2 * np.pi), n)
+        dist, angle = _uniform(rng, views.outlier_px, n), _uniform(rng, (0.0, 2 * np.pi), n)
         kp[out] += dist[:, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
         scores[out] = _uniform(rng, noise.scores.outlier, n)
     missing = ~visible
@@ -150,8 +210,11 @@ def detect(clean_NVJ2: np.ndarray, image_size_V2: np.ndarray, noise: DetectorNoi
         kp[kept] += rng.standard_normal((len(kept[0]), 2), dtype=np.float32) * np.float32(noise.occluded_px)
         scores[kept] = _uniform(rng, noise.scores.occluded, len(kept[0]))
         missing.reshape(-1)[occ[gone]] = True
-    if noise.missing_view_rate > 0:
-        missing |= (rng.random((N, V), dtype=np.float32) < noise.missing_view_rate)[..., None]
+    if (missing_VJ > 0).any():
+        missing |= rng.random((N, V, J), dtype=np.float32) < missing_VJ
+    if (views.missing_view_rate > 0).any():
+        rate_V = views.missing_view_rate.astype(np.float32)
+        missing |= (rng.random((N, V), dtype=np.float32) < rate_V)[..., None]
     missing |= ~_inside(kp, image_size_V2)
     gone = _at(missing)
     kp[gone] = np.nan

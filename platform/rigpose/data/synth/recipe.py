@@ -43,7 +43,16 @@ Recipe format (every key optional except `rigs`; defaults in brackets):
       occlusion_rate: 0.03           # per joint; occlusion_missing_fraction [0.5] of them missing, the rest kept
                                      #   with occluded_px [10] extra noise and a low score
       missing_view_rate: 0.02        # per frame and view: whole view missing
+      missing_rate: 0.01             # [0] per joint: reported missing (NaN, score 0), on top of occlusions
       scores: {clean: [0.75, 1.0], outlier: [0.2, 0.6], occluded: [0.05, 0.35]}
+      # profile: my-lab-noise.json   # [none] your detector's noise, measured by `rigpose datasets noise-profile`
+                                     #   (a path found as rig files are, or a URL): per camera and joint
+                                     #   pixel_std, outlier_rate, missing_rate; per camera swap_rate,
+                                     #   missing_view_rate; outlier_px. Cameras are matched by name (others take
+                                     #   the profile's `overall`), joints by name (a recipe joint the profile
+                                     #   lacks is an error). A key written beside `profile` overrides the
+                                     #   profile's value for every camera and joint; occlusion_* and scores
+                                     #   are not measured and keep their own values
     splits:
       by: placement                  # [placement] sequences of each clip split by placement; `clip`: whole
                                      #   clips; `time`: every placement cut in time (first 80% train, ...)
