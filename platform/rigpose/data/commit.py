@@ -204,13 +204,15 @@ def collect_garbage(root: str, *, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     if keep_versions is not None and keep_versions < 1:
         raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
     fs, path = url_to_fs(root)
+    now = time.time()
+    fs.invalidate_cache(path)
+    # the files first, then the manifest: a writer that commits in between has its files listed by that manifest;
+    # the other way round, its rig file could be seen unlisted after its heartbeat had ended, and be removed
+    files = {posixpath.relpath(p, path): info for p, info in fs.find(path, detail=True).items()}
     manifest = read_manifest(root)
     if manifest is None:
         raise DatasetError(f"{root}: no manifest; not a RigPose dataset, nothing to vacuum")
     listed = {s.path for s in manifest.shards} | {r["path"] for r in manifest.rigs.values()}
-    now = time.time()
-    fs.invalidate_cache(path)
-    files = {posixpath.relpath(p, path): info for p, info in fs.find(path, detail=True).items()}
     beats = {rel.removeprefix(f"{WRITERS}/").removesuffix(".json"): rel for rel in files
              if rel.startswith(f"{WRITERS}/") and rel.endswith(".json")}
     dead = {token for token, rel in beats.items() if _died_here(fs, posixpath.join(path, rel))}
