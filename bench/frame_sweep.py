@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     rows = math.ceil(args.max_rows / len(ab.BODY_SCALES))
-    data = ab.build(ab.demo_recipe(), out / "data" / f"demo-{ab.demo_recipe()['frames']}")
+    recipe = ab.demo_recipe()
+    data = ab.build(recipe, out / "data" / f"demo-{recipe['frames']}")
     urls = ab.build_test_sets(out, frames=rows)
     results: dict[str, Any] = {"command": " ".join([sys.executable, *sys.argv]), "machine": ab.machine(),
                                "steps": args.steps, "overrides": args.overrides, "runs": {}}

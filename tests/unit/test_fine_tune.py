@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,17 +199,6 @@ def test_the_mix_is_recorded_in_the_lineage_and_a_changed_one_refuses_to_resume(
 
 # ------------------------------------------------------------------------------------------------ with Ray
 
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started and ray.is_initialized():
-        ray.shutdown()
 
 
 def _epoch_rows(rd: Any) -> tuple[int, int, set[bytes]]:

@@ -3,8 +3,6 @@ for the val split, only where rows carry joints_3d, and one fixed-size all-reduc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -188,17 +186,6 @@ def test_build_datasets_asks_for_labels_in_val_only_when_it_has_them_and_in_trai
     assert (calls["train"]["with_3d"], calls["train"]["eval_3d"]) == (with_3d, False)
     assert (calls[val_split]["with_3d"], calls[val_split]["eval_3d"]) == (False, labelled)
 
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.mark.slow
