@@ -317,3 +317,54 @@ def test_training_goes_on_while_the_tracking_server_is_down_and_logs_when_it_ret
         t.join()
         if "proc" in started:
             stop(started["proc"])
+
+
+def test_a_tracking_server_restarted_mid_training_gets_every_epoch_in_the_same_run(
+        bucket: str, dataset: str, local_ray: None, tmp_path: Path) -> None:
+    """The server is up when training starts, is stopped once two epochs are checkpointed and comes back (same
+    store, same port) two checkpoints later: training goes on and the one run gets each epoch's metrics once."""
+    import threading
+
+    from rigpose.train.trainer import train
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    folder, runs = tmp_path / "server", tmp_path / "runs" / "restart"
+    server = {"proc": start_mlflow_server(folder, f"{bucket}/restart-artifacts", port)}
+    wait_server(server["proc"], port, folder)
+    epochs = 6
+    job = _job(dataset, tmp_path / "runs", "restart", uri, f"optim.epochs={epochs}")
+    seen: dict = {}
+
+    def checkpoints() -> int:
+        return len(list(runs.glob("checkpoint_*")))
+
+    def restart() -> None:
+        deadline = time.time() + 600
+        while checkpoints() < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        stop(server["proc"])
+        seen["stopped_at"] = checkpoints()
+        while checkpoints() < seen["stopped_at"] + 2 and time.time() < deadline:
+            time.sleep(0.2)
+        seen["restarted_at"] = checkpoints()
+        server["proc"] = start_mlflow_server(folder, f"{bucket}/restart-artifacts", port)
+
+    t = threading.Thread(target=restart)
+    t.start()
+    try:
+        out = train(job)
+        t.join()
+        # the outage fell inside training, not after it
+        assert seen["restarted_at"] < epochs, seen
+        wait_server(server["proc"], port, folder)
+        client = _client(uri)
+        run_id = out["tracking"]["run_id"]
+        experiment = client.get_run(run_id).info.experiment_id
+        assert [r.info.run_id for r in client.search_runs([experiment])] == [run_id]
+        for name in ("val/reprojection_px", "train/loss"):
+            assert sorted(m.step for m in client.get_metric_history(run_id, name)) == list(range(epochs)), name
+        assert client.get_model_version_by_alias(MODEL, "candidate").run_id == run_id
+    finally:
+        t.join()
+        stop(server["proc"])
