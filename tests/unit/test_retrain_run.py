@@ -1,6 +1,6 @@
 """The retrain cycle's guards and schedule (rigpose.retrain.run): periods, a held lease skips the cycle without
 training, the schedule repeats until SIGTERM, a dry run changes nothing, and a warm start keeps the champion's
-architecture."""
+architecture and trains its share of the budget at its share of the learning rate."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from rigpose_testing import REPO
 
 from rigpose.config import ModelConfig, RetrainJob, load_job
 from rigpose.resources import recipes_dir
-from rigpose.retrain.run import LEASE_FILE, Outcome, inherit_architecture, parse_every, retrain, run_every
+from rigpose.retrain.run import (
+    LEASE_FILE,
+    Outcome,
+    inherit_architecture,
+    parse_every,
+    retrain,
+    run_every,
+    warm_schedule,
+)
 from rigpose.storage import Lease, url_to_fs
 
 
@@ -85,3 +93,19 @@ def test_a_warm_started_candidate_keeps_the_champions_architecture_unless_the_re
     job = load_job(REPO / "jobs" / "train.yaml", [*sets, "model.num_blocks=3"])
     assert (job.model.width, job.model.output, job.model.num_blocks) == (512, "ray", 3)
     assert job.model.dropout == ModelConfig().dropout
+
+
+def test_a_warm_start_trains_its_fraction_of_the_budget_at_its_fraction_of_the_learning_rate() -> None:
+    steps_job = load_job(REPO / "jobs" / "train.yaml", ["optim.steps=3000", "optim.lr=3e-4", "optim.min_steps=0"])
+    job = RetrainJob(warm_budget=0.4, warm_lr=0.5)
+    sets = warm_schedule(job, steps_job)
+    assert sets == ["optim.steps=1200", "optim.lr=0.00015"]
+    applied = load_job(REPO / "jobs" / "train.yaml", ["optim.steps=3000", *sets])
+    assert (applied.optim.steps, applied.optim.lr) == (1200, pytest.approx(1.5e-4))
+    # an epoch budget and a step floor scale alike, never to 0
+    epochs_job = load_job(REPO / "jobs" / "train.yaml", ["optim.epochs=2", "optim.min_steps=500"])
+    assert warm_schedule(RetrainJob(warm_budget=0.1), epochs_job) == ["optim.epochs=1", "optim.min_steps=50"]
+    # the defaults change nothing: the training job's own schedule
+    assert warm_schedule(RetrainJob(), steps_job) == []
+    with pytest.raises(ValueError, match="warm_budget"):
+        RetrainJob(warm_budget=0)

@@ -265,3 +265,20 @@ def test_a_changed_calibration_under_the_same_rig_id_is_refused(tmp_path: Path, 
     moved = dataclasses.replace(rig4, cameras=tuple(cams))
     with pytest.raises(DatasetError, match="differs from the calibration"):
         write(root, moved, make_frames(moved, rng, sequence="b"))
+
+
+def test_a_large_shard_is_written_as_row_groups_of_at_most_16k_rows_in_frame_order(tmp_path: Path, rig4, rng) -> None:
+    import pyarrow.parquet as pq
+
+    from rigpose.data.writer import ROW_GROUP_ROWS
+
+    frames = make_frames(rig4, rng, T=40_000)
+    write(tmp_path / "ds", rig4, frames, shard_rows=50_000)  # one shard
+    ds = Dataset(str(tmp_path / "ds"))
+    (shard,) = ds.manifest.shards
+    meta = pq.read_metadata(tmp_path / "ds" / shard.path)
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert ROW_GROUP_ROWS == 16384 and sizes == [16384, 16384, 40_000 - 2 * 16384]
+    # a reader that takes one group at a time sees the rows in order
+    first = pq.ParquetFile(tmp_path / "ds" / shard.path).read_row_group(1, columns=["frame"])
+    np.testing.assert_array_equal(first["frame"].to_numpy(), np.arange(16384, 2 * 16384))

@@ -38,6 +38,9 @@ from rigpose.skeleton import Skeleton, get_skeleton
 from rigpose.storage import exclusive_writes_work, protocol_url, url_to_fs, write_bytes_atomic, write_bytes_exclusive
 
 DEFAULT_SHARD_BYTES = 128 * 2**20  # DESIGN: ~64-256 MB shards
+#: rows per Parquet row group: a shard of ~20k rows or more is several groups, so a reader can start on the first
+#: group (streaming) instead of waiting for the whole shard (pyarrow's default is one group of up to 1Mi rows)
+ROW_GROUP_ROWS = 16384
 DEFAULT_MAX_BAD_FRACTION = 0.01
 
 
@@ -201,13 +204,13 @@ class DatasetWriter:
         if isinstance(self.fs, LocalFileSystem):
             # Straight into the file, then hashed from the page cache: no in-memory copy of the shard at all.
             with pa.OSFile(full, "wb") as f:
-                pq.write_table(table, f, compression=self.compression)
+                pq.write_table(table, f, compression=self.compression, row_group_size=ROW_GROUP_ROWS)
             with pa.memory_map(full) as f:
                 data = f.read_buffer()
                 size, sha256 = data.size, hashlib.sha256(data).hexdigest()
         else:
             sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, compression=self.compression)
+            pq.write_table(table, sink, compression=self.compression, row_group_size=ROW_GROUP_ROWS)
             data = sink.getvalue()
             self.fs.pipe_file(full, data.to_pybytes())
             size, sha256 = data.size, hashlib.sha256(data).hexdigest()

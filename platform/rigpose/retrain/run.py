@@ -151,9 +151,28 @@ def candidate_job(job: RetrainJob, p: Plan, champion_file: str | None) -> TrainJ
         if champion_file is None:
             raise ValueError(f"candidate_job: warm start from version {p.champion} needs the champion's model file")
         champion = load_lifter(champion_file)[0].config
-        sets = [*inherit_architecture(job.overrides, champion), *sets,
+        sets = [*inherit_architecture(job.overrides, champion), *sets, *warm_schedule(job, p.train_job),
                 f"model.init_weights=models:/{p.model_name}/{p.champion}"]
     return load_job(job.train_job, sets)
+
+
+def warm_schedule(job: RetrainJob, train_job: TrainJob) -> list[str]:
+    """`optim.*` overrides of a warm-started candidate: `job.warm_budget` of the training job's budget (steps, or
+    epochs, and min_steps; at least 1 of each that is set) at `job.warm_lr` of its learning rate. A warm start
+    begins near its end point: the scratch schedule's full budget at the full rate mostly throws the head start
+    away (BENCHMARKS.md, "Retraining on a new rig")."""
+    o = train_job.optim
+    sets = []
+    if job.warm_budget != 1.0:
+        if o.epochs is not None:
+            sets.append(f"optim.epochs={max(1, round(o.epochs * job.warm_budget))}")
+        else:
+            sets.append(f"optim.steps={max(1, round(o.steps * job.warm_budget))}")
+        if o.min_steps:
+            sets.append(f"optim.min_steps={max(1, round(o.min_steps * job.warm_budget))}")
+    if job.warm_lr != 1.0:
+        sets.append(f"optim.lr={o.lr * job.warm_lr:.6g}")
+    return sets
 
 
 def retrain(job: RetrainJob, *, dry_run: bool = False, say: Callable[[str], None] = print) -> Outcome:
