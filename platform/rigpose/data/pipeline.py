@@ -14,21 +14,23 @@ Validation labels are optional per row: every validation batch then carries `joi
 columns (what `iter_torch_batches` needs); a split where only some shards or rows are labelled is measured on the
 labelled ones (`rigpose.train.loop.validate`).
 
-Shuffling, every epoch: the order of the shards (streaming) or of the cached blocks changes with each execution
+Shuffling, every epoch: the order of the row groups (streaming) or of the cached blocks changes with each execution
 (`reseed_after_execution`), then `iter_torch_batches(local_shuffle_buffer_size=...)` mixes rows within a buffer.
 
 Mixing (`data.mix_url`, `data.mix_ratio` r): every epoch takes all the training rows of `data.url` (n) and
 `mix_rows(n, r)` rows of the mixed-in dataset's training split (all its rigs; repeated when it has fewer), so that
 they are r of the epoch's rows (`epoch_rows`; the driver's steps per epoch count both). Which of its rows changes
-every epoch with `data.shuffle_files`: the first rows of a new shard order (streaming) or block order (cached: cut
+every epoch with `data.shuffle_files`: the first rows of a new row-group order (streaming) or block order (cached: cut
 into blocks of about 1/`MIX_BLOCKS` of an epoch's mixed-in rows, so that they are drawn from all over it);
 both parts are padded to the larger of the two datasets' camera counts, and the cached blocks of both are put in one
 new random order every epoch, before the local shuffle buffer mixes rows. `check_mix` refuses a dataset of another
 skeleton. Validation reads `data.url` only.
 
 Preprocessing (`Preprocess`, vectorised NumPy over a block of rows: undistortion, K^-1, the triangulated root) runs
-in Ray Data tasks, not in the training workers. With `data.cache` it runs once and the result stays in the object
-store; without it, it streams again every epoch (datasets larger than the object store).
+in Ray Data tasks, not in the training workers, fused with the read: one task per Parquet row group
+(`ReadPreprocess`; the writer makes groups of 16k rows, `rigpose.data.writer.ROW_GROUP_ROWS`). With `data.cache`
+it runs once and the result stays in the object store; without it, it streams again every epoch (datasets larger
+than the object store).
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ from __future__ import annotations
 import math
 import posixpath
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from rigpose.data.manifest import ShardInfo
 from rigpose.data.reader import Dataset
 from rigpose.data.schema import EVAL_ONLY_COLUMNS, joints_3d_from_table, observations_from_table
 from rigpose.model.inputs import prepare_arrays
+from rigpose.storage import protocol_url, url_to_fs
 
 if TYPE_CHECKING:
     import ray.data
@@ -185,31 +190,73 @@ def check_mix(ds: Dataset, mix: Dataset, data: DataConfig) -> list[ShardInfo]:
     return shards
 
 
+def row_groups(ds: Dataset, split: str, *, rig_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """The Parquet row groups of a split's shards, in manifest order: {"url", "row_group", "rows"} each, from the
+    shards' footers (one small read per shard). The units the streaming read is cut into (`ReadPreprocess`)."""
+    out = []
+    for shard in ds.shards(splits=[split], rig_ids=rig_ids):
+        path = posixpath.join(ds.path, shard.path)
+        meta = pq.read_metadata(path, filesystem=ds.fs)
+        url = protocol_url(ds.fs, path)
+        out.extend({"url": url, "row_group": i, "rows": meta.row_group(i).num_rows}
+                   for i in range(meta.num_row_groups))
+    return out
+
+
+class ReadPreprocess:
+    """Ray Data `map_batches` function, read and preprocessing fused in one task: row groups (`row_groups` items)
+    -> their `columns` -> `Preprocess`d blocks of `rows` rows, yielded one by one, so the first batch of an epoch
+    waits for one row group, not for whole shards."""
+
+    def __init__(self, prep: Preprocess, columns: list[str], *, rows: int = PREPROCESS_ROWS) -> None:
+        if rows < 1:
+            raise ValueError(f"ReadPreprocess: rows must be >= 1, got {rows}")
+        self.prep, self.columns, self.rows = prep, columns, rows
+
+    def __call__(self, items: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for url, index in zip(items["url"], items["row_group"], strict=True):
+            table = read_row_group(str(url), int(index), self.columns)
+            for start in range(0, table.num_rows, self.rows):
+                yield self.prep(table.slice(start, self.rows))
+
+
+def read_row_group(url: str, index: int, columns: list[str]) -> pa.Table:
+    """Row group `index` of the Parquet file at `url` (local path or s3://, credentials from the environment),
+    only `columns`."""
+    fs, path = url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):  # Arrow's own file reader, memory mapped
+        return pq.ParquetFile(path, memory_map=True).read_row_group(index, columns=columns)
+    with fs.open(path, "rb") as f:  # range requests: the footer and this group's column chunks
+        return pq.ParquetFile(f).read_row_group(index, columns=columns)
+
+
 def read_split(ds: Dataset, split: str, *, rig_ids: list[str] | None = None, with_3d: bool = False,
                with_pseudo: bool = True, eval_3d: bool = False, shuffle_seed: int | None = None,
                max_rows: int | None = None, num_views: int | None = None) -> ray.data.Dataset:
     """A Ray dataset of preprocessed model inputs for one split (streaming: nothing is read until iterated).
 
+    One Ray Data task per Parquet row group reads it and preprocesses it (`ReadPreprocess`): the read is as
+    parallel as the split has row groups, and blocks come out `PREPROCESS_ROWS` rows at a time.
     `with_3d` / `eval_3d`: required / optional (validation) 3D labels, see `Preprocess`.
-    `shuffle_seed`: shuffle the shard order anew on every execution (epoch), reproducibly from this seed.
+    `shuffle_seed`: shuffle the row-group order anew on every execution (epoch), reproducibly from this seed.
     `num_views`: pad every row to this many views (default: the dataset's largest rig; a mix: the larger one's).
     """
     import ray.data
-    from ray.data import FileShuffleConfig
+    from ray.data import RandomSeedConfig
 
     check_rig_ids(ds, rig_ids)
-    urls = ds.shard_urls(splits=[split], rig_ids=rig_ids)
-    if not urls:
+    groups = row_groups(ds, split, rig_ids=rig_ids)
+    if not groups:
         raise ValueError(f"{ds.root}: split {split!r} has no shards for rigs {rig_ids or 'any'}")
     columns = [*MODEL_COLUMNS, *(EVAL_ONLY_COLUMNS if with_3d or eval_3d else ())]
-    shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
-    rd = ray.data.read_parquet(urls, partitioning=None, shuffle=shuffle).select_columns(columns)
-    if max_rows:
-        rd = rd.limit(max_rows)
+    rd = ray.data.from_items(groups, override_num_blocks=len(groups))
+    if shuffle_seed is not None:
+        rd = rd.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     prep = Preprocess(num_joints=ds.skeleton.num_joints, num_views=num_views or ds.manifest.max_views,
                       root_joints=ds.skeleton.root_joints, with_3d=with_3d, with_pseudo=with_pseudo,
                       eval_3d=eval_3d)
-    return rd.map_batches(prep, batch_format="pyarrow", batch_size=PREPROCESS_ROWS)
+    rd = rd.map_batches(ReadPreprocess(prep, columns), batch_format="numpy", batch_size=1)
+    return rd.limit(max_rows) if max_rows else rd
 
 
 def build_datasets(data: DataConfig, ds: Dataset, *, with_3d: bool, seed: int, with_pseudo: bool = True,
