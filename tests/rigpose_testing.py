@@ -315,22 +315,29 @@ def stop_with_children(proc: subprocess.Popen, *, timeout_s: float = 20.0) -> No
 
 class Stack:
     """The local stack (`infra/local/stack.py`) of one temporary state folder on free ports, driven through its
-    command line (tests/integration/test_local_stack.py, test_node_loss.py)."""
+    command line (tests/integration/test_local_stack.py, test_local_stack_postgres.py, test_node_loss.py); `db`
+    is its --db (default: the script's, sqlite)."""
 
     SCRIPT = REPO / "infra" / "local" / "stack.py"
 
-    def __init__(self) -> None:
+    def __init__(self, *, db: str | None = None) -> None:
         import tempfile
 
         self.root = Path(tempfile.mkdtemp(prefix="rp-stack-", dir="/tmp"))  # short: Ray's sockets are below it
         self.state = self.root / "state"
         self.ports = {"--dashboard-port": free_port(), "--gcs-port": free_port(), "--mlflow-port": free_port(),
                       "--s3-port": free_port()}
+        self.db = db
 
     def run(self, command: str) -> subprocess.CompletedProcess:
-        args = [a for k, v in self.ports.items() for a in (k, str(v))]
+        args = [a for k, v in self.ports.items() for a in (k, str(v))] + (["--db", self.db] if self.db else [])
         return subprocess.run([sys.executable, str(self.SCRIPT), command, "--state-dir", str(self.state), *args],
                               capture_output=True, text=True, timeout=600)
+
+    @staticmethod
+    def states(out: str, parts: list[str]) -> dict[str, str]:
+        """{part: its state word} of the health lines in `out` (`up`, `status`, `down`) of the parts `parts`."""
+        return {w[0]: w[1] for w in (line.split() for line in out.splitlines()) if len(w) > 1 and w[0] in parts}
 
     def records(self) -> dict[str, dict]:
         import json

@@ -1,12 +1,15 @@
-"""The four parts of the local stack (`stack.py`): how each one starts (command line, environment) and how its health
-is checked. Everything listens on 127.0.0.1 except Ray's gRPC ports (see `RayHead`).
+"""The parts of the local stack (`stack.py`): how each one starts (command line, environment) and how its health is
+checked. Everything listens on 127.0.0.1 except Ray's gRPC ports (see `RayHead`) and PostgreSQL, which listens on a
+Unix socket only (`local_postgres`).
 
 Order matters: the S3 endpoint first (MLflow proxies its artifacts there, Ray's workers read and write it with the
-keys the nodes were started with), then MLflow, the Ray head, and the second Ray node, which joins the head's GCS.
+keys the nodes were started with), PostgreSQL with `--db postgres` (MLflow's store), then MLflow, the Ray head, and
+the second Ray node, which joins the head's GCS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +18,10 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import quote
+
+import local_postgres as pg  # beside this module
 
 from rigpose.cluster.processes import free_port
 
@@ -41,7 +47,7 @@ class Settings:
     gcs_port: int = 6379  # Ray head's GCS (Ray's default): the second node joins it
     mlflow_port: int = 5000
     s3_port: int = 9000
-    db: str = "sqlite"
+    db: str = "sqlite"  # MLflow's store: sqlite (a file in the state folder) or postgres (a local PostgreSQL)
     head_cpus: int = 4  # logical: 2 training workers plus Ray Data's tasks on a 2-core machine (PLATFORM_NOTES)
     node2_cpus: int = 2
     object_store_mb: int = 1024  # per node (Ray's default, 30 % of the memory each, is far more than needed)
@@ -79,12 +85,31 @@ class Settings:
         return self.state_dir / "mlflow"
 
     @property
+    def tag(self) -> str:
+        """8 hex digits naming the state folder where a name outside it is needed (/tmp folders, PostgreSQL's
+        cluster name)."""
+        return hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]
+
+    @property
     def ray_root(self) -> Path:
         """The folder of the Ray nodes' temp folders: the state folder, or one under /tmp named after it when the
         state folder's path is too long for Ray's socket paths."""
         if len(str(self.state_dir / "ray-node2")) <= RAY_DIR_MAX:
             return self.state_dir
-        return Path("/tmp") / f"rigpose-stack-{hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]}"
+        return Path("/tmp") / f"rigpose-stack-{self.tag}"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """PostgreSQL's data folder, its socket's folder too (`local_postgres.data_dir`)."""
+        return pg.data_dir(self.state_dir, self.tag)
+
+    @property
+    def mlflow_store_uri(self) -> str:
+        """MLflow's --backend-store-uri: the sqlite file in the state folder, or the database `mlflow` through the
+        PostgreSQL socket (the driver named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3)."""
+        if self.db == "postgres":
+            return f"postgresql+psycopg2://{pg.SUPERUSER}@/{pg.DATABASE}?host={quote(str(self.postgres_dir))}"
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
 
 @dataclass
@@ -140,6 +165,14 @@ class Part:
 
     def prepare(self) -> None:
         """Runs before each health check: what `up` sets up in a running part (the S3 part's bucket)."""
+
+    def setup(self, log: IO[bytes]) -> None:
+        """Runs before each start, its output into the part's log: what the part needs on disk first (PostgreSQL's
+        data folder)."""
+
+    def run_as(self) -> dict[str, Any]:
+        """`subprocess.Popen` options of the user the part runs as, when not this process's (PostgreSQL's)."""
+        return {}
 
 
 def service_env(settings: Settings, creds: Credentials) -> dict[str, str]:
@@ -204,21 +237,70 @@ class S3(Part):
             pass
 
 
+class Postgres(Part):
+    """PostgreSQL (`--db postgres` only), MLflow's store: a Unix socket in its data folder, no TCP port; the database
+    `mlflow` is created when missing. Run as the `postgres` user under root."""
+
+    @property
+    def cluster_name(self) -> str:
+        return f"rigpose-db-{self.settings.tag}"
+
+    def command(self) -> list[str]:
+        return pg.server_command(self.settings.postgres_dir, self.cluster_name)
+
+    def env(self) -> dict[str, str]:
+        return pg.server_env()
+
+    def cwd(self) -> Path:
+        return self.settings.postgres_dir.parent  # the state folder, or /tmp (see `local_postgres.data_dir`)
+
+    def markers(self) -> list[str]:
+        # each server process calls setsid, leaving the part's session; all have the cluster name in their title
+        return [self.cluster_name]
+
+    def setup(self, log: IO[bytes]) -> None:
+        pg.ensure_data_dir(self.settings.postgres_dir, pg.server_user(), log)
+
+    def run_as(self) -> dict[str, Any]:
+        return pg.server_user().popen_options()
+
+    def health(self) -> Health:
+        import psycopg2
+
+        folder = self.settings.postgres_dir
+        try:
+            conn = pg.connect(folder)
+        except psycopg2.OperationalError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first.rpartition("failed: ")[2]  # after `connection to server on socket "..." failed: `
+            return Health(False, f"socket {folder} does not answer with database {pg.DATABASE} ({reason})")
+        with contextlib.closing(conn):
+            version = conn.server_version  # e.g. 150018
+        return Health(True, f"socket {folder}/.s.PGSQL.{pg.PORT} (no TCP), database {pg.DATABASE}, "
+                            f"PostgreSQL {version // 10000}.{version % 10000}")
+
+    def prepare(self) -> None:
+        """Create the database `mlflow` when the server answers without it."""
+        pg.create_database(self.settings.postgres_dir)
+
+
 class MLflow(Part):
-    """`mlflow server`: sqlite store in the state folder, artifacts proxied to s3://<bucket>/mlartifacts."""
+    """`mlflow server`: store `Settings.mlflow_store_uri` (sqlite in the state folder, or PostgreSQL), artifacts
+    proxied to s3://<bucket>/mlartifacts."""
 
     def public_ports(self) -> dict[str, int]:
         return {"mlflow_port": self.settings.mlflow_port}
 
     def command(self) -> list[str]:
         return [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(self.settings.mlflow_port),
-                "--workers", "1", "--backend-store-uri", f"sqlite:///{self.settings.mlflow_dir / 'mlflow.db'}",
+                "--workers", "1", "--backend-store-uri", self.settings.mlflow_store_uri,
                 "--artifacts-destination", f"s3://{self.settings.bucket}/mlartifacts"]
 
     def env(self) -> dict[str, str]:
-        # MLflow 3.x otherwise starts about ten job-runner processes that nothing here uses
-        return {**super().env(), "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_url,
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # MLflow 3.x otherwise starts about ten job-runner processes that nothing here uses; libpq's PG* settings
+        # would point the driver away from the stack's socket
+        env = {k: v for k, v in super().env().items() if not k.startswith("PG")}
+        return {**env, "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
     def cwd(self) -> Path:
         return self.settings.mlflow_dir
@@ -313,6 +395,7 @@ class RayNode2(RayNode):
 
 
 def parts(settings: Settings, creds: Credentials) -> list[Part]:
-    """The stack's parts, in start order."""
-    return [S3("s3", settings, creds, startup_timeout_s=60.0), MLflow("mlflow", settings, creds, 240.0),
+    """The stack's parts, in start order (PostgreSQL only with `--db postgres`)."""
+    database = [Postgres("postgres", settings, creds, 60.0)] if settings.db == "postgres" else []
+    return [S3("s3", settings, creds, startup_timeout_s=60.0), *database, MLflow("mlflow", settings, creds, 240.0),
             RayHead("ray-head", settings, creds, 180.0), RayNode2("ray-node2", settings, creds, 180.0)]

@@ -1,5 +1,6 @@
-"""The local stack: a Ray head and a second Ray node, an MLflow server and an S3 endpoint (moto) on this machine,
-started, checked and stopped as one (`make up` / `make status` / `make down`; `python infra/local/stack.py --help`).
+"""The local stack: a Ray head and a second Ray node, an MLflow server and an S3 endpoint (moto) on this machine, with
+`--db postgres` a PostgreSQL server as MLflow's store, started, checked and stopped as one (`make up` / `make status`
+/ `make down`; `python infra/local/stack.py --help`).
 
 `up` starts what is not running and healthy (a second `up` starts nothing; a dead part is stopped and restarted,
 the Ray head together with the node that joins it) and prints one health line per part. It writes `<state>/env`,
@@ -9,9 +10,10 @@ runs in a session of its own, and Ray nodes in their own --temp-dir; found by re
 and children, never by name (`ray stop` would stop every Ray on the machine).
 
 The state folder (default infra/local/.state/, git-ignored, mode 0700) holds the generated Ray token and fake S3
-keys (0600 files, never printed), the env file (0600), logs, stack.json (pids, ports), MLflow's sqlite store and
-the Ray nodes' temp folders. moto keeps S3 objects in memory, so `down` also deletes what points into them
-(MLflow's store, Ray's folders); the token and keys stay for the next `up`.
+keys (0600 files, never printed), the env file (0600), logs, stack.json (pids, ports), MLflow's sqlite store or
+PostgreSQL's data folder (under /tmp when run by root: `local_postgres`) and the Ray nodes' temp folders. moto keeps
+S3 objects in memory, so `down` also deletes what points into them (MLflow's store, Ray's folders); the token and
+keys stay for the next `up`.
 """
 
 from __future__ import annotations
@@ -32,14 +34,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from services import PORT_FLAGS, S3, Credentials, Health, Part, Settings, parts  # beside this script
+import local_postgres as pg  # beside this script, as services
+from services import PORT_FLAGS, S3, Credentials, Health, Part, Settings, parts
 
 from rigpose.cluster import processes as procs
 
 DEFAULT_STATE = Path(__file__).resolve().parent / ".state"
 STATE_FILE = "stack.json"
 STOP_GRACE_S = 5.0  # SIGTERM to SIGKILL: some Ray processes ignore SIGTERM for long; the stack keeps nothing to save
-DEPENDENTS = {"ray-head": ["ray-node2"]}  # stopped first, restarted after it: a node does not rejoin a new head
+# stopped first, restarted after it: a node does not rejoin a new head, MLflow keeps no connection to a new database
+DEPENDENTS = {"ray-head": ["ray-node2"], "postgres": ["mlflow"]}
+#: the command-line option of each setting (what an error about a changed setting tells to change)
+OPTION_FLAGS = {**PORT_FLAGS, "bucket": "--bucket", "db": "--db"}
 
 
 class StackError(RuntimeError):
@@ -115,7 +121,7 @@ def resolve_settings(state_dir: Path, given: dict[str, Any]) -> Settings:
         if value is None:
             continue
         if state.get("parts") and key in recorded and recorded[key] != value:
-            raise StackError(f"the stack in {state_dir} runs with {PORT_FLAGS.get(key, key)} {recorded[key]}, "
+            raise StackError(f"the stack in {state_dir} runs with {OPTION_FLAGS.get(key, key)} {recorded[key]}, "
                              f"not {value}: `down` first to change it")
         values[key] = value
     return Settings(state_dir=state_dir, **values)
@@ -169,13 +175,15 @@ def start(part: Part) -> dict[str, Any]:
     """Start `part` in a session of its own and wait until it is healthy; its record (pid, start time, log)."""
     part.settings.logs_dir.mkdir(parents=True, exist_ok=True)
     part.cwd().mkdir(parents=True, exist_ok=True)
-    command = part.command()
     log_path = part.settings.logs_dir / f"{part.name}.log"
     with open(log_path, "ab") as log:
-        log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
+        log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        part.setup(log)
+        command = part.command()
+        log.write(f"==== {shlex.join(command)}\n".encode())
         log.flush()
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=part.cwd(), env=part.env(), start_new_session=True)
+                                cwd=part.cwd(), env=part.env(), start_new_session=True, **part.run_as())
     info = procs.process_info(proc.pid)
     record = {"pid": proc.pid, "start_ticks": info.start_ticks if info else 0, "started_at": time.time(),
               "log": str(log_path), "internal_ports": part.internal_ports}
@@ -235,8 +243,8 @@ def line(name: str, state: str, detail: str) -> str:
 
 def up(settings: Settings) -> int:
     """Start what is not running and healthy; one line per part; 0 when all are healthy."""
-    if settings.db != "sqlite":
-        raise StackError(postgres_unsupported())
+    if settings.db == "postgres" and (missing := pg.unavailable()):
+        raise StackError(missing)
     creds = credentials(settings)
     state = read_state(settings.state_dir)
     state["settings"] = settings.recorded()
@@ -303,23 +311,18 @@ def down(settings: Settings) -> int:
         print(line(part.name, "stopped", plural(n, "process") if n else "was not running"), flush=True)
     for folder in (settings.mlflow_dir, settings.ray_root / "ray-head", settings.ray_root / "ray-node2"):
         shutil.rmtree(folder, ignore_errors=True)
+    pg.remove_data_dir(settings.postgres_dir, postgres_user())
     if settings.ray_root != settings.state_dir:
         shutil.rmtree(settings.ray_root, ignore_errors=True)
     return 0
 
 
-def postgres_unsupported() -> str:
-    """Why DB=postgres is refused, with what this machine has."""
-    found = [n for n in ("initdb", "pg_ctl", "postgres") if shutil.which(n)]
+def postgres_user() -> pg.ServerUser | None:
+    """The user PostgreSQL's data folder belongs to, None when there is none (root without a `postgres` user)."""
     try:
-        import psycopg2  # noqa: F401
-
-        driver = "psycopg2 is installed"
-    except ImportError:
-        driver = "MLflow's driver psycopg2 is not installed in this venv"
-    server = f"found {', '.join(found)}" if found else "no PostgreSQL server (initdb, pg_ctl) is installed"
-    return (f"--db postgres is not supported by the local stack yet ({server}; {driver}); use the default "
-            "--db sqlite (production's PostgreSQL: infra/k8s/)")
+        return pg.server_user()
+    except pg.PostgresError:
+        return None
 
 
 PORT_HELP = {"dashboard_port": "Ray dashboard and Jobs API (default 8265)",
@@ -331,7 +334,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="stack.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Ports and bucket are recorded by `up` and reused by `status` and `down`.")
+        epilog="Ports, bucket and --db are recorded by `up` and reused by `status` and `down`.")
     parser.add_argument("command", choices=["up", "down", "status"],
                         help="up: start what is not running and healthy; down: stop all of it; status: health")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE,
@@ -340,7 +343,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(flag, dest=key, type=int, default=None, metavar="PORT", help=PORT_HELP[key])
     parser.add_argument("--bucket", default=None, help="the S3 bucket created on the endpoint (default rigpose)")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default=None,
-                        help="MLflow's store (default sqlite; postgres: not yet)")
+                        help="MLflow's store (default sqlite, a file in the state folder; postgres: a local "
+                             "PostgreSQL server on a Unix socket only, needs its programs: apt-get install postgresql)")
     return parser.parse_args(argv)
 
 
@@ -352,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         with locked(state_dir):
             settings = resolve_settings(state_dir, given)
             return {"up": up, "down": down, "status": status}[args.command](settings)
-    except StackError as e:
+    except (StackError, pg.PostgresError) as e:
         print(f"stack {args.command}: {e}", file=sys.stderr)
         return 1
 

@@ -40,7 +40,7 @@ def stack() -> Iterator[Stack]:
 
 def _lines(out: str) -> dict[str, str]:
     """{part: its state word} of `up`'s health lines."""
-    return {w[0]: w[1] for w in (line.split() for line in out.splitlines()) if len(w) > 1 and w[0] in PARTS}
+    return Stack.states(out, PARTS)
 
 
 def _get(url: str, token: str | None = None) -> bytes:
