@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"metrics"},
     {"model"},
     {"data"},
+    {"detect"},  # 2D keypoints from videos: writes what data.ingest reads, needs none of it
     {"tracking", "registry"},  # registry.py: the LifterModel import of models logged before the layout
     {"inference"},
     {"cluster"},

@@ -22,6 +22,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("datasets ingest", "rigpose.cli.ingest"),
     ("models", "rigpose.cli.models"),
     ("", "rigpose.cli.retrain"),  # retrain
+    ("", "rigpose.cli.detect"),  # detect (the `detect` extra)
 )
 
 
