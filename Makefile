@@ -19,18 +19,26 @@ help:
 	@echo "make status - health of each part of the local stack"
 	@echo "make down   - stop exactly what make up started"
 	@echo "make demo-cluster - make up, then the demo as a Ray job on it (S3 data, MLflow server, 2 nodes)"
-	@echo "make setup  - create .venv, install torch==$(TORCH_VERSION) first, then rigpose[test,mocap] editable"
+	@echo "make setup  - create .venv, install torch==$(TORCH_VERSION) first, then rigpose[test,mocap,detect] editable + detect weights"
 
 # Re-run the install only when the project's dependencies change (idempotent and quick otherwise).
 # Quiet: one line for the whole set-up (pip -qq still prints errors; `make setup PIP_QUIET=` shows everything).
 PIP_QUIET ?= -qq
+WEIGHTS := $(VENV)/weights
+MP_WEIGHTS_VERSION := 0.10.21
+# where rigpose detect (and its tests) find those weights, unless the caller set another place
+export RIGPOSE_WEIGHTS ?= $(abspath $(WEIGHTS))
 $(STAMP): pyproject.toml
-	@echo "setup: $(VENV) (torch==$(TORCH_VERSION) first, then rigpose[test,mocap] editable)"
+	@echo "setup: $(VENV) (torch==$(TORCH_VERSION) first, then rigpose[test,mocap,detect] editable, detect weights)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install $(PIP_QUIET) --upgrade pip
 	@# torch first: with no torch installed, a range admitting a newer release pulls a multi-GB CUDA build.
 	@$(PIP) install $(PIP_QUIET) "torch==$(TORCH_VERSION)"
-	@$(PIP) install $(PIP_QUIET) -e ".[test,mocap]"
+	@$(PIP) install $(PIP_QUIET) -e ".[test,mocap,detect]"
+	@# rigpose detect's pose models, as packaged in this wheel on PyPI (read from it, never installed; see
+	@# rigpose.detect.mediapipe): fetched here at set-up, so nothing is downloaded at run time
+	@$(PIP) download $(PIP_QUIET) "mediapipe==$(MP_WEIGHTS_VERSION)" --no-deps --only-binary=:all: \
+		--python-version 3.11 --platform manylinux_2_28_x86_64 -d $(WEIGHTS)
 	@touch $(STAMP)
 
 setup: $(STAMP)
