@@ -437,7 +437,8 @@ def test_mlflow_server_uses_postgres_s3_basic_auth_and_a_host_allow_list(overlay
     assert argv[:2] == ["mlflow", "server"] and flags["--app-name"] == "basic-auth", argv
     mlflow_version = dockerfile()[0]["MLFLOW_VERSION"]  # the server image is built with it
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":{mlflow_version}")
-    assert flags["--backend-store-uri"].startswith("postgresql://"), flags
+    # the driver named: the image installs psycopg2, and SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3
+    assert flags["--backend-store-uri"].startswith("postgresql+psycopg2://"), flags
     assert flags["--artifacts-destination"].startswith("s3://") and "--serve-artifacts" in argv, flags
     hosts = flags["--allowed-hosts"].split(",")
     assert "rigpose-mlflow:5000" in hosts and "*" not in hosts, hosts
