@@ -40,7 +40,7 @@ class DataConfig(Strict):
     shuffle_buffer: int = Field(4096, ge=0, description="Ray Data local shuffle buffer, frames (0 = no shuffle).")
     cache: bool = Field(True, description="Materialise the preprocessed data once instead of re-reading every "
                                           "epoch (fast when it fits in the object store; off for huge datasets).")
-    shuffle_files: bool = Field(True, description="Shuffle the order of shards (streaming) or blocks (cached) anew "
+    shuffle_files: bool = Field(True, description="Shuffle the order of row groups (streaming) or blocks (cached) anew "
                                                   "every epoch, before the local shuffle buffer.")
     max_rows: int | None = Field(None, ge=1, description="Use at most this many training rows (quick runs).")
     manifest_version: int | None = Field(None, ge=1, description="Train on this committed manifest version of the "
