@@ -73,6 +73,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="Default: jobs/train.yaml's optim.steps.")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="Override a key of jobs/retrain.yaml (repeatable), e.g. warm_budget=1.0.")
+    ap.add_argument("--warm-variants", default="", metavar="BUDGET:LR,...",
+                    help="Also train these warm starts from the same champion (warm_budget:warm_lr each, e.g. "
+                         "1.0:1.0 = the training job's whole schedule) and report when each reaches the scratch "
+                         "candidate's final error.")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -117,6 +121,17 @@ def main() -> int:
     scratch_scores = rig_scores(scratch["model"], data, split=g.split, rig_ids=p.rig_ids, max_rows=g.max_rows)
     scratch_time, warm_time = _train_time(scratch["history"]), _train_time(warm_history)
     reach = _time_to_reach(warm_history, scratch["history"][-1]["val/reprojection_px"])
+    variants = []
+    for spec in filter(None, args.warm_variants.split(",")):
+        budget, lr = (float(x) for x in spec.split(":"))
+        vj = candidate_job(job.model_copy(update={"warm_budget": budget, "warm_lr": lr}), p, champion_file)
+        vj = vj.model_copy(update={"run": vj.run.model_copy(update={"name": f"warm-{budget}-{lr}"}),
+                                   "tracking": vj.tracking.model_copy(update={"enabled": False})})
+        h = train(vj)["history"]
+        r = _time_to_reach(h, scratch["history"][-1]["val/reprojection_px"])
+        variants.append({"warm_budget": budget, "warm_lr": lr, "steps": int(h[-1]["step"]),
+                         "final_px": h[-1]["val/reprojection_px"], "train_s": _train_time(h),
+                         "reach_s": r[0] if r else None, "reach_steps": r[1] if r else None, "history": h})
 
     rows = []
     for r in d.rows:
@@ -152,6 +167,12 @@ def main() -> int:
                   "candidate's final validation error "
                   + (f"after {reach[0]:.0f} s / {reach[1]} steps ({reach[0] / scratch_time:.2f} x the scratch time, "
                      f"{reach[1] / scratch_steps:.2f} x its steps)" if reach is not None else "never"))
+    for v in variants:
+        console.print(f"warm variant budget {v['warm_budget']} x, lr {v['warm_lr']} x: {v['steps']} steps, final "
+                      f"{v['final_px']:.2f} px (val); reached the scratch candidate's final error "
+                      + (f"after {v['reach_s']:.0f} s / {v['reach_steps']} steps ({v['reach_s'] / scratch_time:.2f} x "
+                         f"the scratch time, {v['reach_steps'] / scratch_steps:.2f} x its steps)"
+                         if v["reach_steps"] is not None else "never"))
     console.print(f"whole benchmark: {time.time() - t0:.0f} s; command: .venv/bin/python bench/retrain_bench.py "
                   + shlex.join(sys.argv[1:]))
     if args.json:
@@ -159,7 +180,8 @@ def main() -> int:
                                          "warm_train_s": warm_time, "scratch_train_s": scratch_time,
                                          "warm_reaches_scratch_s": reach[0] if reach else None,
                                          "warm_reaches_scratch_steps": reach[1] if reach else None,
-                                         "scratch_steps": scratch_steps, "epochs": len(warm_history),
+                                         "scratch_steps": scratch_steps, "variants": variants,
+                                         "epochs": len(warm_history),
                                          "warm_optim": warm_job.optim.model_dump(),
                                          "scratch_optim": scratch_job.optim.model_dump(),
                                          "warm_history": warm_history, "scratch_history": scratch["history"],

@@ -327,10 +327,10 @@ class RetrainJob(Strict):
     warm_start: bool = Field(True, description="Start the candidate from the champion's weights, with its "
                                                "architecture unless `overrides` set it (false: from scratch, the "
                                                "training job's own initialisation and architecture).")
-    warm_budget: float = Field(1.0, gt=0, le=1, description="A warm-started candidate trains this fraction of the "
+    warm_budget: float = Field(0.5, gt=0, le=1, description="A warm-started candidate trains this fraction of the "
                                                             "training job's budget (optim.steps, or optim.epochs, "
                                                             "and min_steps); 1 = the whole budget.")
-    warm_lr: float = Field(1.0, gt=0, le=1, description="A warm-started candidate's peak learning rate, as a "
+    warm_lr: float = Field(0.3, gt=0, le=1, description="A warm-started candidate's peak learning rate, as a "
                                                         "fraction of the training job's optim.lr.")
     gate: GateConfig = Field(default_factory=GateConfig)
     every: str | None = Field(None, description="Check again every this long (30m, 6h, 1d): the command keeps "

@@ -104,8 +104,10 @@ def test_a_warm_start_trains_its_fraction_of_the_budget_at_its_fraction_of_the_l
     assert (applied.optim.steps, applied.optim.lr) == (1200, pytest.approx(1.5e-4))
     # an epoch budget and a step floor scale alike, never to 0
     epochs_job = load_job(REPO / "jobs" / "train.yaml", ["optim.epochs=2", "optim.min_steps=500"])
-    assert warm_schedule(RetrainJob(warm_budget=0.1), epochs_job) == ["optim.epochs=1", "optim.min_steps=50"]
-    # the defaults change nothing: the training job's own schedule
-    assert warm_schedule(RetrainJob(), steps_job) == []
+    sets = warm_schedule(RetrainJob(warm_budget=0.1, warm_lr=1.0), epochs_job)
+    assert sets == ["optim.epochs=1", "optim.min_steps=50"]
+    # the defaults: half the budget at 0.3 of the rate; 1.0 and 1.0 = the training job's own schedule
+    assert warm_schedule(RetrainJob(), steps_job) == ["optim.steps=1500", "optim.lr=9e-05"]
+    assert warm_schedule(RetrainJob(warm_budget=1.0, warm_lr=1.0), steps_job) == []
     with pytest.raises(ValueError, match="warm_budget"):
         RetrainJob(warm_budget=0)
