@@ -17,9 +17,12 @@ import pwd
 import shutil
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from rigpose.cluster.processes import process_info
 
 SUPERUSER = "rigpose"
 DATABASE = "mlflow"
@@ -142,6 +145,30 @@ def ensure_data_dir(folder: Path, user: ServerUser, log: IO[bytes]) -> None:
     if done.returncode != 0:
         end = "\n".join(done.stdout.decode(errors="replace").splitlines()[-10:])
         raise PostgresError(f"initdb of {folder} exited with code {done.returncode}:\n{end}")
+
+
+def clear_stale_lock(folder: Path, log: IO[bytes], *, wait_s: float = 10.0) -> None:
+    """Wait for an exited server named in `folder`'s postmaster.pid to be reaped; remove its lock files if it stays
+    a zombie.
+
+    PostgreSQL takes a pid that still answers kill(pid, 0) for a running server (its data folder's and its socket's
+    lock files), and a killed server whose parent had exited stays a zombie until the system reaps it (up to ~2 s on
+    some machines): a restart right after a crash would refuse to start. A live process under that pid is left alone.
+    """
+    lock = folder / "postmaster.pid"
+    try:
+        pid = int(lock.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + wait_s
+    while process_info(pid) is None and Path(f"/proc/{pid}").exists():  # a zombie
+        if time.monotonic() > deadline:
+            log.write(f"==== removing the lock files of server pid {pid} (exited, never reaped)\n".encode())
+            log.flush()
+            lock.unlink(missing_ok=True)
+            (folder / f".s.PGSQL.{PORT}.lock").unlink(missing_ok=True)
+            return
+        time.sleep(0.2)
 
 
 def server_command(folder: Path, cluster_name: str) -> list[str]:

@@ -260,6 +260,7 @@ class Postgres(Part):
 
     def setup(self, log: IO[bytes]) -> None:
         pg.ensure_data_dir(self.settings.postgres_dir, pg.server_user(), log)
+        pg.clear_stale_lock(self.settings.postgres_dir, log)
 
     def run_as(self) -> dict[str, Any]:
         return pg.server_user().popen_options()

@@ -59,7 +59,7 @@ def _tail(proc: subprocess.Popen) -> str:
 def start_mlflow_server(folder: Path, artifacts: str, port: int) -> subprocess.Popen:
     """`mlflow server` on 127.0.0.1:port with a sqlite backend in `folder` and artifacts at `artifacts`."""
     folder.mkdir(parents=True, exist_ok=True)
-    log = open(folder / "server.log", "w")  # noqa: SIM115 (closed with the process)
+    log = open(folder / "server.log", "a")  # noqa: SIM115 (closed with the process; a restart appends)
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -111,16 +111,18 @@ def log_model(run_id: str, target: TrackingTarget, model_file: str, example: pd.
 
 
 def register(target: TrackingTarget, *, run_id: str, model_file: str, example: pd.DataFrame, name: str,
-             tags: dict[str, str], alias: str = CANDIDATE, warn: Callable[[str], None] = print) -> Registered:
+             tags: dict[str, str], alias: str = CANDIDATE, attempts: int = 5,
+             warn: Callable[[str], None] = print) -> Registered:
     """Log the model into the run and register it as a new version of `name` with `alias` and lineage `tags`.
 
-    Retries with backoff; RuntimeError with a clear message when the registry cannot be reached.
+    Each step is tried `attempts` times with doubling waits (1 s first: 5 attempts wait 15 s, 7 about a minute);
+    RuntimeError with a clear message when the registry cannot be reached.
     """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
     model_uri = with_retries(lambda: log_model(run_id, target, model_file, example),
-                             f"logging the model to MLflow at {scrub(target.uri)}", warn=warn)
+                             f"logging the model to MLflow at {scrub(target.uri)}", attempts=attempts, warn=warn)
 
     def _register() -> Any:
         import mlflow
@@ -141,7 +143,8 @@ def register(target: TrackingTarget, *, run_id: str, model_file: str, example: p
         client.set_registered_model_alias(name, alias, mv.version)
         return mv
 
-    mv = with_retries(_register, f"registering model {name!r} at {scrub(target.uri)}", warn=warn)
+    mv = with_retries(_register, f"registering model {name!r} at {scrub(target.uri)}", attempts=attempts,
+                      warn=warn)
     return Registered(name=name, version=str(mv.version), run_id=run_id, uri=f"models:/{name}/{mv.version}")
 
 

@@ -31,6 +31,8 @@ from rigpose.tracking.runs import (
     scrub,
 )
 
+RESTART_ATTEMPTS = 7  # tries (waits of 1, 2, ... 32 s: about a minute) for a tracking server seen up in this run
+
 
 def say(message: str) -> None:
     """One `[rigpose]` line on stdout, scrubbed (`rigpose.tracking.secrets.scrub`)."""
@@ -127,7 +129,9 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
         stop_tags = ({"rigpose.best_epoch": str(int(last["best_epoch"])),
                       "rigpose.stopped_early": str(bool(last.get("stopped_early")))} if "best_epoch" in last else {})
         logger.set_tags({"rigpose.model_file": model_file, "rigpose.eval_split": split, **stop_tags})
-        sent = logger.flush_with_retries(attempts=5)
+        # a server that took this run's metrics and is down now is likely restarting: wait for it about a minute
+        # (7 attempts); one never reached gets 15 s (5)
+        sent = logger.flush_with_retries(attempts=RESTART_ATTEMPTS if logger.run_id is not None else 5)
         out: dict[str, Any] = {"run_id": logger.run_id, "evaluation": report, "registered": None,
                                "uri": logger.spec.target.uri, "ui": logger.spec.target.ui_command()}
         if not sent:
@@ -149,7 +153,7 @@ def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, mode
         tags = {**logger.spec.tags, "rigpose.run_id": logger.run_id, "rigpose.eval_split": split,
                 **metric_tags(metrics)}
         reg = register(logger.spec.target, run_id=logger.run_id, model_file=local_model,
-                       example=_example(ds, split), name=name, tags=tags, warn=say)
+                       example=_example(ds, split), name=name, tags=tags, attempts=RESTART_ATTEMPTS, warn=say)
     say(f"registered {reg.uri} with alias @candidate (run {reg.run_id})")
     out["registered"] = reg
     return out
