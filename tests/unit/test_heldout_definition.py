@@ -1,5 +1,6 @@
 """One held-out-view error: training validation's val/reprojection_px and `rigpose evaluate`'s single-view heldout_px
-are the same number on the same model and rows (`rigpose.metrics.heldout_view_px`), the gate's figure too."""
+are the same number on the same model and rows (`rigpose.metrics.heldout_view_px`), the gate's figure too; a root
+thrown off the image by a 2D outlier counts as `HELDOUT_MAX_PX`, not as the lens polynomial's blow-up."""
 
 from __future__ import annotations
 
@@ -68,3 +69,31 @@ def test_validation_reprojection_px_equals_evaluate_heldout_px_on_the_same_model
     val = validate(model, batches, root_joints=ROOTS)
     np.testing.assert_allclose(val["reprojection_px"], report["single"]["overall"]["heldout_px"], rtol=1e-5)
     assert report["single"]["overall"]["num_heldout"] > 0
+
+
+def test_a_root_thrown_off_the_image_by_a_2d_outlier_counts_as_the_cap_and_leaves_other_rows_exact() -> None:
+    """Perfect lifts and 2D on a 3-camera rig (two views left to triangulate each held-out root); one row's root
+    joints in camera 1 are 400 px off: the roots placed from that view land off the target image, where the
+    distortion polynomial gives far more than any real error."""
+    from rigpose.metrics import HELDOUT_MAX_PX, heldout_view_errors, heldout_view_px, leave_one_out_roots
+
+    rig = _rig("humaneva-s1")
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 0.3, (ROWS, 17, 3)) + np.array([*rig.capture_center()[:2], 1.0])
+    cams = rig.arrays()
+    cams_B = g.CameraArrays(*(np.broadcast_to(a, (ROWS, *a.shape)) for a in cams))
+    kp = np.stack([g.project(X, c) for c in rig.cameras], 1)
+    kp[0, 1, list(ROOTS), 0] += 400.0
+    w = np.ones(kp.shape[:-1])
+    X_cam = np.einsum("vik,bjk->bvji", cams.R, X) + cams.t[None, :, None]
+    rel = X_cam - X_cam[:, :, list(ROOTS)].mean(2, keepdims=True)
+    err = heldout_view_px(rel, kp, w, cams_B, ROOTS)
+    # the same figure without the cap: the lifts at the same roots, projected through the lens polynomial
+    roots = leave_one_out_roots(kp, w, cams_B, ROOTS)
+    world = np.einsum("bsji,bsik->bsjk", rel, cams_B.R) + roots[:, :, None]
+    raw = np.stack([np.linalg.norm(g.project(world[0, s], rig.cameras[t]) - kp[0, t], axis=-1)
+                    for s in range(3) for t in range(3) if s != t])
+    assert np.nanmax(raw) > 10 * HELDOUT_MAX_PX  # the blow-up the cap is there for
+    assert np.nanmax(err[0]) == HELDOUT_MAX_PX and np.nanmax(err) == HELDOUT_MAX_PX
+    np.testing.assert_allclose(err[1:][np.isfinite(err[1:])], 0.0, atol=1e-6)  # the other rows: perfect lifts
+    np.testing.assert_array_equal(np.isnan(err), np.isnan(heldout_view_errors(rel, roots, kp, w, cams_B)))
