@@ -27,9 +27,12 @@ from rigpose.cluster.processes import free_port
 
 BIN = Path(sys.executable).parent  # the venv's bin/ (not resolved: .venv/bin/python is a link to the base Python)
 HOST = "127.0.0.1"
-# a Unix socket path has at most 107 bytes; Ray's longest is <temp dir>/session_<date>_<time>_<us>_<pid>/sockets/
-# plasma_store (63 bytes after the temp dir), so a longer state folder gets its Ray folders under /tmp
-RAY_DIR_MAX = 44
+# a Unix socket path has at most 107 bytes; Ray's longest is the dashboard's <temp dir>/session_<date>_<time>_<us>_
+# <pid>/sockets/dash_<module> (its longest module: TaskEventsHead; a pid of up to 7 digits), so a state folder whose
+# Ray folders would be longer than the rest gets them under /tmp (a clone in /tmp/fc17/repo failed `make up`: the
+# dashboard's MetricsHead socket was 108 bytes)
+_RAY_SOCKET_TAIL = "/session_2026-12-07_08-18-21_589868_4194304/sockets/dash_TaskEventsHead"
+RAY_DIR_MAX = 107 - len(_RAY_SOCKET_TAIL)
 HEAD_NAME, NODE2_NAME = "rigpose-head", "rigpose-node2"
 #: the command-line option of each port setting (what an error about a taken port tells to change)
 PORT_FLAGS = {"dashboard_port": "--dashboard-port", "gcs_port": "--gcs-port", "mlflow_port": "--mlflow-port",
@@ -96,7 +99,7 @@ class Settings:
         state folder's path is too long for Ray's socket paths."""
         if len(str(self.state_dir / "ray-node2")) <= RAY_DIR_MAX:
             return self.state_dir
-        return Path("/tmp") / f"rigpose-stack-{self.tag}"
+        return Path("/tmp") / f"rigpose-{self.tag}"  # 31 bytes with /ray-node2
 
     @property
     def postgres_dir(self) -> Path:

@@ -1,5 +1,5 @@
 """The retrain cycle's guards and schedule (rigpose.retrain.run): periods, a held lease skips the cycle without
-training, the schedule repeats until SIGTERM, a dry run changes nothing, and a warm start keeps the champion's
+training, a cycle planned again under the lease skips what another retrain finished meanwhile, the schedule repeats until SIGTERM, a dry run changes nothing, and a warm start keeps the champion's
 architecture and trains its share of the budget at its share of the learning rate."""
 
 from __future__ import annotations
@@ -63,6 +63,36 @@ def test_a_retrain_finding_the_lease_held_skips_its_cycle_and_trains_nothing(dat
         out = retrain(_job(dataset, tmp_path), say=lines.append)
     assert out.status == "busy" and "another retrain" in lines[-1] and "skipping" in lines[-1]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_retrain_that_finished_while_this_one_took_the_lease_stops_it_from_training_the_stale_plan(
+        dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from rigpose.data.reader import Dataset
+    from rigpose.train.trainer import manifest_sha256
+
+    job = _job(dataset, tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    acquire = Lease.acquire
+
+    def another_retrain_finishes_first(self: Lease) -> None:
+        # between this cycle's plan and its lease, another retrain gated a candidate on exactly this manifest
+        client.create_registered_model("unit-lifter")
+        mv = client.create_model_version("unit-lifter", source=str(tmp_path / "model"))
+        client.set_model_version_tag("unit-lifter", mv.version, "rigpose.retrain.manifest_sha256",
+                                     manifest_sha256(Dataset(dataset)))
+        client.set_model_version_tag("unit-lifter", mv.version, "rigpose.retrain.reason", "kept the champion: ...")
+        acquire(self)
+
+    monkeypatch.setattr(Lease, "acquire", another_retrain_finishes_first)
+    lines: list[str] = []
+    out = retrain(job, say=lines.append)
+    assert "h36m-s1: new rig" in lines[1]  # the first plan saw new data ...
+    assert out.status == "nothing new" and "was already gated (candidate version 1" in lines[-1]  # ... under the lease
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    fs, path = url_to_fs(dataset)
+    assert not fs.glob(f"{path}/_retrain/lease*.json")  # and the lease was given back
 
 
 def test_the_schedule_repeats_and_stops_on_sigterm_after_the_current_cycle(dataset: str, tmp_path: Path) -> None:

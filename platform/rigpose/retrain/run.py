@@ -6,7 +6,8 @@ A cycle (`retrain`):
    nothing new: done (exit 0), and `--dry-run` stops here with what a run would do;
 2. takes the retrain lease on the dataset root (`rigpose.storage.Lease`, objects `<root>/_retrain/lease.*.json`,
    with an expiry, renewed in the background while the cycle runs): a second retrain of the same dataset finds it
-   held and skips, so two never promote at once, and the lease of one that died lapses by itself;
+   held and skips, so two never promote at once, and the lease of one that died lapses by itself; under the
+   lease step 1 is done again (a retrain that finished in between has moved the champion or gated this data);
 3. trains a candidate on that manifest version (`data.manifest_version`: data landing meanwhile waits for the
    next cycle), warm-started from the champion's weights unless `warm_start: false` (with the champion's
    architecture where the retrain job's overrides do not set it: a champion trained before the job file's model
@@ -187,22 +188,13 @@ def retrain(job: RetrainJob, *, dry_run: bool = False, say: Callable[[str], None
         out.lines.append(line)
         say(line)
 
-    version = p.dataset.manifest.version
-    if p.nothing_new:
-        tell(f"nothing new in {p.dataset.root} (manifest version {version}) since {_since(p, job.alias)}")
+    if _settled(p, job.alias, tell):
         return out
-    if (gated := _already_gated(p)) is not None:
-        tell(f"nothing new in {p.dataset.root}: manifest version {version} was already gated (candidate version "
-             f"{gated[0]}: {gated[1]})")
-        return out
-    tell(f"new in {p.dataset.root} (manifest version {version}) since {_since(p, job.alias)}:")
-    for line in describe_changes(p.changes):
-        tell(f"  {line}")
-    targets = sorted(c.rig_id for c in p.changes if c.changed)
+    targets = _tell_changes(p, job.alias, tell)
     if dry_run:
         start = (f"warm-started from version {p.champion}" if job.warm_start and p.champion is not None
                  else "from scratch")
-        tell(f"would train a candidate on manifest version {version} ({len(p.rig_ids)} rigs: "
+        tell(f"would train a candidate on manifest version {p.dataset.manifest.version} ({len(p.rig_ids)} rigs: "
              f"{', '.join(p.rig_ids)}), {start}, then compare it with the champion on split {job.gate.split!r} "
              f"of every rig: {', '.join(targets)} must improve by {100 * job.gate.margin:.1f}%, the others may "
              f"not get worse by more than {100 * job.gate.tolerance:.1f}%")
@@ -218,10 +210,43 @@ def retrain(job: RetrainJob, *, dry_run: bool = False, say: Callable[[str], None
         out.status = "busy"
         return out
     try:
+        # planned again under the lease: a retrain that finished between this cycle's plan and its lease has moved
+        # the champion or gated this data, and this cycle must not train (and promote) on the stale plan
+        fresh = plan(job)
+        if (fresh.champion, fresh.dataset.manifest.version) != (p.champion, p.dataset.manifest.version):
+            tell(f"another retrain finished since this cycle planned ({_since(fresh, job.alias)}): planned again")
+            out.plan = p = fresh
+            if _settled(p, job.alias, tell):
+                return out
+            targets = _tell_changes(p, job.alias, tell)
+        elif _settled(fresh, job.alias, tell):
+            return out
         with _kept_alive(lease, every_s=job.lease_ttl_s / 3), tempfile.TemporaryDirectory() as tmp:
             return _train_gate_promote(job, p, out, tell, lease, targets, tmp)
     finally:
         lease.release()
+
+
+def _settled(p: Plan, alias: str, tell: Callable[[str], None]) -> bool:
+    """True (said why) when `p` leaves nothing to do: no new data since the champion, or this exact manifest was
+    already gated."""
+    version = p.dataset.manifest.version
+    if p.nothing_new:
+        tell(f"nothing new in {p.dataset.root} (manifest version {version}) since {_since(p, alias)}")
+        return True
+    if (gated := _already_gated(p)) is not None:
+        tell(f"nothing new in {p.dataset.root}: manifest version {version} was already gated (candidate version "
+             f"{gated[0]}: {gated[1]})")
+        return True
+    return False
+
+
+def _tell_changes(p: Plan, alias: str, tell: Callable[[str], None]) -> list[str]:
+    """Say what is new per rig; the rigs with new data (the gate's targets), sorted."""
+    tell(f"new in {p.dataset.root} (manifest version {p.dataset.manifest.version}) since {_since(p, alias)}:")
+    for line in describe_changes(p.changes):
+        tell(f"  {line}")
+    return sorted(c.rig_id for c in p.changes if c.changed)
 
 
 @contextlib.contextmanager
