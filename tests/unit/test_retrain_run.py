@@ -1,6 +1,7 @@
 """The retrain cycle's guards and schedule (rigpose.retrain.run): periods, a held lease skips the cycle without
-training, a cycle planned again under the lease skips what another retrain finished meanwhile, the schedule repeats until SIGTERM, a dry run changes nothing, and a warm start keeps the champion's
-architecture and trains its share of the budget at its share of the learning rate."""
+training, a cycle planned again under the lease skips what another retrain finished meanwhile, the schedule repeats
+until SIGTERM, a dry run changes nothing, and a warm start keeps the champion's architecture and trains its share of
+the budget at its share of the learning rate."""
 
 from __future__ import annotations
 
