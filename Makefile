@@ -7,13 +7,14 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.rigpose-setup-stamp
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup demo test unit integration bench lint clean help up down status demo-cluster
+.PHONY: browser setup demo test unit integration bench lint clean help up down status demo-cluster
 
 help:
 	@echo "make demo   - set up, then run the end-to-end demo on embedded defaults"
 	@echo "make test   - set up, then run unit and integration tests"
 	@echo "make bench  - set up, then run the benchmarks in bench/"
 	@echo "make lint   - ruff check"
+	@echo "make browser - the headless Chromium the viz page test uses (apt-get, where root on Debian; make test runs it)"
 	@echo "make up     - start the local stack on 127.0.0.1: Ray head + 2nd node, MLflow, S3; idempotent"
 	@echo "              (MLflow's store DB=sqlite, or DB=postgres: a local PostgreSQL on a Unix socket, apt postgresql)"
 	@echo "make status - health of each part of the local stack"
@@ -46,9 +47,22 @@ setup: $(STAMP)
 demo: setup
 	@$(VENV)/bin/rigpose demo
 
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
+
+# The headless browser that the `rigpose viz` page test renders in (Debian's chromium-headless-shell, from the Debian
+# registry): installed where this is a Debian machine we may install on (root, apt-get); elsewhere that test is
+# skipped, saying what to install.
+CHROMIUM := chromium-headless-shell
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "setup: $(CHROMIUM) (apt-get, for the viz page test)"; \
+	    apt-get install -y -qq --no-install-recommends $(CHROMIUM) >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $(CHROMIUM) >/dev/null 2>&1; } || \
+	    echo "setup: could not install $(CHROMIUM): the viz browser test will be skipped"; \
+	  else echo "setup: no $(CHROMIUM) (apt-get install $(CHROMIUM)): the viz browser test will be skipped"; fi; }
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
