@@ -139,7 +139,7 @@ def test_training_logs_params_metrics_artifacts_and_registers_a_candidate(traine
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     names |= {a.path for d in ("plots", "dataset") for a in client.list_artifacts(run.info.run_id, d)}
     assert {"evaluation.json", "job.yaml", "history.json", "dataset/manifest.json", "plots/per_joint_error.png",
-            "plots/per_camera_error.png", "plots/skeletons.png"} <= names
+            "plots/per_camera_error.png", "plots/skeletons.png", "plots/viz.html"} <= names
     reg = trained["tracking"]["registered"]
     mv = client.get_model_version_by_alias(MODEL, "candidate")
     assert mv.version == reg.version and mv.run_id == run.info.run_id

@@ -17,6 +17,7 @@ import typer
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("", "rigpose.cli.run"),  # version, demo, train, submit
     ("", "rigpose.cli.evaluate"),  # evaluate, lift
+    ("", "rigpose.cli.viz"),  # viz
     ("rig", "rigpose.cli.rig"),
     ("datasets", "rigpose.cli.datasets"),
     ("datasets ingest", "rigpose.cli.ingest"),

@@ -3,8 +3,9 @@
 `start_tracking` runs before `fit()` (creates or finds the run, logs params and lineage tags; never fails the job);
 `publish` runs after it: the epochs' metrics the run lacks (rank 0 leaves the last ones to the driver, see
 `rigpose.train.worker`), evaluation JSON on the eval split, the job file, the dataset manifest, the metric history,
-PNG pictures (`rigpose.inference.plots`), then the pyfunc model registered as a new version with alias `candidate`
-(`rigpose.tracking.registry.register`, retried with backoff; a registry that cannot be reached fails the job).
+PNG pictures (`rigpose.inference.plots`) and a `rigpose viz` page of a few eval-split frames (plots/viz.html), then
+the pyfunc model registered as a new version with alias `candidate` (`rigpose.tracking.registry.register`, retried
+with backoff; a registry that cannot be reached fails the job).
 """
 
 from __future__ import annotations
@@ -81,12 +82,15 @@ def _example(ds: Dataset, split: str, n: int = 2) -> Any:
 def _pictures(model_file: str, ds: Dataset, split: str, max_rows: int) -> dict[str, bytes]:
     from rigpose.inference.lift import iter_frames
     from rigpose.inference.plots import run_figures
+    from rigpose.inference.viz import first_sequence_page
     from rigpose.model.checkpoint import load_lifter
 
     model, skeleton, _ = load_lifter(model_file)
     frames = next(iter_frames(ds, split=split, batch_size=min(max_rows, 512), max_rows=min(max_rows, 512),
                               with_3d=True))
-    return run_figures(model, frames, skeleton)
+    # viz.html: the first sequence of the sample, a few frames, as `rigpose viz` draws it (rigpose.inference.viz)
+    return {**run_figures(model, frames, skeleton),
+            "viz.html": first_sequence_page(model, skeleton, frames, ds.rig, info={"split": split})}
 
 
 def publish(job: TrainJob, logger: RunLogger, ds: Dataset, *, run_dir: str, model_file: str,
