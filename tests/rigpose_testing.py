@@ -362,3 +362,32 @@ class Stack:
         for pid in list(found):
             found |= below(pid, table)
         return found
+
+
+def tiny_retrain_recipe(tmp: Path, rig: str, *, frames: int = 300) -> Path:
+    """The shipped tiny recipe through `rig`, `frames` frames, with a validation split (what the retrain gate
+    compares on), written into `tmp`."""
+    import yaml
+
+    from rigpose.resources import recipes_dir
+
+    d = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
+    d.update(name=f"tiny-{rig}", rigs=[rig], frames=frames)
+    d["splits"].update(fractions={"train": 0.7, "val": 0.3}, held_out_clips=[])
+    path = tmp / f"{rig}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def tiny_retrain_job(tmp: Path, *, data: str, server: str, model: str, experiment: str, gate_rows: int) -> Path:
+    """A retrain job file in `tmp` for the integration tests: jobs/train.yaml made tiny (1 epoch, 32 wide) on `data`,
+    tracked on `server` as `model`, the gate on at most `gate_rows` rows per rig."""
+    import yaml
+
+    job = tmp / "retrain.yaml"
+    job.write_text(yaml.safe_dump({"train_job": str(REPO / "jobs" / "train.yaml"), "overrides": [
+        f"data.url={data}", "data.val_split=val", "optim.epochs=1", "model.width=32", "model.num_blocks=1",
+        "data.batch_size=64", f"run.output_dir={tmp / 'runs'}", f"tracking.uri={server}",
+        f"tracking.model_name={model}", f"tracking.experiment={experiment}", "tracking.eval_max_rows=100"],
+        "gate": {"max_rows": gate_rows}}))
+    return job

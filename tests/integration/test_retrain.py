@@ -13,26 +13,14 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from rigpose_testing import REPO
+from rigpose_testing import tiny_retrain_job, tiny_retrain_recipe
 from typer.testing import CliRunner
 
 from rigpose.cli.main import app
-from rigpose.resources import recipes_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "rt-lifter"
 RIG_A, RIG_B = "h36m-s1", "humaneva-s1"
-
-
-def _recipe(tmp: Path, rig: str) -> Path:
-    """The shipped tiny recipe through `rig`, with a validation split (what the gate compares on)."""
-    d = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
-    d.update(name=f"tiny-{rig}", rigs=[rig], frames=300)
-    d["splits"].update(fractions={"train": 0.7, "val": 0.3}, held_out_clips=[])
-    path = tmp / f"{rig}.yaml"
-    path.write_text(yaml.safe_dump(d))
-    return path
 
 
 def _run(*args: str) -> str:
@@ -48,13 +36,8 @@ def test_retrain_promotes_a_first_champion_then_gates_a_new_rig(bucket: str, ser
     from rigpose.data.synth.build import build_dataset
 
     data = f"{bucket}/datasets/retrain"
-    build_dataset(str(_recipe(tmp_path, RIG_A)), data, progress=False)
-    job = tmp_path / "retrain.yaml"
-    job.write_text(yaml.safe_dump({"train_job": str(REPO / "jobs" / "train.yaml"), "overrides": [
-        f"data.url={data}", "data.val_split=val", "optim.epochs=1", "model.width=32", "model.num_blocks=1",
-        "data.batch_size=64", f"run.output_dir={tmp_path / 'runs'}", f"tracking.uri={server}",
-        f"tracking.model_name={MODEL}", "tracking.experiment=retrain-it", "tracking.eval_max_rows=100"],
-        "gate": {"max_rows": 200}}))
+    build_dataset(str(tiny_retrain_recipe(tmp_path, RIG_A)), data, progress=False)
+    job = tiny_retrain_job(tmp_path, data=data, server=server, model=MODEL, experiment="retrain-it", gate_rows=200)
     client = MlflowClient(tracking_uri=server, registry_uri=server)
 
     first = _run(str(job))
@@ -62,7 +45,7 @@ def test_retrain_promotes_a_first_champion_then_gates_a_new_rig(bucket: str, ser
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert "nothing new" in _run(str(job))
 
-    build_dataset(str(_recipe(tmp_path, RIG_B)), data, progress=False)  # a new rig lands (3 cameras, not 4)
+    build_dataset(str(tiny_retrain_recipe(tmp_path, RIG_B)), data, progress=False)  # a new rig lands (3 cameras, not 4)
     planned = _run(str(job), "--dry-run")
     assert f"{RIG_B}: new rig" in planned and f"{RIG_A}:" not in planned.split("since")[1].split("would")[0]
     assert "would train a candidate" in planned and len(client.search_model_versions(f"name='{MODEL}'")) == 1

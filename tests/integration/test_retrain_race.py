@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from rigpose_testing import REPO, stop_with_children
-
-from rigpose.resources import recipes_dir
+from rigpose_testing import stop_with_children, tiny_retrain_job, tiny_retrain_recipe
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "race-lifter"
@@ -26,18 +23,9 @@ def test_two_retrains_started_at_once_never_both_train_or_promote(bucket: str, s
 
     from rigpose.data.synth.build import build_dataset
 
-    recipe = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
-    recipe.update(frames=200)
-    recipe["splits"].update(fractions={"train": 0.7, "val": 0.3}, held_out_clips=[])
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     data = f"{bucket}/datasets/race"
-    build_dataset(str(tmp_path / "tiny.yaml"), data, progress=False)
-    job = tmp_path / "retrain.yaml"
-    job.write_text(yaml.safe_dump({"train_job": str(REPO / "jobs" / "train.yaml"), "overrides": [
-        f"data.url={data}", "data.val_split=val", "optim.epochs=1", "model.width=32", "model.num_blocks=1",
-        "data.batch_size=64", f"run.output_dir={tmp_path / 'runs'}", f"tracking.uri={server}",
-        f"tracking.model_name={MODEL}", "tracking.experiment=retrain-race", "tracking.eval_max_rows=100"],
-        "gate": {"max_rows": 100}}))
+    build_dataset(str(tiny_retrain_recipe(tmp_path, "h36m-s1", frames=200)), data, progress=False)
+    job = tiny_retrain_job(tmp_path, data=data, server=server, model=MODEL, experiment="retrain-race", gate_rows=100)
 
     logs = [tmp_path / f"retrain-{i}.log" for i in range(2)]
     procs = []
