@@ -96,10 +96,8 @@ def server(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """rigpose's local Ray (rigpose.cluster.connect.init_ray) for the module."""
-    import ray
-
-    from rigpose.cluster.connect import init_ray
+    from rigpose.cluster.connect import init_ray, shutdown_ray
 
     init_ray(None)
     yield
-    ray.shutdown()
+    shutdown_ray()

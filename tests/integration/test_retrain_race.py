@@ -27,12 +27,14 @@ def test_two_retrains_started_at_once_never_both_train_or_promote(bucket: str, s
     build_dataset(str(tiny_retrain_recipe(tmp_path, "h36m-s1", frames=200)), data, progress=False)
     job = tiny_retrain_job(tmp_path, data=data, server=server, model=MODEL, experiment="retrain-race", gate_rows=100)
 
+    # two processes as a shell starts them: each its own local Ray (not a $RAY_ADDRESS another test's Ray left)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "NO_COLOR": "1"}
     logs = [tmp_path / f"retrain-{i}.log" for i in range(2)]
     procs = []
     for log in logs:
         with log.open("w") as f:
             procs.append(subprocess.Popen([RIGPOSE, "retrain", str(job)], stdout=f, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path))
+                                          env=env, cwd=tmp_path))
     try:
         codes = [p.wait(timeout=420) for p in procs]
     finally:

@@ -35,13 +35,11 @@ pytestmark = pytest.mark.slow  # a local Ray and its actors: ~30-60 s for the mo
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    import ray
-
-    from rigpose.cluster.connect import init_ray
+    from rigpose.cluster.connect import init_ray, shutdown_ray
 
     init_ray(None)
     yield
-    ray.shutdown()
+    shutdown_ray()
 
 
 @pytest.fixture(scope="module")

@@ -222,7 +222,9 @@ def local_ray() -> Iterator[None]:
     started = not ray.is_initialized()
     yield
     if started and ray.is_initialized():  # train() started it
-        ray.shutdown()
+        from rigpose.cluster.connect import shutdown_ray
+
+        shutdown_ray()
 
 
 @pytest.mark.slow

@@ -35,6 +35,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def shutdown_ray() -> None:
+    """`ray.shutdown()`, and drop the $RAY_ADDRESS that `init_ray` set for a local Ray of this process: a process
+    started afterwards would inherit the address of a Ray that is gone and wait for its GCS forever."""
+    global _OWN_ADDRESS
+    import ray
+
+    ray.shutdown()
+    if _OWN_ADDRESS is not None and os.environ.get("RAY_ADDRESS") == _OWN_ADDRESS:
+        os.environ.pop("RAY_ADDRESS")
+    _OWN_ADDRESS = None
+
+
 def init_ray(address: str | None) -> None:
     """Connect to `address` or $RAY_ADDRESS (set inside `ray job submit`), else start a local Ray (with its
     dashboard, which also serves the state API that Ray Train's placement-group cleaner polls).
@@ -45,7 +57,7 @@ def init_ray(address: str | None) -> None:
     address) otherwise finds every Ray's GCS and fails with "Found multiple active Ray instances", or picks the
     one `ray start` recorded last. So $RAY_API_SERVER_ADDRESS names our dashboard while Ray starts (its
     processes inherit it) and $RAY_ADDRESS names our GCS once it runs (this process; Ray Data's hanging-task
-    detector asks the state API from here). A later `init_ray` in this process drops that $RAY_ADDRESS again.
+    detector asks the state API from here). `shutdown_ray` (or a later `init_ray`) drops that $RAY_ADDRESS again.
     """
     global _OWN_ADDRESS
     import ray
