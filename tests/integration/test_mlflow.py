@@ -332,8 +332,11 @@ def test_a_tracking_server_restarted_mid_training_gets_every_epoch_in_the_same_r
     folder, runs = tmp_path / "server", tmp_path / "runs" / "restart"
     server = {"proc": start_mlflow_server(folder, f"{bucket}/restart-artifacts", port)}
     wait_server(server["proc"], port, folder)
-    epochs = 6
-    job = _job(dataset, tmp_path / "runs", "restart", uri, f"optim.epochs={epochs}")
+    epochs = 8
+    # every checkpoint kept: the outage is timed by their count (the job's default keeps the best 2, so the count
+    # stayed at 2 and the server came back only if a poll caught a third before its deletion)
+    job = _job(dataset, tmp_path / "runs", "restart", uri, f"optim.epochs={epochs}",
+               f"run.checkpoints_to_keep={epochs}")
     seen: dict = {}
 
     def checkpoints() -> int:
@@ -343,8 +346,8 @@ def test_a_tracking_server_restarted_mid_training_gets_every_epoch_in_the_same_r
         deadline = time.time() + 600
         while checkpoints() < 2 and time.time() < deadline:
             time.sleep(0.2)
+        seen["stopped_at"] = checkpoints()  # before the stop, which takes a few epochs' time itself
         stop(server["proc"])
-        seen["stopped_at"] = checkpoints()
         while checkpoints() < seen["stopped_at"] + 2 and time.time() < deadline:
             time.sleep(0.2)
         seen["restarted_at"] = checkpoints()
