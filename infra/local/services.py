@@ -177,6 +177,10 @@ class Part:
         """`subprocess.Popen` options of the user the part runs as, when not this process's (PostgreSQL's)."""
         return {}
 
+    def transient(self, log_tail: str) -> bool:
+        """Whether a start that failed with this end of its log may succeed when tried again (a busy machine)."""
+        return False
+
 
 def service_env(settings: Settings, creds: Credentials) -> dict[str, str]:
     """The environment every part starts with: this one without a user's Ray settings, plus the stack's endpoints,
@@ -359,6 +363,10 @@ class RayNode(Part):
 
     def describe(self, node: dict[str, Any], resources: dict[str, float]) -> str:
         raise NotImplementedError
+
+    def transient(self, log_tail: str) -> bool:
+        # `ray start` gives its raylet a fixed 30 s to register with the GCS; on a loaded 2-core machine that can pass
+        return "timed out during startup" in log_tail
 
 
 class RayHead(RayNode):

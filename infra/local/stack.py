@@ -41,6 +41,7 @@ from rigpose.cluster import processes as procs
 
 DEFAULT_STATE = Path(__file__).resolve().parent / ".state"
 STATE_FILE = "stack.json"
+START_ATTEMPTS = 3  # starts of one part when its failure is transient (Part.transient)
 STOP_GRACE_S = 5.0  # SIGTERM to SIGKILL: some Ray processes ignore SIGTERM for long; the stack keeps nothing to save
 # stopped first, restarted after it: a node does not rejoin a new head, MLflow keeps no connection to a new database
 DEPENDENTS = {"ray-head": ["ray-node2"], "postgres": ["mlflow"]}
@@ -172,7 +173,20 @@ def plural(n: int, word: str) -> str:
 
 
 def start(part: Part) -> dict[str, Any]:
-    """Start `part` in a session of its own and wait until it is healthy; its record (pid, start time, log)."""
+    """Start `part` in a session of its own and wait until it is healthy; its record (pid, start time, log). A
+    start that fails in a way the part calls transient is tried again, up to START_ATTEMPTS in all."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return start_once(part)
+        except StackError as e:
+            if attempt == START_ATTEMPTS or not part.transient(str(e)):
+                raise
+            why = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
+            print(f"{part.name}: start {attempt} of {START_ATTEMPTS} failed ({why}); trying again", flush=True)
+    raise AssertionError("unreachable")
+
+
+def start_once(part: Part) -> dict[str, Any]:
     part.settings.logs_dir.mkdir(parents=True, exist_ok=True)
     part.cwd().mkdir(parents=True, exist_ok=True)
     log_path = part.settings.logs_dir / f"{part.name}.log"
