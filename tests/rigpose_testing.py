@@ -364,9 +364,10 @@ class Stack:
         return found
 
 
-def tiny_retrain_recipe(tmp: Path, rig: str, *, frames: int = 300) -> Path:
+def tiny_retrain_recipe(tmp: Path, rig: str, *, frames: int = 300,
+                        calibration_error: dict[str, float] | None = None) -> Path:
     """The shipped tiny recipe through `rig`, `frames` frames, with a validation split (what the retrain gate
-    compares on), written into `tmp`."""
+    compares on) and the recipe's `calibration_error` if given, written into `tmp`."""
     import yaml
 
     from rigpose.resources import recipes_dir
@@ -374,6 +375,8 @@ def tiny_retrain_recipe(tmp: Path, rig: str, *, frames: int = 300) -> Path:
     d = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
     d.update(name=f"tiny-{rig}", rigs=[rig], frames=frames)
     d["splits"].update(fractions={"train": 0.7, "val": 0.3}, held_out_clips=[])
+    if calibration_error:
+        d["calibration_error"] = calibration_error
     path = tmp / f"{rig}.yaml"
     path.write_text(yaml.safe_dump(d))
     return path

@@ -311,6 +311,11 @@ class GateConfig(Strict):
                                                         "fraction (a new rig: against the champion's zero-shot "
                                                         "error there).")
     tolerance: float = Field(0.02, ge=0, description="No other rig may get worse by more than this fraction.")
+    max_offset_px: float | None = Field(10.0, gt=0, description="A rig with new data whose calibration does not fit "
+                                                               "its 2D refuses: some camera's detections sit "
+                                                               "steadily further than this (px) from where the "
+                                                               "other cameras place the joints (null = no check; "
+                                                               "rigs of 3+ cameras).")
 
 
 class RetrainJob(Strict):

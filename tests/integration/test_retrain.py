@@ -4,7 +4,9 @@ A dataset on S3 with rig A -> the first retrain trains and promotes a champion (
 reports nothing new -> rig B (another rig, another camera count) is ingested -> `--dry-run` lists it and changes
 nothing -> a retrain trains a candidate warm-started from the champion, gates both rigs and moves the alias or
 keeps it with the reason; the decision is an MLflow run with `decision.json` and tags on the candidate; the
-candidate's lineage names both rigs -> a last run reports nothing new.
+candidate's lineage names both rigs -> a run reports nothing new -> rig C lands with a corrupted calibration (its
+cameras 3 degrees and 5 cm off the ones that made its 2D) -> the retrain trains a candidate and the gate refuses it,
+naming the calibration; the champion stays.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rigpose.cli.main import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "rt-lifter"
-RIG_A, RIG_B = "h36m-s1", "humaneva-s1"
+RIG_A, RIG_B, RIG_C = "h36m-s1", "humaneva-s1", "h36m-s5"
 
 
 def _run(*args: str) -> str:
@@ -72,3 +74,13 @@ def test_retrain_promotes_a_first_champion_then_gates_a_new_rig(bucket: str, ser
 
     assert "nothing new" in _run(str(job))
     assert "🏃" not in out and "View run" not in out  # rigpose's own lines only (MLflow's URL lines are off)
+
+    champion = client.get_registered_model(MODEL).aliases["champion"]
+    corrupted = tiny_retrain_recipe(tmp_path, RIG_C, calibration_error={"rotation_deg": 3.0, "translation_m": 0.05})
+    build_dataset(str(corrupted), data, progress=False)
+    out = _run(str(job))
+    assert f"{RIG_C}: new rig" in out and "training candidate" in out
+    assert f"kept the champion: {RIG_C}: its calibration does not fit its 2D" in out, out
+    assert client.get_registered_model(MODEL).aliases["champion"] == champion
+    v3 = client.get_model_version(MODEL, "3")
+    assert v3.tags["rigpose.retrain.promoted"] == "false" and "recalibrate" in v3.tags["rigpose.retrain.reason"]

@@ -143,3 +143,30 @@ def test_projection_is_nan_behind_the_camera_with_a_zero_gradient_there() -> Non
     assert torch.isfinite(pix[0]).all() and torch.isnan(pix[1:]).all()
     torch.where(torch.isfinite(pix), pix, torch.zeros_like(pix)).sum().backward()
     assert torch.isfinite(pts.grad).all() and (pts.grad[1:] == 0).all()
+
+
+def test_a_projection_far_from_the_2d_gets_no_weight_and_no_gradient() -> None:
+    """A source's pose placed just in front of a target camera's plane (a miscalibrated rig's triangulated root can
+    land there) projects thousands of px away with a huge d pixel / d point: beyond FAR_PX it counts for nothing and
+    sends no gradient (such frames diverged warm-started training on a miscalibrated rig), while every other pair
+    keeps its weight."""
+    b = to_torch(synthetic_batch(8))
+    cams = batch_cameras(b)
+    rel = _true_rel(b)
+    # view 1's lift of frame 0 moved into camera 0's plane: 1 mm in front of it, 1 m to the side
+    world = losses.to_world(rel, cams.R, b["root_world"])
+    R0, t0 = cams.R[0, 0], cams.t[0, 0]
+    near = (torch.tensor([1.0, 0.0, 0.001], dtype=rel.dtype) - t0) @ R0  # camera 0 -> world: R^T (x - t)
+    moved = world.clone()
+    moved[0, 1] = world[0, 1] - world[0, 1, :1] + near  # the whole pose there, its root at `near`
+    back = torch.einsum("bvik,bvjk->bvji", cams.R, moved - b["root_world"][:, None, None])  # world -> view frames
+    lifted = back.clone().requires_grad_(True)
+    s, c = losses.cross_view_reprojection(lifted, b["root_world"], b["root_ok"], b["kp"], b["w"], cams)
+    s.backward()
+    assert torch.isfinite(s) and torch.isfinite(lifted.grad).all()
+    _, c_off = losses.cross_view_reprojection(back, b["root_world"], b["root_ok"], b["kp"], b["w"], cams, far_px=None)
+    assert c < c_off  # some of frame 0 / view 1's pairs are past FAR_PX and weigh 0
+    assert lifted.grad[0, 1].abs().max() < 1e3  # what is left of that pose's gradient is ordinary
+    s_uncapped, _ = losses.cross_view_reprojection(back.clone().requires_grad_(True), b["root_world"], b["root_ok"],
+                                                   b["kp"], b["w"], cams, far_px=None)
+    assert s_uncapped > s

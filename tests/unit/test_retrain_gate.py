@@ -88,3 +88,31 @@ def test_rig_scores_measure_each_rig_on_its_own_rows(tmp_path: Path) -> None:
     assert both["num_frames"] == 40 and scores["h36m-s1"].mpjpe_mm is not None
     with pytest.raises(ValueError, match="no rig"):
         evaluate(str(tmp_path / "model.pt"), root, split="val", modes=("single",), rig_ids=["nope"])
+
+
+def test_a_new_rig_whose_calibration_does_not_fit_its_2d_refuses_even_when_improved() -> None:
+    offsets = {"old": {"c1": 1.0}, "new": {"c1": 2.0, "c2": 14.5, "c3": 3.0}}
+    d = decide({"old": s(10.0), "new": s(12.0)}, {"old": s(10.0), "new": s(20.0)}, targets={"new"},
+               rig_ids=["old", "new"], margin=0.05, tolerance=0.02, offsets=offsets, max_offset_px=10.0)
+    assert not d.promote and "new: its calibration does not fit its 2D: camera c2's" in d.reason
+    assert [(r.offset_camera, r.offset_px) for r in d.rows] == [("c1", 1.0), ("c2", 14.5)]
+    assert any("14.5 px" in line for line in d.table())
+    # the same offsets under the limit, or no limit: the improvement promotes
+    assert decide({"old": s(10.0), "new": s(12.0)}, {"old": s(10.0), "new": s(20.0)}, targets={"new"},
+                  rig_ids=["old", "new"], margin=0.05, tolerance=0.02, offsets=offsets, max_offset_px=15.0).promote
+    assert decide({"old": s(10.0), "new": s(12.0)}, {"old": s(10.0), "new": s(20.0)}, targets={"new"},
+                  rig_ids=["old", "new"], margin=0.05, tolerance=0.02, offsets=offsets).promote
+
+
+def test_an_existing_rig_offset_is_reported_but_only_rigs_with_new_data_are_checked() -> None:
+    d = decide({"old": s(10.0), "new": s(12.0)}, {"old": s(10.0), "new": s(20.0)}, targets={"new"},
+               rig_ids=["old", "new"], margin=0.05, tolerance=0.02, offsets={"old": {"c1": 30.0}},
+               max_offset_px=10.0)
+    assert d.promote and d.rows[0].offset_px == 30.0 and d.rows[1].offset_px is None
+
+
+def test_a_first_champion_on_a_miscalibrated_rig_is_not_promoted() -> None:
+    d = decide({"a": s(10)}, None, targets={"a"}, rig_ids=["a"], margin=0.05, tolerance=0.02,
+               offsets={"a": {"cam": 40.0}}, max_offset_px=10.0)
+    assert not d.promote and d.reason.startswith("no champion yet, and the candidate is not promoted: a: its "
+                                                 "calibration")

@@ -20,6 +20,9 @@ import torch
 from rigpose.geometry import CameraArrays, project_camera
 
 Loss = tuple[torch.Tensor, torch.Tensor]
+# px: a cross-view projection further than this from its target's 2D is no evidence (a point near a camera's plane,
+# or beyond the lens model's valid field, where d pixel / d point is huge and one frame's gradient wrecks the step)
+FAR_PX = 1000.0
 
 
 def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
@@ -47,12 +50,14 @@ def cross_view_reprojection(
     *,
     huber_px: float | None = 10.0,
     include_self: bool = False,
+    far_px: float | None = FAR_PX,
 ) -> Loss:
     """Sum over sources s, targets t != s, joints j of w[t, j] * [s valid] * Huber(|proj_t(world_s,j) - kp[t, j]|).
 
     rel [B, S=V, J, 3] is each view's root-relative lift in its own camera frame. Count = sum of the weights.
     `huber_px=None` gives the plain pixel distance (the held-out-view metric itself, with each lift placed at the
-    root triangulated from the other views, is `rigpose.metrics.heldout_view_px`).
+    root triangulated from the other views, is `rigpose.metrics.heldout_view_px`). Projections behind the target
+    camera, or further than `far_px` from its 2D (None: no limit), weigh 0 and send no gradient.
     """
     _B, V, _J, _ = rel_BSJ3.shape
     world = to_world(rel_BSJ3, cams.R, root_world_B3)  # [B, S, J, 3]
@@ -62,6 +67,9 @@ def cross_view_reprojection(
     kp = torch.nan_to_num(kp_BVJ2)[:, None].expand_as(pix)  # missing joints (weight 0): a finite stand-in
     bad = ~torch.isfinite(pix).all(-1)  # behind the target camera: no pixel, no weight, no gradient
     err = (torch.where(bad[..., None], kp, pix) - kp).norm(dim=-1)  # [B, S, T, J]; 0 where bad (finite)
+    if far_px is not None:
+        bad = bad | (err.detach() > far_px)
+        err = torch.where(bad, torch.zeros_like(err), err)
     source_ok = (w_BVJ.sum(-1) > 0).to(err.dtype)  # [B, S] views that were lifted from something
     weight = w_BVJ[:, None] * source_ok[:, :, None, None] * root_ok_B[:, None, None, None]
     if not include_self:

@@ -9,7 +9,9 @@ Per rig (for retraining on new rigs): `rig_scores` measures a model on every rig
 `decide` applies the retraining rule to the champion's and the candidate's tables: each rig the new data touched
 must improve by at least `margin` (relative; for a new rig, against the champion's zero-shot error there), and no
 other rig may get worse by more than `tolerance`. MPJPE is in the table where rows carry `joints_3d`, reported and
-never required.
+never required. A target rig whose calibration does not fit its own 2D (`calibration_offsets`: a camera whose
+detections sit steadily more than `max_offset_px` from where the other cameras place the joints) refuses too:
+reprojection through a wrong calibration misleads both training and the gate's own figure.
 """
 
 from __future__ import annotations
@@ -106,6 +108,26 @@ def rig_scores(model_path: str, data_url: str, *, split: str, rig_ids: list[str]
     return out
 
 
+def calibration_offsets(data_url: str, *, split: str, rig_ids: list[str],
+                        max_rows: int | None = 5000) -> dict[str, dict[str, float]]:
+    """{rig: {camera: px}}: `rigpose.data.noise_residuals.camera_offsets` of each rig's rows of `split` (at most
+    `max_rows`, the first ones); rigs with no rows there or under 3 cameras are left out."""
+    from rigpose.data.noise_residuals import camera_offsets
+    from rigpose.data.reader import Dataset, iter_frames
+
+    ds = Dataset(data_url)
+    out: dict[str, dict[str, float]] = {}
+    if split not in ds.manifest.splits():
+        return out
+    for rig in rig_ids:
+        if not ds.shards(splits=[split], rig_ids=[rig]):
+            continue
+        blocks = iter_frames(ds, split=split, batch_size=2048, max_rows=max_rows, rig_ids=[rig])
+        if offsets := camera_offsets(blocks):
+            out[rig] = offsets
+    return out
+
+
 @dataclass(frozen=True)
 class RigVerdict:
     """One row of a gate's table."""
@@ -117,6 +139,8 @@ class RigVerdict:
     change: float | None  # candidate / champion - 1 (held-out-view px); negative = better
     ok: bool
     why: str
+    offset_px: float | None = None  # the rig's worst camera offset (`calibration_offsets`); None: not measured
+    offset_camera: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +152,7 @@ class Decision:
     rows: tuple[RigVerdict, ...]
     margin: float
     tolerance: float
+    max_offset_px: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,22 +164,28 @@ class Decision:
                 return "-"
             return f"{s.heldout_px:.2f} px" + (f" / {s.mpjpe_mm:.1f} mm" if s.mpjpe_mm is not None else "")
 
-        lines = [f"{'rig':<16} {'role':<9} {'champion':>20} {'candidate':>20} {'change':>8}  verdict"]
+        lines = [f"{'rig':<16} {'role':<9} {'champion':>20} {'candidate':>20} {'change':>8} {'calib':>8}  verdict"]
         for r in self.rows:
             change = f"{100 * r.change:+.1f}%" if r.change is not None else "-"
+            calib = f"{r.offset_px:.1f} px" if r.offset_px is not None else "-"
             lines.append(f"{r.rig_id:<16} {'new data' if r.target else 'existing':<9} {fmt(r.champion):>20} "
-                         f"{fmt(r.candidate):>20} {change:>8}  {r.why}")
+                         f"{fmt(r.candidate):>20} {change:>8} {calib:>8}  {r.why}")
         return lines
 
 
 def decide(candidate: dict[str, RigScore], champion: dict[str, RigScore] | None, *, targets: set[str],
-           rig_ids: list[str], margin: float, tolerance: float) -> Decision:
+           rig_ids: list[str], margin: float, tolerance: float, offsets: dict[str, dict[str, float]] | None = None,
+           max_offset_px: float | None = None) -> Decision:
     """The retraining rule over `rig_ids`: promote when there is no champion, or when every rig in `targets` (new
     rigs, rigs with new data) improves by at least `margin` (candidate <= champion x (1 - margin)) and no other rig
     gets worse by more than `tolerance` (candidate <= champion x (1 + tolerance)). A target rig the candidate
-    cannot be measured on refuses; other rigs without a figure are reported and skipped."""
+    cannot be measured on refuses; other rigs without a figure are reported and skipped. `offsets` ({rig: {camera:
+    px}}, `calibration_offsets`) go into the table; with `max_offset_px`, a target rig whose worst camera passes it
+    refuses (also without a champion: a model trained through that calibration is no champion to keep)."""
     if not 0 <= margin < 1 or tolerance < 0:
         raise ValueError(f"margin must be in [0, 1) and tolerance >= 0, got {margin} and {tolerance}")
+    if max_offset_px is not None and max_offset_px <= 0:
+        raise ValueError(f"max_offset_px must be positive (or None: no check), got {max_offset_px}")
     if unknown := sorted(targets - set(rig_ids)):
         raise ValueError(f"targets {unknown} are not among the rigs compared {rig_ids}")
     rows, failures = [], []
@@ -176,16 +207,23 @@ def decide(candidate: dict[str, RigScore], champion: dict[str, RigScore] | None,
             ok = change is not None and change <= tolerance
             why = (f"within tolerance ({100 * tolerance:.1f}%)" if ok else
                    f"worse by {100 * (change or 0):.1f}%, more than the tolerance {100 * tolerance:.1f}%")
+        worst = max((offsets or {}).get(rig, {}).items(), key=lambda kv: kv[1], default=(None, None))
+        if target and max_offset_px is not None and worst[1] is not None and worst[1] > max_offset_px:
+            ok, why = False, (f"its calibration does not fit its 2D: camera {worst[0]}'s detections sit {worst[1]:.1f}"
+                              f" px from where the other cameras place the joints (limit {max_offset_px:g} px); "
+                              "recalibrate the rig")
         rows.append(RigVerdict(rig_id=rig, target=target, champion=champ, candidate=cand, change=change, ok=ok,
-                               why=why))
+                               why=why, offset_px=worst[1], offset_camera=worst[0]))
         if not ok:
             failures.append(f"{rig}: {why}")
-    if champion is None:
+    if failures:
+        reason = ("no champion yet, and the candidate is not promoted: " if champion is None
+                  else "kept the champion: ") + "; ".join(failures)
+    elif champion is None:
         reason = "no champion yet: the candidate becomes the champion"
-    elif failures:
-        reason = "kept the champion: " + "; ".join(failures)
     else:
         reason = ("promoted: " + ", ".join(f"{r.rig_id} {100 * r.change:+.1f}%" for r in rows
                                            if r.target and r.change is not None)
                   + f"; no other rig worse by more than {100 * tolerance:.1f}%")
-    return Decision(promote=not failures, reason=reason, rows=tuple(rows), margin=margin, tolerance=tolerance)
+    return Decision(promote=not failures, reason=reason, rows=tuple(rows), margin=margin, tolerance=tolerance,
+                    max_offset_px=max_offset_px)

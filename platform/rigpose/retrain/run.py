@@ -41,7 +41,7 @@ from rigpose.config import ModelConfig, RetrainJob, TrainJob, check_train_job, l
 from rigpose.data.manifest import Manifest
 from rigpose.data.reader import Dataset
 from rigpose.retrain.detect import RigChange, describe_changes, diff_manifests, training_manifest
-from rigpose.retrain.gate import Decision, decide, rig_scores
+from rigpose.retrain.gate import Decision, calibration_offsets, decide, rig_scores
 
 PREVIOUS = "previous"
 LEASE_FILE = "_retrain/lease.json"
@@ -303,8 +303,10 @@ def _train_gate_promote(job: RetrainJob, p: Plan, out: Outcome, tell: Callable[[
     champ = None
     if champion_file is not None:
         champ = rig_scores(champion_file, p.dataset.root, split=g.split, rig_ids=p.rig_ids, max_rows=g.max_rows)
+    offsets = calibration_offsets(p.dataset.root, split=g.split, rig_ids=p.rig_ids, max_rows=g.max_rows)
     lease.renew()
-    decision = decide(cand, champ, targets=set(targets), rig_ids=p.rig_ids, margin=g.margin, tolerance=g.tolerance)
+    decision = decide(cand, champ, targets=set(targets), rig_ids=p.rig_ids, margin=g.margin, tolerance=g.tolerance,
+                      offsets=offsets, max_offset_px=g.max_offset_px)
     out.decision = decision
     for line in decision.table():
         tell(f"  {line}")

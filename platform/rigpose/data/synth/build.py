@@ -16,6 +16,10 @@ position and that point is moved to the floor position (heights kept). It become
 the clip's first frame. Placement split: each clip's placements follow a golden-ratio sequence over the split
 fractions, so every clip has close to the same split proportions however many placements it gets.
 
+A recipe's `calibration_error` simulates a rig whose calibration drifted (`miscalibrate_rig`): the 2D is still
+projected through the rigs as given, but the rows' cameras and the rig files the dataset records are the perturbed
+calibration, under the same rig_id. `joints_3d` stays the truth in the world frame.
+
 Generation is vectorised: per batch of `BATCH_ROWS` frames, one gather of the clip bank, one bone rescale, one
 placement transform, one projection per camera and one detector-model pass. A background thread generates the
 next batches while the main thread hands the last one to `DatasetWriter` (bounded queue, so memory stays flat).
@@ -44,19 +48,19 @@ from rigpose.data.schema import Frames, frames_for_rig
 from rigpose.data.synth import motion_bank as sm
 from rigpose.data.synth import targets
 from rigpose.data.synth.detector import detect
-from rigpose.data.synth.recipe import ProceduralMotion, Recipe, load_recipe, parse_recipe
+from rigpose.data.synth.recipe import CalibrationError, ProceduralMotion, Recipe, load_recipe, parse_recipe
 from rigpose.data.writer import DatasetWriter
 from rigpose.geometry import distort, normalized_to_pixels
-from rigpose.rig import Rig, load_rig
+from rigpose.rig import Rig, load_rig, rotation_from_rodrigues
 from rigpose.skeleton import Skeleton
 
-__all__ = ["Plan", "Recipe", "Synthesis", "build_dataset", "load_recipe", "load_rigs", "motion_bank",
-           "parse_recipe", "plan_sequences", "project_rig"]
+__all__ = ["Plan", "Recipe", "Synthesis", "build_dataset", "load_recipe", "load_rigs", "miscalibrate_rig",
+           "motion_bank", "parse_recipe", "plan_sequences", "project_rig"]
 
 BATCH_ROWS = 8192  # frames generated and handed to the writer at once (bounded memory; fixed, part of the seed)
 GOLDEN = (math.sqrt(5) - 1) / 2
 # Random streams: numpy.random.default_rng([seed, stream, ...]).
-_SUBJECTS, _PLACEMENTS, _SPLITS, _NOISE = 1, 2, 3, 4
+_SUBJECTS, _PLACEMENTS, _SPLITS, _NOISE, _CALIBRATION = 1, 2, 3, 4, 5
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -93,6 +97,41 @@ def load_rigs(recipe: Recipe, *, base_dir: Path | None = None) -> list[Rig]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"rigs: the same rig_id appears twice: {ids}")
     return rigs
+
+
+def _unit_vector(rng: np.random.Generator) -> np.ndarray:
+    """A direction [3] uniform on the sphere."""
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v)
+
+
+def miscalibrate_rig(rig: Rig, error: CalibrationError, rng: np.random.Generator) -> Rig:
+    """`rig` as a drifted calibration states it; `rig` itself when `error` is exact.
+
+    Each camera, in view order: R' = dR @ R with dR a turn of `error.rotation_deg` about a random axis (the camera
+    turns about its own centre), its centre moved `error.translation_m` (m) in a random direction (t' = -R' @ c'),
+    and K's focal lengths (and skew) scaled by 1 + s x `error.focal_rel` with a random sign s. Image size, principal
+    point, distortion, names, rig_id and floor are kept. The draws (axis, direction, sign per camera) do not depend on
+    the magnitudes, so a stronger error of the same seed moves the cameras the same way, further.
+    """
+    if error.exact:
+        return rig
+    cameras = []
+    for cam in rig.cameras:
+        axis, direction, sign = _unit_vector(rng), _unit_vector(rng), rng.choice([-1.0, 1.0])
+        R = rotation_from_rodrigues(axis * math.radians(error.rotation_deg)) @ cam.R
+        centre = cam.center + error.translation_m * direction
+        K = cam.K.copy()
+        K[:2, :2] *= 1 + sign * error.focal_rel
+        cameras.append(replace(cam, K=K, R=R, t=-R @ centre))
+    return replace(rig, cameras=tuple(cameras))
+
+
+def stated_rigs(recipe: Recipe, rigs: list[Rig]) -> list[Rig]:
+    """The calibrations the dataset records for `rigs`: each with the recipe's `calibration_error` (one random stream
+    per rig, from the recipe's seed)."""
+    return [miscalibrate_rig(rig, recipe.calibration_error, np.random.default_rng([recipe.seed, _CALIBRATION, r]))
+            for r, rig in enumerate(rigs)]
 
 
 def load_profile(recipe: Recipe, *, base_dir: Path | None = None) -> NoiseProfile | None:
@@ -280,9 +319,10 @@ class Synthesis:
 
     recipe: Recipe
     bank: sm.MotionBank
-    rigs: list[Rig]
+    rigs: list[Rig]  # the true rigs: the 2D is their projection
     plan: Plan
     profile: NoiseProfile | None = None  # the recipe's noise.profile, loaded
+    stated: list[Rig] | None = None  # the calibrations written into the rows and rig files; None = `rigs`
 
     @property
     def skeleton(self) -> Skeleton:
@@ -297,19 +337,21 @@ class Synthesis:
         profile = load_profile(recipe, base_dir=base)
         bank = motion_bank(recipe)
         return Synthesis(recipe=recipe, bank=bank, rigs=rigs, plan=plan_sequences(recipe, bank, len(rigs)),
-                         profile=profile)
+                         profile=profile, stated=stated_rigs(recipe, rigs))
 
     @property
     def num_frames(self) -> int:
         return self.plan.num_frames
 
     def batches(self) -> Iterator[tuple[Rig, Frames]]:
-        """(rig, frames with their split) in batches of at most `BATCH_ROWS`, rig by rig, in plan order."""
+        """(rig as stated, frames with their split) in batches of at most `BATCH_ROWS`, rig by rig, in plan order;
+        the frames carry the stated rig's cameras (the recipe's calibration_error), their 2D the true rig's."""
         for r in range(len(self.rigs)):
             yield from self._rig_batches(r)
 
     def _rig_batches(self, r: int) -> Iterator[tuple[Rig, Frames]]:
         plan, rig, bank = self.plan, self.rigs[r], self.bank
+        stated = rig if self.stated is None else self.stated[r]
         q_Q = np.flatnonzero(plan.rig == r)
         length_Q = plan.stop[q_Q] - plan.start[q_Q]
         first_row_Q = np.cumsum(length_Q) - length_Q
@@ -338,9 +380,9 @@ class Synthesis:
             clean_NVJ2 = project_rig(X_3NJ.astype(np.float64), rig)
             rng = np.random.default_rng([self.recipe.seed, _NOISE, r, b])
             kp, scores = detect(clean_NVJ2, image_size_V2, noise, rng, skeleton=skeleton, views=views)
-            frames = frames_for_rig(rig, sequence="", keypoints=kp, scores=scores, frame=frame_N,
+            frames = frames_for_rig(stated, sequence="", keypoints=kp, scores=scores, frame=frame_N,
                                     joints_3d=X_3NJ.transpose(1, 2, 0))
-            yield rig, replace(frames, sequence=plan.name[q], subject=subject_names[subject_N], split=plan.split[q])
+            yield stated, replace(frames, sequence=plan.name[q], subject=subject_names[subject_N], split=plan.split[q])
 
 
 def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:

@@ -59,6 +59,12 @@ Recipe format (every key optional except `rigs`; defaults in brackets):
       fractions: {train: 0.8, val: 0.1, test: 0.1}   # [{train: 1}] must sum to 1
       held_out_clips: [jump, kick]   # [] every placement of these clips goes to `held_out_split`
       held_out_split: test_clips     # [test_clips]
+    calibration_error:               # a drifted calibration: the 2D stays the projection through the rigs as
+                                     #   given, but the cameras written into the rows and the dataset's rig
+                                     #   files are each camera's calibration perturbed (seeded; rig_id kept):
+      rotation_deg: 2.0              # [0] turned by this angle about a random axis (about its own centre)
+      translation_m: 0.05            # [0] its centre moved this far (m) in a random direction
+      focal_rel: 0.0                 # [0] fx and fy scaled by 1 + or - this (random sign); below 1
     max_invalid_fraction: 0.01       # [0.01] frames with no valid view go to quarantine; fail above this share
 """
 
@@ -147,6 +153,21 @@ class Splits(Strict):
         return self
 
 
+class CalibrationError(Strict):
+    """How far the calibration written into the dataset is from the rig that made the 2D (all 0: exact)."""
+
+    rotation_deg: float = Field(0.0, ge=0, le=180, description="each camera turned by this angle (degrees) about a "
+                                                               "random axis through its centre")
+    translation_m: float = Field(0.0, ge=0, description="each camera centre moved this far (m), random direction")
+    focal_rel: float = Field(0.0, ge=0, lt=1, description="each camera's fx, fy scaled by 1 + or - this "
+                                                          "(random sign)")
+
+    @property
+    def exact(self) -> bool:
+        """No error at all: the rows carry the rigs as given."""
+        return self.rotation_deg == 0 and self.translation_m == 0 and self.focal_rel == 0
+
+
 class Recipe(Strict):
     """How a synthetic dataset is built (module docstring: the file format)."""
 
@@ -164,6 +185,9 @@ class Recipe(Strict):
     rigs: list[str] = Field(min_length=1, description="shipped rig names or rig files; placements are spread over them")
     noise: DetectorNoise = Field(default_factory=DetectorNoise, description="simulated 2D detector")
     splits: Splits = Field(default_factory=Splits, description="split assignment")
+    calibration_error: CalibrationError = Field(
+        default_factory=CalibrationError, description="a drifted calibration: the cameras written into the rows and "
+                                                      "rig files perturbed, the 2D left the true rigs' projection")
     max_invalid_fraction: float = Field(0.01, ge=0, le=1, description="largest share of frames with no valid "
                                                                      "view (quarantined) before the build fails")
 
