@@ -1,4 +1,5 @@
-"""`rigpose datasets ...`: build, ingest, validate, describe, noise-profile and vacuum datasets (local or s3://)."""
+"""`rigpose datasets ...`: build, ingest, validate, describe, noise-profile, reshard and vacuum datasets (local or
+s3://)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from rich.table import Table
 from rigpose import resources
 from rigpose.cli import ui
 
-app = typer.Typer(help="Datasets: build, ingest, validate, describe, noise-profile, vacuum.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(help="Datasets: build, ingest, validate, describe, noise-profile, reshard, vacuum.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = ui.console()
 err_console = ui.console(stderr=True)
 _fail = ui.fail
@@ -208,3 +209,80 @@ def vacuum(
     if report.in_progress:
         console.print(f"kept {len(report.in_progress)} unlisted file(s) of running or recent writers (younger than "
                       f"--grace {grace:g} s)", highlight=False)
+    if report.superseded:
+        console.print(f"kept {len(report.superseded)} shard(s) that a manifest version superseded less than --grace "
+                      f"{grace:g} s ago lists (for its readers)", highlight=False)
+
+
+@app.command()
+def reshard(
+    url: str = typer.Argument(..., metavar="URL", help="Dataset root (local path, file:// or s3://)."),
+    rows_per_shard: int = typer.Option(None, "--rows-per-shard", min=1, help="Rows of a merged shard at most "
+                                       "(default: the writer's, about 128 MB of a rig's rows); shards of fewer than "
+                                       "half this are merged, larger ones are never split."),
+    row_group_rows: int = typer.Option(16384, "--row-group-rows", min=1, help="Rows per Parquet row group of the "
+                                       "new shards; shards with a larger group are rewritten."),
+    rigs: list[str] = typer.Option(None, "--rig", help="Only this rig's shards (repeat for more; default all)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be rewritten; write nothing."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Compact a dataset: merge small shards of each rig/split and rewrite shards whose row groups are too big.
+
+    The rows are copied unchanged into new shards (row groups of --row-group-rows rows, what streaming reads one
+    task at a time) and committed as a new manifest version; the old version still reads (its shards stay for an
+    hour, then the next commit or `rigpose datasets vacuum` removes them). Each new shard lists the shards it was
+    made from, so `rigpose retrain` still sees only new data as new. Refused, with nothing committed, when
+    another writer commits meanwhile. Example:
+
+        rigpose datasets reshard s3://bucket/datasets/my-lab --dry-run
+    """
+    import shlex
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rigpose.data.manifest import DatasetError
+    from rigpose.data.reshard import plan_reshard
+    from rigpose.data.reshard import reshard as run_reshard
+
+    command = shlex.join(["rigpose", "datasets", "reshard", url, "--row-group-rows", str(row_group_rows),
+                          *(["--rows-per-shard", str(rows_per_shard)] if rows_per_shard else []),
+                          *[a for r in rigs or [] for a in ("--rig", r)]])
+
+    def bar() -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, disable=not progress, transient=True)
+
+    try:
+        with bar() as footers:
+            task = footers.add_task("read shard footers", total=None)
+            plan = plan_reshard(url, rows_per_shard=rows_per_shard, row_group_rows=row_group_rows,
+                                rig_ids=rigs or None, advance=lambda n: footers.advance(task, n))
+        _print_reshard_plan(plan)
+        if dry_run and plan.rewrites:
+            console.print(f"dry run: would write {len(plan.rewrites)} shard(s) of {plan.rows:,} rows in all; "
+                          "nothing written", highlight=False)
+        if dry_run or not plan.rewrites:
+            return
+        with bar() as rewrite:
+            task = rewrite.add_task("reshard rows", total=plan.rows)
+            manifest = run_reshard(plan, command=command, advance=lambda n: rewrite.advance(task, n))
+    except (DatasetError, ValueError, OSError) as e:
+        _fail(str(e))
+    console.print(f"{url}: committed manifest version {manifest.version} ({plan.shards_in} shard(s) -> "
+                  f"{len(plan.rewrites)}); version {plan.base.version} still reads: its shards stay for an hour, "
+                  "then the next commit or `rigpose datasets vacuum` removes them", highlight=False)
+
+
+def _print_reshard_plan(plan: Any) -> None:
+    """The partitions a reshard changes (or that nothing needs it), before it runs."""
+    if not plan.rewrites:
+        console.print(f"{plan.root}: nothing to reshard ({plan.shards_checked} shard(s) checked: no row group over "
+                      f"{plan.row_group_rows:,} rows, no two shards to merge); manifest version {plan.base.version} "
+                      "stays", highlight=False)
+        return
+    table = Table(title=f"reshard {plan.root} (manifest version {plan.base.version})")
+    for col in ("rig", "split", "shards", "rows rewritten"):
+        table.add_column(col, justify="left" if col in ("rig", "split") else "right")
+    for (rig_id, split), (now, after, rows) in plan.partitions().items():
+        table.add_row(rig_id, split, f"{now} -> {after}", f"{rows:,}")
+    console.print(table)

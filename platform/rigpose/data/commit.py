@@ -15,12 +15,15 @@ The protocol (the Delta Lake / Iceberg way), for `rigpose.data.writer.DatasetWri
 
 Files that no committed version lists (a failed or killed writer's shards) are invisible to readers; the next
 commit, or `rigpose datasets vacuum`, removes those older than a grace period whose writer's heartbeat is stale,
-and at once those of a writer that ran on this host and whose process is gone.
+and at once those of a writer that ran on this host and whose process is gone. Shards that a newer version dropped
+(`rigpose datasets reshard` rewrote them) stay for the grace period after that newer version was committed: a
+reader that opened the version before it (a training job pinned to it) still finds them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import posixpath
@@ -159,6 +162,7 @@ class VacuumReport:
     removed: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     in_progress: list[str] = field(default_factory=list)  # unlisted, but a live writer's or younger than the grace
+    superseded: list[str] = field(default_factory=list)  # unlisted, but a version superseded within the grace lists
     versions_pruned: int = 0
     dry_run: bool = False
 
@@ -192,13 +196,38 @@ def _died_here(fs: Any, heartbeat: str) -> bool:
     return False
 
 
+def _version_of(rel: str) -> int | None:
+    """N of a manifest version file `_manifests/v<N>.json` (relative to the root); None for any other file."""
+    m = re.match(rf"^{VERSIONS}/v(\d{{10}})\.json$", rel)
+    return int(m[1]) if m else None
+
+
+def _recently_listed(fs: Any, path: str, files: dict[str, dict[str, Any]], *, since: float, skip: set[int],
+                     latest: int) -> set[str]:
+    """Shard paths of the manifest versions that were the latest until after `since` (the next version was
+    committed after it; bar `latest` itself and the versions in `skip`): readers may have opened them then."""
+    versions = sorted((n, rel) for rel in files if (n := _version_of(rel)) is not None)
+    out: set[str] = set()
+    for (n, rel), (_, successor) in itertools.pairwise(versions):
+        if n == latest or n in skip or _mtime(files[successor]) < since:
+            continue
+        try:
+            with fs.open(posixpath.join(path, rel), "rb") as f:
+                m = Manifest.from_json(f.read().decode(), source=rel)
+        except (FileNotFoundError, DatasetError):
+            continue  # pruned meanwhile, or unreadable: it protects nothing
+        out |= {s.path for s in m.shards}
+    return out
+
+
 def collect_garbage(root: str, *, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False,
                     keep_versions: int | None = None) -> VacuumReport:
     """Remove what no committed version lists and no running writer owns: shards, rig files and temp files older
     than `grace_s` whose writer's heartbeat is older too (at once when that writer ran on this host and its process
-    is gone), and stale heartbeats. `keep_versions`: also delete all but
-    the newest that many manifest versions (None keeps every version). Quarantine files are kept (they are the
-    reasons rows were refused). With `grace_s=0`, only while no ingest runs."""
+    is gone), and stale heartbeats. Shards that an older version lists stay until `grace_s` after the version that
+    followed it was committed (its readers may still read them). `keep_versions`: also delete all but the newest
+    that many manifest versions (None keeps every version; a pruned version protects no shard). Quarantine files are
+    kept (they are the reasons rows were refused). With `grace_s=0`, only while no ingest runs."""
     if grace_s < 0:
         raise ValueError(f"grace_s must be >= 0, got {grace_s}")
     if keep_versions is not None and keep_versions < 1:
@@ -238,14 +267,16 @@ def collect_garbage(root: str, *, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
         else:
             continue
         doomed.append(rel)
-        report.bytes_freed += int(info.get("size") or 0)
-    if keep_versions is not None:
-        newest = latest_version(fs, path) or 0
-        for rel in sorted(files):
-            m = re.match(rf"^{VERSIONS}/v(\d{{10}})\.json$", rel)
-            if m and int(m[1]) <= newest - keep_versions:
-                doomed.append(rel)
-                report.versions_pruned += 1
+    newest = latest_version(fs, path) or 0
+    pruned = {n: rel for rel in sorted(files) if (n := _version_of(rel)) is not None
+              and keep_versions is not None and n <= newest - keep_versions}
+    if grace_s > 0 and any(_SHARD.match(rel) for rel in doomed):
+        recent = _recently_listed(fs, path, files, since=now - grace_s, skip=set(pruned), latest=manifest.version)
+        report.superseded = [rel for rel in doomed if rel in recent]
+        doomed = [rel for rel in doomed if rel not in recent]
+    report.bytes_freed = sum(int(files[rel].get("size") or 0) for rel in doomed)
+    doomed += pruned.values()
+    report.versions_pruned = len(pruned)
     # shards before heartbeats: a vacuum stopped half-way never leaves a writer's shards without its heartbeat
     doomed.sort(key=lambda rel: rel.startswith(f"{WRITERS}/"))
     for rel in doomed:

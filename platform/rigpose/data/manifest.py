@@ -13,7 +13,9 @@ other writer created it first (`rigpose.data.commit`); readers follow the highes
 refreshed after each commit, and is read only for a dataset without `_manifests/` (written by rigpose <= 0.1.0
 or by hand). Readers trust only what the latest version lists: a crashed or aborted writer leaves files that no
 reader sees, which the next commit or `rigpose datasets vacuum` removes.
-Shard paths in a manifest are relative, never absolute, never with `..`.
+Shard paths in a manifest are relative, never absolute, never with `..`. A shard that `rigpose datasets reshard`
+(`rigpose.data.reshard`) wrote lists in `sources` the shards, as ingests first wrote them, that it holds rows of
+(path -> rows), so that what is new since a training manifest is still told by shard (`rigpose.retrain.detect`).
 Credentials for `s3://` come only from the environment (s3fs / botocore's usual variables).
 Writing is `rigpose.data.writer`, reading the shards `rigpose.data.reader`.
 """
@@ -41,7 +43,12 @@ class DatasetError(ValueError):
 
 @dataclass
 class ShardInfo:
-    """One committed shard. `path` is relative to the dataset root."""
+    """One committed shard. `path` is relative to the dataset root.
+
+    `sources`: lineage of a shard that `rigpose datasets reshard` wrote, the shards as an ingest first wrote them
+    (flattened through earlier reshards: never a resharded shard) -> how many of their rows this shard holds; they
+    sum to `rows`. Empty (and left out of the JSON) for a shard as an ingest wrote it: its own source.
+    """
 
     path: str
     rig_id: str
@@ -50,6 +57,19 @@ class ShardInfo:
     bytes: int
     sha256: str
     sequences: list[str]
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def origins(self) -> dict[str, int]:
+        """The shards as first written whose rows this shard holds -> rows of each: `sources`, or itself."""
+        return dict(self.sources) if self.sources else {self.path: self.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON object of this shard; `sources` only when there are any (older readers and the
+        manifests they wrote stay byte-identical)."""
+        d = asdict(self)
+        if not self.sources:
+            del d["sources"]
+        return d
 
 
 @dataclass
@@ -97,6 +117,7 @@ class Manifest:
 
     def to_json(self) -> str:
         d = asdict(self)
+        d["shards"] = [s.to_dict() for s in self.shards]
         d["splits"] = self.splits()
         d["num_rows"] = self.num_rows
         return json.dumps(d, indent=1, sort_keys=False)
@@ -119,6 +140,7 @@ class Manifest:
             raise DatasetError(f"{source}: malformed manifest ({type(e).__name__}: {e})") from None
         for s in m.shards:
             _check_relative(s.path, source=source, what="shard path")
+            _check_sources(s, source=source)
         for rig_id, r in m.rigs.items():
             _check_relative(r["path"], source=source, what=f"rig {rig_id!r} path")
         return m
@@ -127,6 +149,21 @@ class Manifest:
 def _check_relative(path: str, *, source: str, what: str) -> None:
     if path.startswith("/") or "://" in path or ".." in path.split("/") or path.startswith("\\"):
         raise DatasetError(f"{source}: {what} {path!r} is absolute or climbs out of the dataset root; refused")
+
+
+def _check_sources(shard: ShardInfo, *, source: str) -> None:
+    """A shard's lineage: relative paths -> positive row counts that sum to its rows."""
+    if not isinstance(shard.sources, dict):
+        raise DatasetError(f"{source}: shard {shard.path!r}: sources must be an object of path -> rows, got "
+                           f"{type(shard.sources).__name__}")
+    for path, rows in shard.sources.items():
+        _check_relative(path, source=source, what=f"source of shard {shard.path!r}")
+        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+            raise DatasetError(f"{source}: shard {shard.path!r}: source {path!r} has rows {rows!r}, expected an "
+                               "integer >= 1")
+    if shard.sources and sum(shard.sources.values()) != shard.rows:
+        raise DatasetError(f"{source}: shard {shard.path!r}: its sources hold {sum(shard.sources.values())} rows, "
+                           f"the shard {shard.rows}")
 
 
 def version_file(path: str, version: int) -> str:

@@ -44,8 +44,41 @@ ROW_GROUP_ROWS = 16384
 DEFAULT_MAX_BAD_FRACTION = 0.01
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time a manifest records: UTC, ISO 8601, in seconds."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def new_token() -> str:
+    """A writer's token: in its shard names (`part-NNNNN-<token>.parquet`) and heartbeat, unique per writer."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def shard_rows_for(num_views: int, num_joints: int, shard_bytes: int = DEFAULT_SHARD_BYTES) -> int:
+    """Rows per shard so that a shard of a rig with `num_views` cameras holds about `shard_bytes` (uncompressed)."""
+    # keypoints + scores, 3D, cameras, keys
+    approx_row_bytes = num_views * num_joints * 12 + num_joints * 12 + num_views * 26 * 8 + 64
+    return max(1, shard_bytes // approx_row_bytes)
+
+
+def write_shard_file(fs: Any, full: str, table: pa.Table, *, compression: str = "snappy",
+                     row_group_rows: int | None = None) -> tuple[int, str]:
+    """Write `table` as the Parquet shard `full` of `fs` in row groups of `row_group_rows` (default
+    `ROW_GROUP_ROWS`); returns (bytes, sha256) of the file, as its manifest entry lists them."""
+    group = row_group_rows or ROW_GROUP_ROWS  # read at the call: tests set the module's value
+    fs.makedirs(posixpath.dirname(full), exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        # Straight into the file, then hashed from the page cache: no in-memory copy of the shard at all.
+        with pa.OSFile(full, "wb") as f:
+            pq.write_table(table, f, compression=compression, row_group_size=group)
+        with pa.memory_map(full) as f:
+            data = f.read_buffer()
+            return data.size, hashlib.sha256(data).hexdigest()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=compression, row_group_size=group)
+    data = sink.getvalue()
+    fs.pipe_file(full, data.to_pybytes())
+    return data.size, hashlib.sha256(data).hexdigest()
 
 
 class DatasetWriter:
@@ -79,7 +112,7 @@ class DatasetWriter:
         self.max_bad_fraction = max_bad_fraction
         self.shard_bytes, self.shard_rows_override, self.compression = shard_bytes, shard_rows, compression
         self.orphan_grace_s = orphan_grace_s
-        self.token = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.token = new_token()
         self._heartbeat = Heartbeat(self.fs, self.path, self.token, command)
         self.base = read_manifest(self.root)
         if self.base is not None and self.base.skeleton != self.skeleton.name:
@@ -178,9 +211,7 @@ class DatasetWriter:
     def _shard_rows(self, frames: Frames) -> int:
         if self.shard_rows_override:
             return self.shard_rows_override
-        V, J = frames.num_views, frames.num_joints
-        approx_row_bytes = V * J * 12 + J * 12 + V * 26 * 8 + 64  # keypoints+scores, 3D, cameras, keys
-        return max(1, self.shard_bytes // approx_row_bytes)
+        return shard_rows_for(frames.num_views, frames.num_joints, self.shard_bytes)
 
     def _flush(self, key: tuple[str, str]) -> None:
         buffer = self._buffers.pop(key, None)
@@ -200,20 +231,7 @@ class DatasetWriter:
         self._part += 1
         full = posixpath.join(self.path, rel)
         self._heartbeat.beat()  # before the shard: a live writer's files are never collected
-        self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
-        if isinstance(self.fs, LocalFileSystem):
-            # Straight into the file, then hashed from the page cache: no in-memory copy of the shard at all.
-            with pa.OSFile(full, "wb") as f:
-                pq.write_table(table, f, compression=self.compression, row_group_size=ROW_GROUP_ROWS)
-            with pa.memory_map(full) as f:
-                data = f.read_buffer()
-                size, sha256 = data.size, hashlib.sha256(data).hexdigest()
-        else:
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, compression=self.compression, row_group_size=ROW_GROUP_ROWS)
-            data = sink.getvalue()
-            self.fs.pipe_file(full, data.to_pybytes())
-            size, sha256 = data.size, hashlib.sha256(data).hexdigest()
+        size, sha256 = write_shard_file(self.fs, full, table, compression=self.compression)
         self._written.append(ShardInfo(
             path=rel, rig_id=rig_id, split=split, rows=len(frames), bytes=size, sha256=sha256,
             sequences=[str(s) for s in distinct(frames.sequence)],
@@ -307,7 +325,7 @@ class DatasetWriter:
         for rig_id, rig in self._rigs.items():
             rigs[rig_id] = {"path": f"rigs/{rig_id}.json", "num_cameras": len(rig.cameras),
                             "camera_names": list(rig.camera_names)}
-        now = _now()
+        now = utc_now()
         history = list(base.history) if base else []
         history.append({"time": now, "command": self.command, "recipe": self.recipe, "rows_added": self._num_rows,
                         "rows_quarantined": self._num_bad, "replaced": sorted(f"{r}/{s}" for r, s in self._replaced),

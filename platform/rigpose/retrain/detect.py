@@ -1,9 +1,14 @@
 """What is new in a dataset since a model was trained: per rig, the shards and rows the current manifest lists that
 the model's training manifest did not (and those it dropped), from the two manifests alone.
 
-Shard paths carry their writer's token, so an append shows as added shards, a `--replace` as removed + added ones,
-and a new `rig_id=` partition as a new rig. The training manifest of a registered version is its run's
-`dataset/manifest.json` artifact (`rigpose.train.publish`).
+Shards are compared as ingests first wrote them ("original" shards): a shard that `rigpose datasets reshard` wrote
+stands for the original shards it names in `sources` (path -> rows it holds of each), and any other shard for
+itself. Original shard paths carry their writer's token, so an append shows as added shards, a `--replace` as
+removed + added ones, a new `rig_id=` partition as a new rig, and a reshard as nothing at all: against a baseline
+from before it, only the rows of original shards the baseline did not list are new (a reshard that merged new and
+old shards counts just the new ones' rows). The training manifest of a registered version is its run's
+`dataset/manifest.json` artifact (`rigpose.train.publish`); one from before lineage (no `sources`) compares as it
+did, each shard its own original.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ TRAINING_MANIFEST = "dataset/manifest.json"
 
 @dataclass(frozen=True)
 class RigChange:
-    """One rig's difference between the baseline manifest and the current one."""
+    """One rig's difference between the baseline manifest and the current one, in original shards (as ingests wrote
+    them, seen through reshards) and their rows."""
 
     rig_id: str
     new_rig: bool  # the baseline had no shard of this rig
@@ -37,20 +43,40 @@ def diff_manifests(baseline: Manifest | None, current: Manifest, *,
                    rig_ids: list[str] | None = None) -> list[RigChange]:
     """Per rig of `current` (or of `rig_ids`), what changed since `baseline` (None: everything is new), sorted by
     rig id. Rigs only the baseline had are listed too (all their shards removed)."""
-    old = {s.path: s for s in baseline.shards} if baseline is not None else {}
-    new = {s.path: s for s in current.shards}
-    rigs = sorted({s.rig_id for s in old.values()} | {s.rig_id for s in new.values()})
-    if rig_ids is not None:
-        rigs = [r for r in rigs if r in set(rig_ids)]
+    old, new = _originals(baseline), _originals(current)
+    # rows per original shard now minus then, per rig: > 0 added (new shards), < 0 removed (replaced, dropped)
+    delta: dict[str, dict[str, int]] = {}
+    for p in {*old, *new}:
+        now, then = new.get(p), old.get(p)
+        delta.setdefault((now or then).rig_id, {})[p] = (now.rows if now else 0) - (then.rows if then else 0)
+    old_rigs = {o.rig_id for o in old.values()}
+    rigs = sorted(delta) if rig_ids is None else [r for r in sorted(delta) if r in set(rig_ids)]
     out = []
     for rig in rigs:
-        added = [s for p, s in new.items() if s.rig_id == rig and p not in old]
-        removed = [s for p, s in old.items() if s.rig_id == rig and p not in new]
+        added = {p: d for p, d in delta[rig].items() if d > 0}
+        removed = {p: -d for p, d in delta[rig].items() if d < 0}
         out.append(RigChange(
-            rig_id=rig, new_rig=not any(s.rig_id == rig for s in old.values()),
-            shards_added=len(added), rows_added=sum(s.rows for s in added),
-            shards_removed=len(removed), rows_removed=sum(s.rows for s in removed),
-            splits=tuple(sorted({s.split for s in added}))))
+            rig_id=rig, new_rig=rig not in old_rigs,
+            shards_added=len(added), rows_added=sum(added.values()),
+            shards_removed=len(removed), rows_removed=sum(removed.values()),
+            splits=tuple(sorted({new[p].split for p in added}))))
+    return out
+
+
+@dataclass(frozen=True)
+class _Original:
+    rig_id: str
+    split: str
+    rows: int  # of its rows that the manifest lists, summed over the shards that hold them
+
+
+def _originals(manifest: Manifest | None) -> dict[str, _Original]:
+    """Original shard path -> its rig, split and rows in `manifest` (through reshards: `ShardInfo.origins`)."""
+    out: dict[str, _Original] = {}
+    for s in manifest.shards if manifest is not None else []:
+        for path, rows in s.origins().items():
+            seen = out.get(path)
+            out[path] = _Original(s.rig_id, s.split, rows + (seen.rows if seen else 0))
     return out
 
 
