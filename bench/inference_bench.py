@@ -8,8 +8,9 @@ registered as a pyfunc in a sqlite MLflow registry in a temp dir and used as `mo
 
 - (a) bare: the split read into memory as padded arrays first (untimed), then a plain loop over `--batch-size`
   frames in this process: `rigpose.inference.lift.model_batch` (prepare_arrays: undistortion, K^-1, root triangulation)
-  + `lift_single` (the model) = (a1); + `single_table` (the output rows) = (a2), exactly the per-batch work of the
-  Ray path (`rigpose.inference.lift.lift_frames`, mode single) minus I/O. `--bare-threads 2,1` takes turns batch by
+  + `lift_single` (the model) = (a1); `rigpose.inference.lift.lift_frames` (mode single, the dataset's floors:
+  (a1) + the metric scale from the feet on the floor + the output rows) on the same batch, timed apart = (a2),
+  exactly the per-batch work of the Ray path minus I/O. `--bare-threads 2,1` takes turns batch by
   batch
   between 2 and 1 torch threads (each count then sees half the frames, under the same machine load: on a busy
   machine 2 threads can lose to 1). The goal's denominator is the fastest (a1), the strictest choice.
@@ -17,12 +18,15 @@ registered as a pyfunc in a sqlite MLflow registry in a temp dir and used as `mo
   Frames, prepare, model, output rows, one Parquet file written by the driver), `--concurrency` actors of
   `--threads-per-actor` torch threads each, on a local Ray started beforehand (`init_ray(None)`, untimed). The
   time includes the actors' start and model loading; (b0) a `--small-frames` run measures that fixed part.
+- (a3) two bare processes (`--bare-processes`), one torch thread each, each doing (a2)'s work on half of the
+  frames (read into memory first, untimed), started together: the strongest bare baseline on a machine of 2
+  cores, since the Ray path runs its 2 actors on both (issue #16's goal: (b) >= 0.8 x (a3)).
 
 Frames/s depend on the machine (printed); the ratio (b)/(a1) is what to compare (goal: >= 0.7 at 1M frames).
 A few comma-separated values of `--concurrency` run (b) once each (tuning; the first is the headline).
 
     .venv/bin/python bench/inference_bench.py [--frames 1000000] [--batch-size 512] [--concurrency 2]
-        [--threads-per-actor 1] [--bare-threads 2,1] [--json outputs/bench/inference.json]
+        [--threads-per-actor 1] [--bare-threads 2,1] [--bare-processes 2] [--json outputs/bench/inference.json]
 """
 
 from __future__ import annotations
@@ -110,33 +114,35 @@ def bare(data: str, model_file: str, *, batch_size: int, threads: list[int]) -> 
     Returns {"frames", "batch_size", "read_into_memory_s", "by_threads": {threads: timings}} and the first
     batch's output rows (to check (b) against)."""
     from rigpose.data.reader import Dataset
-    from rigpose.inference.lift import lift_single, model_batch, single_table
+    from rigpose.inference.lift import dataset_floors, lift_frames, lift_single, model_batch
     from rigpose.model.checkpoint import load_lifter
 
     model, skeleton, _ = load_lifter(model_file)
     t = time.perf_counter()
-    frames = Dataset(data).read_frames(with_3d=False, splits=[SPLIT])
+    ds = Dataset(data)
+    floors = dataset_floors(ds)
+    frames = ds.read_frames(with_3d=False, splits=[SPLIT])
     load_s = time.perf_counter() - t
     for k in threads:  # warm-up, each thread count
         torch.set_num_threads(k)
         lift_single(model, model_batch(frames.take(slice(0, batch_size)), skeleton, pseudo_3d=False))
     gc.collect()
-    acc = {k: {"frames": 0, "model_s": 0.0, "rows_s": 0.0, "cpu_s": 0.0} for k in threads}
+    acc = {k: {"frames": 0, "model_s": 0.0, "lift_frames_s": 0.0, "cpu_s": 0.0} for k in threads}
     first = None
     for j, i in enumerate(range(0, len(frames), batch_size)):
         k = threads[j % len(threads)]
         torch.set_num_threads(k)
         part = frames.take(slice(i, i + batch_size))
-        c0, t0 = time.process_time(), time.perf_counter()
-        rel, root = lift_single(model, model_batch(part, skeleton, pseudo_3d=False))
-        t1 = time.perf_counter()
-        table = single_table(part, rel, root)
+        t0 = time.perf_counter()
+        lift_single(model, model_batch(part, skeleton, pseudo_3d=False))
+        t1, c1 = time.perf_counter(), time.process_time()
+        table = lift_frames(model, skeleton, part, mode="single", floors=floors)
         t2, c2 = time.perf_counter(), time.process_time()
         a = acc[k]
         a["frames"] += len(part)
         a["model_s"] += t1 - t0
-        a["rows_s"] += t2 - t1
-        a["cpu_s"] += c2 - c0
+        a["lift_frames_s"] += t2 - t1
+        a["cpu_s"] += c2 - c1
         if first is None:
             first = table
     n = len(frames)
@@ -144,9 +150,57 @@ def bare(data: str, model_file: str, *, batch_size: int, threads: list[int]) -> 
     gc.collect()
     for a in acc.values():
         a["a1_fps"] = a["frames"] / a["model_s"]
-        a["a2_fps"] = a["frames"] / (a["model_s"] + a["rows_s"])
-        a["cpu_per_wall"] = a["cpu_s"] / (a["model_s"] + a["rows_s"])
+        a["a2_fps"] = a["frames"] / a["lift_frames_s"]
+        a["cpu_per_wall"] = a["cpu_s"] / a["lift_frames_s"]
     return {"frames": n, "batch_size": batch_size, "read_into_memory_s": load_s, "by_threads": acc}, first
+
+
+def _bare_process(data: str, model_file: str, batch_size: int, rows: tuple[int, int], go: Any, q: Any) -> None:
+    """One of (a3)'s processes: rows [lo, hi) of the split in memory (untimed), one torch thread, then on `go`
+    the (a2) loop over them; puts ("ready",) then (frames, start, end) on `q` (time.monotonic, shared by the
+    machine's processes)."""
+    from rigpose.data.reader import Dataset
+    from rigpose.inference.lift import dataset_floors, lift_frames
+    from rigpose.model.checkpoint import load_lifter
+
+    torch.set_num_threads(1)
+    model, skeleton, _ = load_lifter(model_file)
+    ds = Dataset(data)
+    floors = dataset_floors(ds)
+    frames = ds.read_frames(with_3d=False, splits=[SPLIT]).take(slice(*rows))
+    lift_frames(model, skeleton, frames.take(slice(0, batch_size)), mode="single", floors=floors)  # warm-up
+    gc.collect()
+    q.put(("ready",))
+    go.wait()
+    t0 = time.monotonic()
+    for i in range(0, len(frames), batch_size):
+        lift_frames(model, skeleton, frames.take(slice(i, i + batch_size)), mode="single", floors=floors)
+    q.put((len(frames), t0, time.monotonic()))
+
+
+def bare_processes(data: str, model_file: str, *, batch_size: int, frames: int, processes: int = 2) -> dict[str, Any]:
+    """(a3): `processes` bare processes of one torch thread each, each lifting a contiguous share of the split (as
+    (a2): lift_frames, in memory), started together; frames/s = all frames over the
+    wall time from the start signal to the last one's end."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    go, q = ctx.Event(), ctx.Queue()
+    bounds = [(frames * p // processes, frames * (p + 1) // processes) for p in range(processes)]
+    procs = [ctx.Process(target=_bare_process, args=(data, model_file, batch_size, b, go, q)) for b in bounds]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        assert q.get(timeout=1800) == ("ready",)
+    start = time.monotonic()
+    go.set()
+    done = [q.get(timeout=7200) for _ in procs]
+    for p in procs:
+        p.join()
+    wall = max(end for _, _, end in done) - start
+    n = sum(k for k, _, _ in done)
+    return {"frames": n, "processes": processes, "wall_s": wall, "fps": n / wall,
+            "per_process_s": [end - t0 for _, t0, end in done]}
 
 
 def ray_run(uri: str, data: str, out: str, *, batch_size: int, concurrency: int, threads: int,
@@ -165,9 +219,18 @@ def ray_run(uri: str, data: str, out: str, *, batch_size: int, concurrency: int,
 
 
 def same_rows(out: str, first: Any) -> float:
-    """Largest |difference| between the first batch of the Ray file and the bare loop's first batch (metres)."""
-    got = next(pq.ParquetFile(out).iter_batches(batch_size=first.num_rows))
-    assert got.column("frame").to_pylist() == first.column("frame").to_pylist(), "row order differs"
+    """Largest |difference| between the bare loop's first batch and the same rows (rig, sequence, frame, view) of
+    the Ray file, wherever Ray wrote them (metres); AssertionError when a row is missing or null differently."""
+    import pyarrow.compute as pc
+
+    keys = ("rig_id", "sequence", "frame", "view")
+    got = pq.read_table(out, filters=[("sequence", "in", sorted(set(first.column("sequence").to_pylist())))])
+    got = got.filter(pc.is_in(got.column("frame"), value_set=first.column("frame").unique()))
+    index = {k: i for i, k in enumerate(zip(*(got.column(c).to_pylist() for c in keys), strict=True))}
+    wanted = list(zip(*(first.column(c).to_pylist() for c in keys), strict=True))
+    missing = [k for k in wanted if k not in index]
+    assert not missing, f"rows of the bare loop's first batch missing from the Ray output: {missing[:3]}"
+    got = got.take([index[k] for k in wanted])
     worst = 0.0
     for name in ("joints_cam", "root_cam"):
         a, b = got.column(name), first.column(name)
@@ -186,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads-per-actor", type=int, default=1, help="torch threads in each Ray actor")
     ap.add_argument("--bare-threads", default=",".join(dict.fromkeys(map(str, (os.cpu_count() or 1, 1)))),
                     help="torch threads of (a); a comma-separated list takes turns batch by batch")
+    ap.add_argument("--bare-processes", type=int, default=2, help="processes of (a3), 1 thread each (<= 1: skip)")
     ap.add_argument("--small-frames", type=int, default=2000, help="frames of the (b0) fixed-cost run (0 = skip)")
     ap.add_argument("--cache", type=Path, default=REPO / "outputs" / "bench" / "inference-data")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -205,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         threads = [int(x) for x in args.bare_threads.split(",")]
         console.print(f"(a) bare loop, {threads} torch threads ...")
         r["bare"], first = bare(data, model_file, batch_size=args.batch_size, threads=threads)
+        if args.bare_processes > 1:
+            console.print(f"(a3) {args.bare_processes} bare processes x 1 thread ...")
+            r["bare_processes"] = bare_processes(data, model_file, batch_size=args.batch_size,
+                                                 frames=r["bare"]["frames"], processes=args.bare_processes)
         from rigpose.cluster.connect import init_ray
 
         t = time.perf_counter()
@@ -249,12 +317,17 @@ def report(r: dict[str, Any]) -> None:
     for k, x in by.items():
         t.add_row(f"(a1) bare: model_batch + lift_single, in memory, {k} torch thread(s)", f"{x['frames']:,}",
                   f"{x['model_s']:.1f}", f"{x['a1_fps']:,.0f}", f"{x['a1_fps'] / base:.2f}")
-        t.add_row(f"(a2) the same + single_table (= lift_frames minus I/O), {k} thread(s)", f"{x['frames']:,}",
-                  f"{x['model_s'] + x['rows_s']:.1f}", f"{x['a2_fps']:,.0f}", f"{x['a2_fps'] / base:.2f}")
+        t.add_row(f"(a2) lift_frames: + metric scale + output rows (= the Ray path minus I/O), {k} thread(s)",
+                  f"{x['frames']:,}", f"{x['lift_frames_s']:.1f}", f"{x['a2_fps']:,.0f}", f"{x['a2_fps'] / base:.2f}")
+    procs = r.get("bare_processes")
+    if procs:
+        t.add_row(f"(a3) {procs['processes']} bare processes x 1 thread, (a2)'s work, a share of the frames each",
+                  f"{procs['frames']:,}", f"{procs['wall_s']:.1f}", f"{procs['fps']:,.0f}",
+                  f"{procs['fps'] / base:.2f}")
     for b in r["ray"]:
         t.add_row(f"(b) Ray Data, registry model, {b['concurrency']} actors x {b['threads_per_actor']} thread(s), "
                   "Parquet -> Parquet", f"{b['frames']:,}", f"{b['wall_s']:.1f}", f"{b['fps']:,.0f}",
-                  f"[bold]{b['fps'] / base:.2f}[/]")
+                  f"[bold]{b['fps'] / base:.2f}[/]" + (f" ({b['fps'] / procs['fps']:.2f} x (a3))" if procs else ""))
     if "ray_small" in r:
         s = r["ray_small"]
         t.add_row(f"(b0) the same, {s['frames']:,} frames (mostly fixed cost)", f"{s['frames']:,}",
