@@ -1,10 +1,11 @@
 """The streaming data path (`data.cache: false`) against the cached one: time to the first batch of an epoch and
 frames/s that the Ray Data iterator delivers to one consumer with no model.
 
-One process, one run, local Ray (4 logical CPUs on this 2-core machine, PLATFORM_NOTES), one dataset: the shipped
-demo recipe (`--frames`, 4-camera Human3.6M S1 rig) built into a temporary folder by today's writer, so its shards
-are Parquet row groups of 16k rows. Three ways to read its training split, each iterated `--epochs` times after one
-warm-up epoch (batch 256, `iter_torch_batches`, preprocessing as jobs/train.yaml: root-only triangulation):
+One process, one run, local Ray (4 logical CPUs on this 2-core machine, PLATFORM_NOTES), one dataset: a shipped
+recipe (`--recipe`, default demo: the 4-camera Human3.6M S1 rig; `--frames`) built into a temporary folder by
+today's writer, so its shards are Parquet row groups of 16k rows. Three ways to read its training split, each
+iterated `--epochs` times after one warm-up epoch (batch 256, `iter_torch_batches`, preprocessing as
+jobs/train.yaml: root-only triangulation):
 
 - before: what `read_split` did until 2026-12-07: `ray.data.read_parquet` of the shards (one block per shard,
   shard order shuffled per epoch) then a separate `map_batches(Preprocess)`, kept here as the baseline;
@@ -15,7 +16,11 @@ warm-up epoch (batch 256, `iter_torch_batches`, preprocessing as jobs/train.yaml
 Reported per way: the median over epochs of the seconds from asking for the epoch's iterator to its first batch,
 and of frames/s over the whole epoch; streaming / cached ratios (the goal of #16: >= 0.9 x, first batch < 1 s).
 
-    .venv/bin/python bench/stream_bench.py [--frames 30000] [--epochs 3] [--json OUT]
+    .venv/bin/python bench/stream_bench.py [--recipe demo] [--frames 30000] [--epochs 3]
+                                           [--ways before,fused,cached] [--json OUT]
+
+At scale: `--recipe scale --frames 1000000 --ways fused --epochs 1` streams the 1M-frame recipe (procedural
+motion, two 4-camera rigs) once, the object store never holding the split.
 """
 
 from __future__ import annotations
@@ -70,7 +75,10 @@ def _epoch(rd: Any, rows: int) -> tuple[float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=30000, help="Frames of the demo recipe to build.")
+    ap.add_argument("--recipe", default="demo", help="Shipped recipe to build (demo; scale: the 1M-frame one).")
+    ap.add_argument("--frames", type=int, default=30000, help="Frames of the recipe to build.")
+    ap.add_argument("--ways", default="before,fused,cached",
+                    help="Comma-separated reads to time, of before, fused, cached (the x-cached column needs cached).")
     ap.add_argument("--epochs", type=int, default=3, help="Measured epochs per way (after one warm-up).")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -81,26 +89,34 @@ def main() -> int:
     from rigpose.data.synth.build import build_dataset
     from rigpose.resources import recipe_path
 
+    chosen = [w for w in args.ways.split(",") if w]
+    if unknown := set(chosen) - {"before", "fused", "cached"}:
+        raise ValueError(f"--ways: unknown {sorted(unknown)}")
     tmp = Path(tempfile.mkdtemp(prefix="rigpose-stream-bench-"))
-    recipe = yaml.safe_load(recipe_path("demo").read_text())
+    recipe = yaml.safe_load(recipe_path(args.recipe).read_text())
     recipe.update(frames=args.frames)
-    (tmp / "demo.yaml").write_text(yaml.safe_dump(recipe))
-    build_dataset(str(tmp / "demo.yaml"), str(tmp / "ds"), progress=False)
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    t_build = time.perf_counter()
+    build_dataset(str(tmp / "recipe.yaml"), str(tmp / "ds"), progress=False)
+    console.print(f"built {args.frames:,} frames of {args.recipe!r} in {time.perf_counter() - t_build:.0f} s")
     ds = Dataset(str(tmp / "ds"))
     rows = sum(s.rows for s in ds.shards(splits=["train"]))
     groups = row_groups(ds, "train")
     init_ray(None)
-    ways = {"before": _before(ds, seed=0), "fused": read_split(ds, "train", shuffle_seed=0, with_pseudo=False),
-            "cached": read_split(ds, "train", with_pseudo=False).materialize()}
+    makers = {"before": lambda: _before(ds, seed=0),
+              "fused": lambda: read_split(ds, "train", shuffle_seed=0, with_pseudo=False),
+              "cached": lambda: read_split(ds, "train", with_pseudo=False).materialize()}
     results: dict[str, dict[str, Any]] = {}
-    for name, rd in ways.items():
+    for name in chosen:
+        rd = makers[name]()
         _epoch(rd, rows)  # warm-up: Ray Data's workers, imports
         runs = [_epoch(rd, rows) for _ in range(args.epochs)]
         results[name] = {"first_batch_s": statistics.median(r[0] for r in runs),
                          "frames_per_s": statistics.median(r[1] for r in runs), "epochs": runs}
-    cached = results["cached"]["frames_per_s"]
-    table = Table(title=f"training split of the demo recipe, {rows} rows in {len(ds.shards(splits=['train']))} "
-                        f"shards / {len(groups)} row groups; batch {BATCH}, median of {args.epochs} epochs")
+    cached = results["cached"]["frames_per_s"] if "cached" in results else float("nan")
+    shards = len(ds.shards(splits=["train"]))
+    table = Table(title=f"training split of the {args.recipe} recipe, {rows:,} rows in {shards} shards"
+                        f" / {len(groups)} row groups; batch {BATCH}, median of {args.epochs} epochs")
     for col in ("read", "first batch (s)", "frames/s", "x cached"):
         table.add_column(col, justify="left" if col == "read" else "right")
     for name, r in results.items():
@@ -109,7 +125,8 @@ def main() -> int:
     console.print(table)
     console.print("command: .venv/bin/python bench/stream_bench.py " + shlex.join(sys.argv[1:]))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "row_groups": len(groups), "results": results}, indent=1))
+        args.json.write_text(json.dumps({"recipe": args.recipe, "rows": rows, "row_groups": len(groups),
+                                         "results": results}, indent=1))
     return 0
 
 
