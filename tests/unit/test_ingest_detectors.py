@@ -605,3 +605,23 @@ def test_choose_people_never_mixes_two_noisy_people_across_views(rig, rng) -> No
         chosen = choose_people(cands, xy, rig.arrays(), gate_px)
         who = {("b" if c == 0 else "a") for c in chosen if c >= 0}
         assert len(who) == 1 and sum(c >= 0 for c in chosen) >= 2, (t, chosen)
+
+
+def test_choose_people_checks_single_person_views_in_a_crowded_take(rig) -> None:
+    """Each view holds one person, but not the same one (view 0 missed A, views 1 and 2 missed B): in a take with
+    several people somewhere (`crowd`), the views are checked and the odd one out is dropped; without it the frame
+    is kept as detected (one person per view is taken at its word). Found on Pose2Sim's Demo_MultiPerson, where such
+    frames became rows mixing the two people (100-270 px reprojection)."""
+    from rigpose.data.ingest import choose_people
+    from rigpose.data.ingest.detectors import People
+    from rigpose.data.ingest.people import torso_normalized
+
+    gate_px = np.full(3, 0.05 * np.hypot(W, H))
+    a, b = pixels(rig, pose_at(0)), pixels(rig, pose_at(0, other=True))
+    cands, xy = [], []
+    for v, cam in enumerate(rig.cameras):
+        kp = (b if v == 0 else a)[v][None].astype(np.float32)
+        cands.append(People(kp, np.full((1, 17), 0.9, np.float32), np.full(1, -1), "s"))
+        xy.append(torso_normalized(kp, cam))
+    assert choose_people(cands, xy, rig.arrays(), gate_px) == [0, 0, 0]
+    assert choose_people(cands, xy, rig.arrays(), gate_px, crowd=True) == [-1, 0, 0]

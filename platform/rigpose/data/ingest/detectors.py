@@ -294,6 +294,7 @@ def _select(cams: list[CameraDetections], rig: Rig, person_id: int | None, skele
     gate_px = np.array([0.05 * np.hypot(c.width, c.height) for c in rig.cameras])
     torso = [_torso_by_frame(c, cam) for c, cam in zip(cams, rig.cameras, strict=True)] if person_id is None else []
     several = rejected = 0
+    crowd = any(len(p.track) > 1 for c in cams for p in c.people.values())  # someone may be missed in a view
     previous: np.ndarray | None = None  # torso_xy [V, A, 2] of the last choice
     for t, f in enumerate(frame):
         cands = [c.people.get(int(f)) for c in cams]
@@ -302,7 +303,7 @@ def _select(cams: list[CameraDetections], rig: Rig, person_id: int | None, skele
             chosen = [_tracked(p, person_id) for p in cands]
         else:
             xy = [tv.get(int(f)) for tv in torso]
-            chosen = choose_people(cands, xy, arrays, gate_px, previous=previous)
+            chosen = choose_people(cands, xy, arrays, gate_px, previous=previous, crowd=crowd)
             rejected += sum(c < 0 and p is not None and len(p.track) > 0 for c, p in zip(chosen, cands, strict=True))
             if any(c >= 0 for c in chosen):
                 nobody = np.full((len(TORSO), 2), np.nan)

@@ -2,7 +2,9 @@
 
 A detector sees everybody; a multi-view row must hold one person. Without tracked ids, `choose_people` picks per
 frame the combination (one candidate per view, or none) whose views agree best in 3D. A frame where no view holds
-more than one person is kept as detected (its quality is the quarantine's and the training's business); otherwise:
+more than one person is kept as detected (its quality is the quarantine's and the training's business), unless the
+sequence has several people in some frame (`crowd`: then each view may have missed a different one of them, and
+three or more views holding one person each are checked as below); otherwise:
 
 1. Candidates per view are ranked by their torso confidence (mean score of shoulders and hips); at most
    `max_candidates` per view and the 3 views with the most confident candidate propose, so a frame costs at most
@@ -62,13 +64,15 @@ def choose_people(
     gate_fraction: float = 0.3,
     consistent_ratio: float = 1.5,
     same_person_m: float = 0.3,
+    crowd: bool = False,
 ) -> list[int]:
     """Index of the chosen person in each view (-1: nobody). `cands[v]`: None or an object with `kp` [P, J, 2]
     pixels (NaN missing) and `score` [P, J]; `torso_xy[v]`: `torso_normalized` of those people; `cameras` fields
     [V, ...]; `gate_px` [V] the largest gate per view (px); `previous`: torso_xy [V, A, 2] of the last frame's
-    choice (NaN where that view had nobody), for continuity. See the module docstring."""
+    choice (NaN where that view had nobody), for continuity; `crowd`: the sequence has several people somewhere,
+    so views holding one person each may hold different people and are checked too. See the module docstring."""
     conf = [torso_confidence(c.score) if c is not None else np.zeros(0) for c in cands]
-    if all(len(c) <= 1 for c in conf):
+    if all(len(c) <= 1 for c in conf) and not (crowd and sum(len(c) > 0 for c in conf) > 2):
         return [0 if len(c) else -1 for c in conf]
     keep = [np.argsort(-c, kind="stable")[:max_candidates] for c in conf]
     best_first = [int(k[0]) if len(k) else -1 for k in keep]
