@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,9 +89,10 @@ class ReshardPlan:
 
     def partitions(self) -> dict[tuple[str, str], tuple[int, int, int]]:
         """(rig_id, split) -> (shards now, shards after, rows rewritten), for the partitions it changes."""
+        shards = Counter((s.rig_id, s.split) for s in self.base.shards)
         out: dict[tuple[str, str], tuple[int, int, int]] = {}
         for r in self.rewrites:
-            now = sum(1 for s in self.base.shards if (s.rig_id, s.split) == (r.rig_id, r.split))
+            now = shards[(r.rig_id, r.split)]
             _, after, rows = out.get((r.rig_id, r.split), (now, now, 0))
             out[(r.rig_id, r.split)] = (now, after - len(r.inputs) + 1, rows + r.rows)
         return dict(sorted(out.items()))

@@ -85,20 +85,24 @@ class RigScore:
     frames: int
 
 
+def _rigs_with_rows(data: Any, split: str, rig_ids: list[str]) -> list[str]:
+    """The rigs of `rig_ids` that have shards in `split` of `data` (a dataset URL or an open `Dataset`)."""
+    from rigpose.data.reader import Dataset
+
+    ds = data if isinstance(data, Dataset) else Dataset(data)
+    if split not in ds.manifest.splits():
+        return []
+    return [rig for rig in rig_ids if ds.shards(splits=[split], rig_ids=[rig])]
+
+
 def rig_scores(model_path: str, data_url: str, *, split: str, rig_ids: list[str],
                max_rows: int | None = 5000) -> dict[str, RigScore]:
     """`model_path` evaluated single-view on each rig's rows of `split` alone (at most `max_rows` per rig); rigs
     without rows there, or without a finite held-out-view error, are left out."""
-    from rigpose.data.reader import Dataset
     from rigpose.inference.evaluate import evaluate
 
-    ds = Dataset(data_url)
     out: dict[str, RigScore] = {}
-    if split not in ds.manifest.splits():
-        return out
-    for rig in rig_ids:
-        if not ds.shards(splits=[split], rig_ids=[rig]):
-            continue
+    for rig in _rigs_with_rows(data_url, split, rig_ids):
         report = evaluate(model_path, data_url, split=split, modes=("single",), max_rows=max_rows, rig_ids=[rig])
         overall = report["single"]["overall"]
         px = overall.get("heldout_px")
@@ -117,11 +121,7 @@ def calibration_offsets(data_url: str, *, split: str, rig_ids: list[str],
 
     ds = Dataset(data_url)
     out: dict[str, dict[str, float]] = {}
-    if split not in ds.manifest.splits():
-        return out
-    for rig in rig_ids:
-        if not ds.shards(splits=[split], rig_ids=[rig]):
-            continue
+    for rig in _rigs_with_rows(ds, split, rig_ids):
         blocks = iter_frames(ds, split=split, batch_size=2048, max_rows=max_rows, rig_ids=[rig])
         if offsets := camera_offsets(blocks):
             out[rig] = offsets
