@@ -14,10 +14,24 @@ Shape letters: V views (cameras), J joints, N points; ``...`` any leading batch 
 from __future__ import annotations
 
 import itertools
-from typing import Any, NamedTuple, Protocol
+import sys
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+else:
+    class _Torch:
+        """`torch`, imported on first use: NumPy callers (the data path's read tasks, the CLI) never pay its
+        import (about 0.7 s in every new Ray worker process); a tensor argument means it is imported already."""
+
+        def __getattr__(self, name: str) -> Any:
+            import torch
+
+            return getattr(torch, name)
+
+    torch = _Torch()
 
 Array = Any  # np.ndarray | torch.Tensor; kept loose because both flow through the same code
 
@@ -44,8 +58,9 @@ class CameraArrays(NamedTuple):
     R: Array
     t: Array
 
-    def to_torch(self, *, dtype: torch.dtype = torch.float32, device: Any = None) -> CameraArrays:
-        """The same cameras as torch tensors."""
+    def to_torch(self, *, dtype: torch.dtype | None = None, device: Any = None) -> CameraArrays:
+        """The same cameras as torch tensors (float32 unless `dtype`)."""
+        dtype = torch.float32 if dtype is None else dtype
         return CameraArrays(*(torch.as_tensor(a, dtype=dtype, device=device) for a in self))
 
 
@@ -66,7 +81,8 @@ def stack_cameras(cameras: Any) -> CameraArrays:
 
 
 def _is_torch(x: Array) -> bool:
-    return isinstance(x, torch.Tensor)
+    loaded = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    return loaded is not None and isinstance(x, loaded.Tensor)
 
 
 def _like(value: Array, ref: Array) -> Array:

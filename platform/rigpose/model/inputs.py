@@ -10,10 +10,14 @@ Everything here is computed from the 2D observations and the calibration only: t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from rigpose import geometry as g
+
+if TYPE_CHECKING:
+    import torch
 
 # Agreement of the float32 data path with float64 (tests/unit/test_geometry.py, test_pipeline.py hold it to these):
 UNDISTORT_BUDGET_PX = 1e-3  # xy x focal length, over the whole image of the shipped rigs' lenses, corners too
@@ -106,4 +110,6 @@ def model_inputs(keypoints: np.ndarray, scores: np.ndarray, cameras: g.CameraArr
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         arrays = prepare_arrays(keypoints, scores, cameras, view_mask, root_joints=root_joints, pseudo_3d=pseudo_3d)
+    import torch  # here: the data path's read tasks use only `prepare_arrays` (NumPy)
+
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}

@@ -184,7 +184,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     """Run (or resume) a training job; returns {"run_dir", "model", "history", "checkpoint", "best_epoch",
     "stopped_early", "resumed", "tracking"} (best_epoch: the epoch whose weights model.pt holds with early stopping,
     else None; tracking: `rigpose.train.publish.publish`'s result, or None when tracking is off)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t_start = time.time()
@@ -241,6 +241,9 @@ def train(job: TrainJob) -> dict[str, Any]:
                                                checkpoint_score_attribute=metric, checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=job.run.max_failures)),
         datasets=datasets,
+        # one worker reads its datasets itself (`Dataset.iterator()`, the executor in its own process); a
+        # `streaming_split` across ranks starts a coordinator actor first (about 2 s before the first batch here)
+        dataset_config=DataConfig(datasets_to_split="all" if job.scaling.num_workers > 1 else []),
     )
     try:
         # --verbose: Ray's own printing, rank 0's lines among it; otherwise one progress display fed by them

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,28 @@ class _FirstBatchClock:
             yield batch
 
 
+class _InBackground:
+    """Runs `fn` once in a daemon thread from construction; `wait()` joins it and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # handed to wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="rigpose-background", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. config: {"job", "skeleton", "manifest_sha256", "t_start", "tracking", "init",
     "steps_per_epoch"} (the last: each rank's full batches per epoch, `rigpose.train.trainer.steps_per_epoch`)."""
@@ -195,14 +218,16 @@ def train_func(config: dict[str, Any]) -> None:
                 "optim.early_stop_patience=null to train on)")
     elif rank == 0 and (step >= budget or (max_epochs is not None and start_epoch >= max_epochs)):
         say(f"run {job.run.name!r} has already trained {start_epoch} epochs ({step} steps): nothing to do")
-    tracker = None
+    tracker, connected = None, None
     if rank == 0 and config.get("tracking") is not None:
         from rigpose.tracking.runs import RunLogger
 
         tracker = RunLogger(config["tracking"], warn=say)
-        if state is not None:
-            tracker.backfill(history)  # the checkpointed epochs the failed attempt had not sent yet
-        tracker.flush()  # connect now (sqlite schema check, HTTP session): start-up time, not the first epoch's
+        # connect (import mlflow, sqlite schema check, HTTP session) and send the checkpointed epochs a failed
+        # attempt had not sent, in a thread while the data stream starts: start-up time, not the first epoch's,
+        # and not added to it (about 3 s here). Only that thread touches the tracker until `connected.wait()`.
+        connected = _InBackground(lambda: (tracker.backfill(history) if state is not None else None,
+                                           tracker.flush()))
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.data.val_split is not None else None
     clock = _FirstBatchClock()
@@ -247,6 +272,8 @@ def train_func(config: dict[str, Any]) -> None:
             metrics["startup_s"] = clock.first - config["t_start"]
         metrics["world_size"] = world
         stop = early_stopping(result, metrics) if patience is not None else False
+        if connected is not None:
+            connected.wait()
         if tracker is not None and result.epoch > start_epoch:
             metrics["tracking_s"] = tracking_s[0]  # rank 0's time logging to MLflow after the previous epoch
         history.append(metrics)
@@ -289,6 +316,8 @@ def train_func(config: dict[str, Any]) -> None:
         grad_clip=job.optim.grad_clip, on_epoch=on_epoch, reduce=reduce, num_replicas=world,
         seed=job.optim.seed + rank)
     # the last REGISTERED_AFTER epochs stay unsent: the driver logs them from the final history (`publish`)
+    if connected is not None:
+        connected.wait()
     if tracker is not None and not tracker.flush_with_retries(attempts=3):
         say("MLflow tracking still unreachable at the end of training: the driver sends the missing epochs after "
             "training if it can")
