@@ -120,6 +120,65 @@ def bare_loop(url: str, *, steps: int, batch: int, threads: tuple[int, ...] = (1
             "default_threads": default_threads}
 
 
+#: Assumptions of the GPU estimate (no device measured): eager PyTorch issues one kernel per ATen operator call,
+#: at about this many microseconds each (CPU-side dispatch and launch; the lower and upper end used), and the
+#: matmuls run at this share of an H100's dense FP32 rate (67 TFLOP/s; PyTorch's default, no TF32).
+LAUNCH_US = (5.0, 10.0)
+H100_FP32_FLOPS = 67e12
+ACHIEVED_SHARE = 0.5
+
+
+def op_counts(url: str, *, batches: tuple[int, ...] = (256, 1024)) -> dict[str, Any]:
+    """Measured op counts of one training step of (a)'s model, loss, clipping and Adam, per batch size: FLOPs
+    (`torch.utils.flop_counter.FlopCounterMode`) and ATen operator calls (a dispatch mode counting them), and the
+    GPU step time they imply under LAUNCH_US / H100_FP32_FLOPS x ACHIEVED_SHARE: an ESTIMATE, no GPU measured."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rigpose.config import load_job
+    from rigpose.model.objective import loss_terms, total_loss
+    from rigpose.train.worker import build_lifter
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    data, skeleton = in_memory_batches(url)
+    job = load_job(REPO / "jobs" / "train.yaml")
+    torch.manual_seed(0)
+    model = build_lifter(job, skeleton).train()
+    opt = torch.optim.Adam(model.parameters(), lr=job.optim.lr)
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, Any] = {"assumed": {"launch_us": LAUNCH_US, "h100_fp32_flops": H100_FP32_FLOPS,
+                                       "achieved_share": ACHIEVED_SHARE}, "estimate": True,
+                           "parameters": sum(p.numel() for p in model.parameters())}
+    for batch in batches:
+        b = {k: v[:batch].contiguous() for k, v in data.items()}
+
+        def step(b: dict[str, torch.Tensor] = b) -> None:
+            loss, _ = total_loss(loss_terms(model, b, skeleton, loss_cfg=job.loss, step=0, generator=gen), job.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), job.optim.grad_clip)
+            opt.step()
+
+        step()  # Adam's state exists from here on, as in every later step
+        flops, ops = FlopCounterMode(display=False), CountOps()
+        with flops, ops:
+            step()
+        total = flops.get_total_flops()
+        compute_s = total / (H100_FP32_FLOPS * ACHIEVED_SHARE)
+        step_s = [max(compute_s, ops.calls * us * 1e-6) for us in LAUNCH_US]
+        out[str(batch)] = {"flops": total, "aten_calls": ops.calls, "compute_s": compute_s,
+                           "gpu_frames_per_s": [batch / s for s in reversed(step_s)]}
+    return out
+
+
 def data_path(url: str, *, batch: int) -> dict[str, Any]:
     """Data path alone: Ray Data iterator (streaming / cached) vs bare read_table, and preprocessing per core."""
     from rigpose.data.pipeline import MODEL_COLUMNS, Preprocess, read_split
@@ -195,6 +254,8 @@ def main() -> None:
     import ray
 
     results["ray"] = ray.__version__
+    console.print("op counts of a training step (the GPU estimate) ...")
+    results["op_counts"] = op_counts(args.data)
     console.print("(a) bare PyTorch loop ...")
     results["bare"] = bare_loop(args.data, steps=args.bare_steps, batch=batch)
     from rigpose.cluster.connect import init_ray
@@ -244,6 +305,21 @@ def report(r: dict[str, Any]) -> None:
                        ("preprocess_pseudo3d_frames_per_cpu_s", "same, with the pseudo-3D targets (one core)")):
         t2.add_row(label, f"{d[key]:,.0f}", f"{d[key] / d['bare_read_frames_per_s']:.2f}", f"{d[key] / consumed:.1f}")
     console.print(t2)
+    oc = r.get("op_counts")
+    if oc:
+        per_core = d["preprocess_frames_per_cpu_s"]
+        t3 = Table(title=f"GPU ESTIMATE from measured op counts (no GPU measured; {oc['parameters']:,} parameters; "
+                         f"{oc['assumed']['launch_us']} us per kernel, {oc['assumed']['achieved_share']:.0%} of "
+                         f"{oc['assumed']['h100_fp32_flops'] / 1e12:.0f} TFLOP/s)")
+        for col in ("batch (frames)", "GFLOP per step", "ATen calls per step", "H100 frames/s (estimate)",
+                    "preprocessing cores needed (streaming)"):
+            t3.add_column(col, justify="right")
+        for batch in (k for k in oc if k.isdigit()):
+            x = oc[batch]
+            lo, hi = x["gpu_frames_per_s"]
+            t3.add_row(batch, f"{x['flops'] / 1e9:.1f}", f"{x['aten_calls']:,}", f"{lo:,.0f}-{hi:,.0f}",
+                       f"{lo / per_core:.1f}-{hi / per_core:.1f}")
+        console.print(t3)
     console.print(f"command: {r['command']}")
 
 

@@ -23,11 +23,12 @@ from rigpose.data.reader import Dataset, iter_frames
 from rigpose.data.synth.build import build_dataset, load_recipe
 from rigpose.data.synth.recipe import ProceduralMotion
 from rigpose.inference.lift import lift_dataset
-from rigpose.inference.lift_ray import absolute_mlflow_uri, lift_dataset_ray, pin_model_uri
+from rigpose.inference.lift_ray import lift_dataset_ray
 from rigpose.model.checkpoint import save_lifter
 from rigpose.model.lifter import Lifter
 from rigpose.resources import recipes_dir
 from rigpose.skeleton import DEEPMIMIC16
+from rigpose.tracking.registry import absolute_mlflow_uri, pin_model_uri
 
 NAME = "bl-lifter"
 pytestmark = pytest.mark.slow  # a local Ray and its actors: ~30-60 s for the module on 2 cores

@@ -175,10 +175,12 @@ def test_single_view_lift_leaves_the_dropped_cameras_rows_null_and_the_others_as
 def test_the_ray_data_batches_leave_the_dropped_camera_out_as_the_in_process_lift_does(world: dict) -> None:
     from rigpose.data.reader import Dataset
     from rigpose.inference.lift_ray import READ_COLUMNS, LiftBatches, lift_dataset_ray
+    from rigpose.model.checkpoint import lifter_to_bytes, load_lifter
 
     mv = MultiViewConfig(method="fusion")
-    batches = LiftBatches(world["model"], mode="multi", multi_view=mv, num_joints=16, num_views=len(RIG),
-                          num_threads=1, drop_cameras=(DROP,))  # what each Ray actor runs, here without Ray
+    lifter, skeleton, _ = load_lifter(world["model"])
+    batches = LiftBatches(lifter_to_bytes(lifter, skeleton), mode="multi", multi_view=mv, num_joints=16,
+                          num_views=len(RIG), num_threads=1, drop_cameras=(DROP,))  # each Ray actor's, without Ray
     got = batches(Dataset(world["wild"]).read_table(columns=list(READ_COLUMNS)))
     _, want = _lift(world, "full", "ray_ref", mode="multi", multi_view=mv, drop_cameras=[DROP], batch_size=64)
     np.testing.assert_allclose(_column(got, "joints_world_rel"), _column(want, "joints_world_rel"), rtol=0,

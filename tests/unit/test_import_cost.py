@@ -1,4 +1,4 @@
-"""What the data path's processes import: a Ray Data read task (`rigpose.data.pipeline`) preprocesses with NumPy and
+"""What Ray workers import: a Ray Data read task (`rigpose.data.pipeline`) preprocesses with NumPy and
 must not pay torch's import (about 0.7 s in every new worker process, on the streaming start-up's path)."""
 
 from __future__ import annotations
@@ -42,3 +42,10 @@ def test_geometry_keeps_torch_tensors_torch_and_agrees_with_numpy() -> None:
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-9)
     assert all(isinstance(a, torch.Tensor) and a.dtype == torch.float32 for a in cam.to_torch())
+
+
+def test_a_batch_inference_actor_imports_no_mlflow() -> None:
+    # each Ray Data actor unpickles rigpose.inference.lift_ray.LiftBatches; the driver loads the registry model
+    loaded = _modules_after("import rigpose.inference.lift_ray")
+    assert "rigpose.inference.lift_ray" in loaded
+    assert "mlflow" not in loaded

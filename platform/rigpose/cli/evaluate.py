@@ -135,7 +135,7 @@ def lift_command(
     force_ray: Annotated[bool, typer.Option(
         "--ray", help="Run a local model file on Ray Data too (registry URIs always run there).")] = False,
     concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, help="Ray: model actors; each loads the model once and uses one torch thread "
+        "--concurrency", min=1, help="Ray: model actors; each holds the driver's model and uses one torch thread "
         "(default: the cluster's CPUs but one; on a local Ray at most this machine's cores).")] = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Ray: cluster to run on, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a new "
@@ -152,7 +152,7 @@ def lift_command(
     rigpose.dropped_cameras names the cameras left out, e.g. rigpose lift --model outputs/runs/demo
     --data outputs/datasets/demo --out preds.parquet --mode multi --drop-camera 54138969
     """
-    from rigpose.tracking.registry import is_model_uri
+    from rigpose.tracking.runs import is_model_uri
 
     use_ray = force_ray or is_model_uri(model)
     if not use_ray and (concurrency is not None or ray_address is not None):

@@ -220,6 +220,19 @@ class ReadPreprocess:
                 yield self.prep(table.slice(start, self.rows))
 
 
+class ReadRowGroups:
+    """Ray Data `map_batches` function: row groups (`row_groups` items) -> their `columns`, one Arrow table each,
+    in order (batch inference's read, `rigpose.inference.lift_ray`: the manifest names the files, so nothing is
+    listed, and the first rows wait for one row group)."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = list(columns)
+
+    def __call__(self, items: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+        for url, index in zip(items["url"], items["row_group"], strict=True):
+            yield read_row_group(str(url), int(index), self.columns)
+
+
 def read_row_group(url: str, index: int, columns: list[str]) -> pa.Table:
     """Row group `index` of the Parquet file at `url` (local path or s3://, credentials from the environment),
     only `columns`."""

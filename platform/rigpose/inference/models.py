@@ -6,7 +6,7 @@ from typing import Any
 
 from rigpose.model.lifter import Lifter
 from rigpose.skeleton import Skeleton
-from rigpose.tracking.registry import is_model_uri
+from rigpose.tracking.runs import is_model_uri  # not .registry: that imports mlflow (~1 s), model files need none
 
 
 def load_model(model: str, *, tracking_uri: str | None = None, registry_uri: str | None = None

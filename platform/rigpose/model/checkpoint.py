@@ -32,6 +32,12 @@ MODEL_FILE = "model.pt"
 def save_lifter(path: str | os.PathLike[str], model: Lifter, skeleton: Skeleton, *,
                 meta: dict[str, Any] | None = None) -> None:
     """Write `model` (unwrapped from DDP) to `path` atomically."""
+    fs, p = url_to_fs(path)
+    write_bytes_atomic(fs, p, lifter_to_bytes(model, skeleton, meta=meta))
+
+
+def lifter_to_bytes(model: Lifter, skeleton: Skeleton, *, meta: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a model file (`save_lifter`) for `model` (unwrapped from DDP); `lifter_from_bytes` reads them."""
     model = getattr(model, "module", model)
     payload = {
         "format": FORMAT,
@@ -43,8 +49,7 @@ def save_lifter(path: str | os.PathLike[str], model: Lifter, skeleton: Skeleton,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    fs, p = url_to_fs(path)
-    write_bytes_atomic(fs, p, buf.getvalue())
+    return buf.getvalue()
 
 
 #: ModelConfig fields a file records (the version-1 layout); the others only matter while training
@@ -73,16 +78,21 @@ def load_lifter(path: str | os.PathLike[str], *, map_location: str = "cpu"
     if not fs.exists(p):
         raise ValueError(f"{path}: no such model file (expected a {MODEL_FILE} or a run folder holding one)")
     with fs.open(p, "rb") as f:
-        data = f.read()
+        return lifter_from_bytes(f.read(), where=str(path), map_location=map_location)
+
+
+def lifter_from_bytes(data: bytes, *, where: str = "model bytes", map_location: str = "cpu"
+                      ) -> tuple[Lifter, Skeleton, dict[str, Any]]:
+    """(model in eval mode, skeleton, meta) from a model file's bytes (`lifter_to_bytes`); errors name `where`."""
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a non-checkpoint file
-        raise ValueError(f"{path}: not a readable rigpose model ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{where}: not a readable rigpose model ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a rigpose lifter file (format {payload.get('format')!r})")
+        raise ValueError(f"{where}: not a rigpose lifter file (format {payload.get('format')!r})")
     if payload.get("version") != VERSION:
-        raise ValueError(f"{path}: model file version {payload.get('version')}, this rigpose reads {VERSION}")
-    config, joints = _architecture(path, payload["config"])
+        raise ValueError(f"{where}: model file version {payload.get('version')}, this rigpose reads {VERSION}")
+    config, joints = _architecture(where, payload["config"])
     model = Lifter(config, **joints)
     model.load_state_dict(payload["state_dict"])
     model.eval()

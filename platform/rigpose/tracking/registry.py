@@ -213,11 +213,6 @@ def version_artifact(name: str, alias: str, artifact: str, *, uri: str | None = 
         return str(mv.version), Path(local).read_bytes()
 
 
-def is_model_uri(s: str) -> bool:
-    """True for MLflow model URIs (models:/..., runs:/...)."""
-    return s.startswith(("models:/", "runs:/"))
-
-
 def load_pyfunc_lifter(uri: str, *, tracking_uri: str | None = None) -> LifterModel:
     """The `LifterModel` behind a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...), resolved on
     `tracking_uri` (default: MLflow's current URI, e.g. $MLFLOW_TRACKING_URI)."""

@@ -39,6 +39,11 @@ Warn = Callable[[str], None]
 
 
 
+
+def is_model_uri(s: str) -> bool:
+    """True for MLflow model URIs (models:/..., runs:/...)."""
+    return s.startswith(("models:/", "runs:/"))
+
 def git_commit(repo: Path | None = None) -> str:
     """The commit the code runs from: $RIGPOSE_GIT_COMMIT (set by `rigpose submit`), else `git rev-parse HEAD`
     of the checkout holding this package, else "unknown" (an installed wheel, a Ray job's uploaded copy)."""

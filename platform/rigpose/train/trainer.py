@@ -85,8 +85,8 @@ def load_init_weights(job: TrainJob, skeleton: Skeleton) -> dict[str, Any] | Non
     or when their skeleton (`skeleton`: the dataset's) or SHAPE_FIELDS differ from the job's.
     """
     from rigpose.inference.models import load_model
-    from rigpose.tracking.registry import is_model_uri, pin_model_uri
-    from rigpose.tracking.runs import resolve_target
+    from rigpose.tracking.registry import pin_model_uri
+    from rigpose.tracking.runs import is_model_uri, resolve_target
     from rigpose.tracking.secrets import scrub, scrub_obj
 
     given = job.model.init_weights
