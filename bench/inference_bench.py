@@ -3,19 +3,19 @@
 One run, one process, one dataset: the shipped `scale` recipe (procedural motion, two 4-camera Human3.6M rigs,
 16 joints) with `--frames` frames (default 1,000,000), all in one split, built once and cached under
 outputs/bench/inference-data/ (building 1M frames takes ~1-3 min here). The model: a lifter of the default
-architecture (512 wide, 2 residual blocks, ~1.1 M parameters, random weights: speed does not depend on them),
-registered as a pyfunc in a sqlite MLflow registry in a temp dir and used as `models:/bench-lifter@candidate`.
+architecture (`ModelConfig()`; random weights: speed does not depend on them), registered as a pyfunc in a
+sqlite MLflow registry in a temp dir and used as `models:/bench-lifter@candidate`.
 
 - (a) bare: the split read into memory as padded arrays first (untimed), then a plain loop over `--batch-size`
   frames in this process: `rigpose.inference.lift.model_batch` (prepare_arrays: undistortion, K^-1, root triangulation)
   + `lift_single` (the model) = (a1); `rigpose.inference.lift.lift_frames` (mode single, the dataset's floors:
   (a1) + the metric scale from the feet on the floor + the output rows) on the same batch, timed apart = (a2),
-  exactly the per-batch work of the Ray path minus I/O. `--bare-threads 2,1` takes turns batch by
-  batch
+  exactly the per-batch work of the Ray path minus I/O. `--bare-threads 2,1` takes turns batch by batch
   between 2 and 1 torch threads (each count then sees half the frames, under the same machine load: on a busy
   machine 2 threads can lose to 1). The goal's denominator is the fastest (a1), the strictest choice.
-- (b) Ray Data end to end: `rigpose.inference.lift_ray.lift_dataset_ray` from the registry URI (read the Parquet shards,
-  Frames, prepare, model, output rows, one Parquet file written by the driver), `--concurrency` actors of
+- (b) Ray Data end to end: `rigpose.inference.lift_ray.lift_dataset_ray` from the registry URI (the driver loads
+  the model and sends its weights to the actors; read the shards' row groups, Frames, prepare, model, output rows,
+  one Parquet file written by the driver), `--concurrency` actors of
   `--threads-per-actor` torch threads each, on a local Ray started beforehand (`init_ray(None)`, untimed). The
   time includes the actors' start and model loading; (b0) a `--small-frames` run measures that fixed part.
 - (a3) two bare processes (`--bare-processes`), one torch thread each, each doing (a2)'s work on half of the
